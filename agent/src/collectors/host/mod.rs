@@ -1,0 +1,135 @@
+//! Host USE metrics (utilization, saturation, errors) from /proc and
+//! statvfs: CPU, memory, the data-dir filesystem and its block device, the
+//! network interfaces, and the etcd process itself.
+//!
+//! Rates (CPU busy share, disk utilization, IOPS, ...) need two readings;
+//! the collector keeps the previous counters and reports rates over the
+//! interval between rounds (zero on the very first round). All reads are
+//! blocking syscalls, so a round runs on tokio's blocking pool.
+
+use super::Collector;
+use crate::config::AgentConfig;
+use etcdmon_proto::v1::{report::Body, ErrorKind, Failure, HostMetrics};
+use futures::future::BoxFuture;
+use std::time::{Duration, Instant};
+
+mod cpu;
+mod memory;
+mod network;
+pub mod process;
+mod storage;
+
+/// Collects [`HostMetrics`].
+pub struct HostCollector {
+    interval: Duration,
+    state: Option<HostState>,
+}
+
+/// Everything a round needs, moved to the blocking pool and back.
+struct HostState {
+    cpu: cpu::CpuSampler,
+    storage: storage::StorageSampler,
+    network: network::NetworkSampler,
+    process: process::ProcessSampler,
+}
+
+impl HostCollector {
+    /// A collector for the host this agent runs on.
+    pub fn new(cfg: &AgentConfig) -> Self {
+        let mut state = HostState {
+            cpu: cpu::CpuSampler::default(),
+            storage: storage::StorageSampler::new(cfg.etcd.data_dir.clone()),
+            network: network::NetworkSampler::new(cfg.host.interfaces.clone()),
+            process: process::ProcessSampler::new(cfg),
+        };
+        // Take the first counter readings now, so the first report (even of
+        // `collect --once`) already has rates.
+        state.prime();
+        Self {
+            interval: cfg.host.interval,
+            state: Some(state),
+        }
+    }
+}
+
+impl HostState {
+    fn prime(&mut self) {
+        let _ = self.cpu.sample(Instant::now());
+        let _ = self.storage.sample(Instant::now());
+        let _ = self.process.sample(Instant::now());
+    }
+
+    fn sample(&mut self) -> HostMetrics {
+        let now = Instant::now();
+        let mut out = HostMetrics::default();
+        match self.cpu.sample(now) {
+            Ok(c) => out.cpu = Some(c),
+            Err(f) => out.failures.push(f),
+        }
+        match memory::sample() {
+            Ok(m) => out.memory = Some(m),
+            Err(f) => out.failures.push(f),
+        }
+        let (fs, disk, failures) = self.storage.sample(now);
+        out.filesystem = fs;
+        out.disk = disk;
+        out.failures.extend(failures);
+        match self.network.sample() {
+            Ok(i) => out.interfaces = i,
+            Err(f) => out.failures.push(f),
+        }
+        out.process = Some(self.process.sample(now));
+        out
+    }
+}
+
+impl Collector for HostCollector {
+    fn name(&self) -> &'static str {
+        "host"
+    }
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+    fn collect(&mut self) -> BoxFuture<'_, Body> {
+        Box::pin(async move {
+            let Some(mut state) = self.state.take() else {
+                return Body::Host(lost_state());
+            };
+            match tokio::task::spawn_blocking(move || {
+                let m = state.sample();
+                (state, m)
+            })
+            .await
+            {
+                Ok((state, m)) => {
+                    self.state = Some(state);
+                    Body::Host(m)
+                }
+                // Only a panic in the sampler gets here; the state is gone,
+                // so every later round reports the failure too.
+                Err(_) => Body::Host(lost_state()),
+            }
+        })
+    }
+}
+
+fn lost_state() -> HostMetrics {
+    HostMetrics {
+        failures: vec![Failure::new(
+            "host",
+            ErrorKind::Local,
+            "host sampler crashed in an earlier round; restart the agent",
+        )],
+        ..Default::default()
+    }
+}
+
+/// A failure reading `what` from the local system.
+fn local_failure(call: &str, what: impl std::fmt::Display) -> Failure {
+    Failure::new(call, ErrorKind::Local, what.to_string())
+}
+
+/// `later - earlier` for counters that may reset (device re-plugged).
+fn delta(later: u64, earlier: u64) -> u64 {
+    later.saturating_sub(earlier)
+}

@@ -1,0 +1,171 @@
+//! The agent's own metrics, served on its `/metrics`: one counter per
+//! failure mode so an operator can tell a dead etcd from a broken agent.
+
+use etcdmon_proto::v1::{report::Body, ErrorKind, Failure};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+/// Counters and histograms of the agent.
+#[derive(Clone)]
+pub struct AgentMetrics {
+    registry: Registry,
+    /// Collection rounds by collector.
+    pub collections: IntCounterVec,
+    /// Failed calls by collector, call and error kind.
+    pub failures: IntCounterVec,
+    /// Calls that ran into the probe timeout, by collector.
+    pub probe_timeouts: IntCounterVec,
+    /// Scrapes of etcd's /metrics that failed (any reason).
+    pub scrape_failures: IntCounter,
+    /// Malformed lines skipped in etcd's /metrics.
+    pub parse_errors: IntCounter,
+    /// Time one collection round took, by collector.
+    pub duration: HistogramVec,
+    /// Unix time of the last successful round, by collector.
+    pub last_success: IntGaugeVec,
+    /// Reports dropped because the sink was full.
+    pub reports_dropped: IntCounter,
+}
+
+impl AgentMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("etcdmon_agent".into()), None)
+            .expect("static prefix is a valid metric name");
+        let collections = IntCounterVec::new(
+            Opts::new("collections_total", "Collection rounds, by collector."),
+            &["collector"],
+        )
+        .expect("valid metric");
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "failures_total",
+                "Failed calls, by collector, call and error kind (refused, timeout, tls, auth, ...).",
+            ),
+            &["collector", "call", "kind"],
+        )
+        .expect("valid metric");
+        let probe_timeouts = IntCounterVec::new(
+            Opts::new(
+                "probe_timeouts_total",
+                "Calls that hit the probe timeout, by collector.",
+            ),
+            &["collector"],
+        )
+        .expect("valid metric");
+        let scrape_failures = IntCounter::new(
+            "scrape_failures_total",
+            "Scrapes of etcd's Prometheus endpoint that failed.",
+        )
+        .expect("valid metric");
+        let parse_errors = IntCounter::new(
+            "parse_errors_total",
+            "Malformed lines skipped while parsing etcd's metrics.",
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "collect_duration_seconds",
+                "Duration of one collection round.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["collector"],
+        )
+        .expect("valid metric");
+        let last_success = IntGaugeVec::new(
+            Opts::new(
+                "last_success_timestamp_seconds",
+                "Unix time of the last round without failures, by collector.",
+            ),
+            &["collector"],
+        )
+        .expect("valid metric");
+        let reports_dropped = IntCounter::new(
+            "reports_dropped_total",
+            "Reports dropped because the sink was full.",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(collections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(failures.clone()),
+            Box::new(probe_timeouts.clone()),
+            Box::new(scrape_failures.clone()),
+            Box::new(parse_errors.clone()),
+            Box::new(duration.clone()),
+            Box::new(last_success.clone()),
+            Box::new(reports_dropped.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            collections,
+            failures,
+            probe_timeouts,
+            scrape_failures,
+            parse_errors,
+            duration,
+            last_success,
+            reports_dropped,
+        }
+    }
+
+    /// The registry to serve.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Records one finished round of `collector`.
+    pub fn observe(&self, collector: &str, body: &Body, seconds: f64, now_unix: i64) {
+        self.collections.with_label_values(&[collector]).inc();
+        self.duration
+            .with_label_values(&[collector])
+            .observe(seconds);
+        let failures = failures_of(body);
+        for f in &failures {
+            let kind = ErrorKind::try_from(f.kind).unwrap_or(ErrorKind::Other);
+            self.failures
+                .with_label_values(&[collector, f.call.as_str(), kind.short_name()])
+                .inc();
+            if kind == ErrorKind::Timeout {
+                self.probe_timeouts.with_label_values(&[collector]).inc();
+            }
+        }
+        if let Body::Metrics(m) = body {
+            if m.failure.is_some() {
+                self.scrape_failures.inc();
+            }
+            self.parse_errors.inc_by(u64::from(m.parse_errors));
+        }
+        if failures.is_empty() {
+            self.last_success
+                .with_label_values(&[collector])
+                .set(now_unix);
+        }
+    }
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Every failure recorded in a report body.
+pub fn failures_of(body: &Body) -> Vec<&Failure> {
+    match body {
+        Body::Metrics(m) => m.failure.iter().collect(),
+        Body::Status(s) => s.failures.iter().collect(),
+        Body::Host(h) => h.failures.iter().collect(),
+        Body::Fsync(f) => f.failure.iter().collect(),
+        Body::PeerRtt(p) => p.peers.iter().filter_map(|p| p.failure.as_ref()).collect(),
+        Body::Certs(c) => c
+            .certificates
+            .iter()
+            .filter_map(|c| c.failure.as_ref())
+            .collect(),
+    }
+}

@@ -1,0 +1,109 @@
+//! TLS towards etcd (client certificate auth), certificate expiry, and the
+//! `tls` failure kind.
+
+use etcdmon_agent::config::{CertFile, CertRoleConfig};
+use etcdmon_agent::runner::Agent;
+use etcdmon_agent::selfmetrics::AgentMetrics;
+use etcdmon_agent::AgentConfig;
+use etcdmon_proto::v1::{report::Body, CertRole, ErrorKind};
+use etcdmon_testkit::{generate_tls, EtcdCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_member_is_watched_and_certificates_expire_in_the_expected_days() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let tls = generate_tls(dir.path(), 30).expect("certs");
+    let cluster = EtcdCluster::builder()
+        .members(1)
+        .separate_metrics_listener(true)
+        .client_tls(&tls)
+        .start()
+        .expect("start etcd");
+    let m = cluster.member(0);
+    assert!(m.client_url.starts_with("https://"));
+
+    let mut cfg = AgentConfig::default();
+    cfg.etcd.endpoint = m.client_url.clone();
+    cfg.etcd.metrics_url = m.metrics_url.clone();
+    cfg.etcd.tls.ca = Some(tls.ca_cert.clone());
+    cfg.etcd.tls.cert = Some(tls.client_cert.clone());
+    cfg.etcd.tls.key = Some(tls.client_key.clone());
+    cfg.certs.files = vec![CertFile {
+        path: tls.server_cert.clone(),
+        role: CertRoleConfig::Server,
+    }];
+    cfg.fsync.enabled = false;
+    let mut agent = Agent::new(&cfg, AgentMetrics::new()).expect("agent");
+    let reports = agent.collect_once().await;
+
+    let status = reports
+        .iter()
+        .find_map(|r| match &r.body {
+            Some(Body::Status(s)) => Some(s),
+            _ => None,
+        })
+        .expect("status");
+    assert!(status.reachable, "{:?}", status.failures);
+
+    let certs = reports
+        .iter()
+        .find_map(|r| match &r.body {
+            Some(Body::Certs(c)) => Some(c),
+            _ => None,
+        })
+        .expect("certs");
+    let roles: Vec<i32> = certs.certificates.iter().map(|c| c.role).collect();
+    assert_eq!(
+        roles,
+        vec![
+            CertRole::Ca as i32,
+            CertRole::Client as i32,
+            CertRole::Server as i32
+        ]
+    );
+    for c in &certs.certificates {
+        assert!(c.failure.is_none(), "{:?}", c.failure);
+        assert!(
+            (29.0..=30.1).contains(&c.days_left),
+            "{}: {}",
+            c.path,
+            c.days_left
+        );
+    }
+
+    // Without the CA the server certificate cannot be verified: kind tls.
+    let mut bad = cfg.clone();
+    bad.etcd.tls.ca = None;
+    bad.certs.enabled = false;
+    let mut agent = Agent::new(&bad, AgentMetrics::new()).expect("agent");
+    let reports = agent.collect_once().await;
+    let status = reports
+        .iter()
+        .find_map(|r| match &r.body {
+            Some(Body::Status(s)) => Some(s),
+            _ => None,
+        })
+        .expect("status");
+    assert!(!status.reachable);
+    assert!(
+        status
+            .failures
+            .iter()
+            .all(|f| f.kind == ErrorKind::Tls as i32),
+        "{:?}",
+        status.failures
+    );
+}
+
+#[test]
+fn missing_tls_file_fails_at_start_naming_the_field() {
+    let mut cfg = AgentConfig::default();
+    cfg.etcd.tls.ca = Some("/nonexistent/ca.pem".into());
+    let err = Agent::new(&cfg, AgentMetrics::new())
+        .err()
+        .expect("must fail");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("etcd.tls.ca") && msg.contains("/nonexistent/ca.pem"),
+        "{msg}"
+    );
+}

@@ -1,0 +1,189 @@
+//! Typed configuration from a TOML file, `ETCDMON_<COMPONENT>_*` environment
+//! variables and command-line flags, merged in that order by figment.
+//!
+//! Config structs use `#[serde(deny_unknown_fields)]` so a typo is an error
+//! that names the field, not a silently ignored setting. Environment
+//! variables nest with a double underscore: `ETCDMON_AGENT_FSYNC__WRITES=50`
+//! sets `fsync.writes`.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::Path;
+
+/// A configuration that could not be loaded; its message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file given on the command line does not exist or cannot be read.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The path given.
+        path: String,
+        /// Why it could not be read.
+        reason: String,
+    },
+    /// A value has the wrong type, is unknown or is missing.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        // One sentence per problem: the dotted field first (lowercase, as
+        // written in the file), then what is wrong, then where it came from.
+        let msgs: Vec<String> = e
+            .into_iter()
+            .map(|e| {
+                let field = e.path.join(".").to_ascii_lowercase();
+                let source = e
+                    .metadata
+                    .as_ref()
+                    .map(|m| match &m.source {
+                        Some(src) => format!(" (from {} {src})", m.name),
+                        None => format!(" (from {})", m.name),
+                    })
+                    .unwrap_or_default();
+                if field.is_empty() {
+                    format!("{}{source}", e.kind)
+                } else {
+                    format!("`{field}`: {}{source}", e.kind)
+                }
+            })
+            .collect();
+        ConfigError::Invalid(msgs.join("; "))
+    }
+}
+
+/// Loads `T` from an optional TOML file, the environment under `env_prefix`
+/// (e.g. `ETCDMON_AGENT_`) and `overrides` (flags), later sources winning.
+///
+/// `overrides` should serialize only the fields that were actually given on
+/// the command line (skip `None`s), so defaults from the file survive.
+pub fn load<T, O>(file: Option<&Path>, env_prefix: &str, overrides: &O) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned,
+    O: Serialize,
+{
+    let mut figment = Figment::new();
+    if let Some(path) = file {
+        // figment silently skips missing files; an explicit --config that
+        // points nowhere is a mistake the operator must hear about.
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(ConfigError::File {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment = figment
+        .merge(
+            Env::prefixed(env_prefix)
+                .split("__")
+                // The config file's own path travels in the environment too.
+                .ignore(&["config"]),
+        )
+        .merge(Serialized::defaults(overrides));
+    Ok(figment.extract()?)
+}
+
+/// Parses a TOML document into `T` with the same strictness as [`load`];
+/// used by tests that keep example config files from drifting.
+pub fn from_toml_str<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    Ok(Figment::new().merge(Toml::string(text)).extract()?)
+}
+
+/// A validation failure of one field, after parsing succeeded.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid config: `{field}` {reason}")]
+pub struct FieldError {
+    /// Dotted path of the field, e.g. `fsync.block_size`.
+    pub field: &'static str,
+    /// What is wrong, e.g. "must be between 1 and 1048576, got 0".
+    pub reason: String,
+}
+
+impl FieldError {
+    /// A failure of `field` for `reason`.
+    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields, default)]
+    struct Inner {
+        writes: u32,
+    }
+
+    #[derive(Debug, Deserialize, Default)]
+    #[serde(deny_unknown_fields, default)]
+    struct Conf {
+        name: String,
+        inner: Inner,
+    }
+
+    #[derive(Serialize)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    }
+
+    #[test]
+    fn flags_override_file_and_file_fills_the_rest() {
+        let dir = tempfile_dir();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "name = \"file\"\n[inner]\nwrites = 7\n").expect("write");
+        let c: Conf = load(
+            Some(&path),
+            "ETCDMON_CORETEST_A_",
+            &Flags {
+                name: Some("flag".into()),
+            },
+        )
+        .expect("load");
+        assert_eq!(c.name, "flag");
+        assert_eq!(c.inner.writes, 7);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = from_toml_str::<Conf>("[inner]\nwritez = 1\n").expect_err("must fail");
+        assert!(err.to_string().contains("writez"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = from_toml_str::<Conf>("[inner]\nwrites = \"many\"\n").expect_err("must fail");
+        assert!(err.to_string().contains("inner.writes"), "{err}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = load::<Conf, _>(
+            Some(Path::new("/nonexistent/etcdmon.toml")),
+            "ETCDMON_CORETEST_B_",
+            &Flags { name: None },
+        )
+        .expect_err("must fail");
+        assert!(
+            err.to_string().contains("/nonexistent/etcdmon.toml"),
+            "{err}"
+        );
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("etcdmon-core-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        d
+    }
+}

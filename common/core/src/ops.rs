@@ -1,0 +1,129 @@
+//! The operations endpoints every service serves: `/metrics` (Prometheus
+//! text of the service's own registry) and `/healthz` (200 with a JSON body
+//! when healthy, 503 otherwise).
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus::{Encoder, Registry, TextEncoder};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What `/healthz` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    /// Whether the service is doing its job.
+    pub healthy: bool,
+    /// Short explanation, e.g. "collecting" or "etcd endpoint unreachable".
+    pub detail: String,
+}
+
+/// Computes the current health on each `/healthz` request.
+pub type HealthFn = Arc<dyn Fn() -> Health + Send + Sync>;
+
+#[derive(Clone)]
+struct OpsState {
+    registry: Registry,
+    health: HealthFn,
+}
+
+/// A router with `/metrics` and `/healthz`; services merge their own routes into it.
+pub fn router(registry: Registry, health: HealthFn) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(OpsState { registry, health })
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    let mut buf = Vec::with_capacity(8 * 1024);
+    match TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
+        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
+async fn healthz(State(state): State<OpsState>) -> Response {
+    let health = (state.health)();
+    let code = if health.healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(health)).into_response()
+}
+
+/// Binds `addr`, failing with the address in the message.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen on {addr}"))
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then lets
+/// in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test]
+    async fn serves_metrics_and_health() {
+        let registry = Registry::new();
+        let c = prometheus::IntCounter::new("etcdmon_test_total", "test").expect("counter");
+        registry.register(Box::new(c.clone())).expect("register");
+        c.inc_by(3);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let h = healthy.clone();
+        let health: HealthFn = Arc::new(move || Health {
+            healthy: h.load(Ordering::SeqCst),
+            detail: "test".into(),
+        });
+        let listener = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let token = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, router(registry, health), token.clone()));
+
+        let body = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("get")
+            .text()
+            .await
+            .expect("body");
+        assert!(body.contains("etcdmon_test_total 3"), "{body}");
+
+        let r = reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 200);
+        healthy.store(false, Ordering::SeqCst);
+        let r = reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 503);
+
+        token.cancel();
+        server.await.expect("join").expect("serve");
+    }
+}

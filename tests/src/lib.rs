@@ -1,0 +1,38 @@
+//! Test harness for etcd-monitor: starts real services on free loopback ports in temp
+//! dirs, so tests talk to them over the network exactly like production code does.
+//!
+//! * [`free_port`] ([`ports`]) hands out loopback ports, never the same one twice per
+//!   process, so tests running in parallel threads do not collide.
+//! * [`ChildProcess`] ([`process`]) is the guard every service uses: stdout and stderr go
+//!   to a log file in the temp dir, SIGSTOP/SIGCONT freeze and thaw it, and dropping it
+//!   SIGKILLs and reaps the process, also when a test panics.
+//! * [`EtcdCluster`] ([`etcd`]) runs an N-member cluster of Debian's `etcd` binary and
+//!   injects faults: kill, stop, resume and restart members. See the module docs for how
+//!   readiness and cleanup work.
+//! * [`generate_tls`] ([`tls`]) writes a throwaway CA, server and client certificate.
+//! * [`http_get`] ([`http`]) is the tiny HTTP/1.0 client the harness probes with.
+//!
+//! Binaries are looked up with [`require_binary`]; a missing one fails the test with a
+//! hint to run `scripts/setup`.
+//!
+//! ```no_run
+//! use etcdmon_testkit::EtcdCluster;
+//!
+//! let mut cluster = EtcdCluster::start(3)?;
+//! cluster.etcdctl(&["put", "k", "v"])?;
+//! cluster.kill(0)?;
+//! cluster.restart(0)?;
+//! # anyhow::Ok(())
+//! ```
+
+pub mod etcd;
+pub mod http;
+pub mod ports;
+pub mod process;
+pub mod tls;
+
+pub use etcd::{EtcdCluster, EtcdClusterBuilder, EtcdMember};
+pub use http::{http_get, HttpResponse};
+pub use ports::free_port;
+pub use process::{require_binary, ChildProcess};
+pub use tls::{generate_tls, TlsFiles};
