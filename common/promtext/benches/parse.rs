@@ -17,7 +17,7 @@ fn etcdmon_promtext(text: &str) -> (f64, usize) {
     for s in exp.samples() {
         sum += s.value;
         for l in exp.labels(s) {
-            label_bytes += l.name.len() + l.raw_value().len();
+            label_bytes += l.name.len() + l.value().len();
         }
     }
     (sum, label_bytes + exp.families().len())
