@@ -19,10 +19,16 @@ mod network;
 pub mod process;
 mod storage;
 
+/// Rates over a shorter window than this are noise (a few scheduler ticks
+/// of CPU time, an io_ms counter that has not moved yet): the first round
+/// after priming waits until the window is this long.
+const MIN_RATE_WINDOW: Duration = Duration::from_millis(500);
+
 /// Collects [`HostMetrics`].
 pub struct HostCollector {
     interval: Duration,
     state: Option<HostState>,
+    last_sample: Instant,
 }
 
 /// Everything a round needs, moved to the blocking pool and back.
@@ -48,6 +54,7 @@ impl HostCollector {
         Self {
             interval: cfg.host.interval,
             state: Some(state),
+            last_sample: Instant::now(),
         }
     }
 }
@@ -92,6 +99,8 @@ impl Collector for HostCollector {
     }
     fn collect(&mut self) -> BoxFuture<'_, Body> {
         Box::pin(async move {
+            tokio::time::sleep_until((self.last_sample + MIN_RATE_WINDOW).into()).await;
+            self.last_sample = Instant::now();
             let Some(mut state) = self.state.take() else {
                 return Body::Host(lost_state());
             };
