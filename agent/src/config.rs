@@ -133,12 +133,67 @@ pub struct TlsConfig {
     pub server_name: Option<String>,
 }
 
-/// Where the agent streams to.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// Where the agent streams to, and how much it keeps while the collector
+/// is away.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
     /// Collector gRPC address, e.g. `http://collector:7070`.
     pub address: Option<String>,
+    /// Stable id of this agent, the key under which the collector tracks
+    /// sequence numbers; empty = `<node>/<cluster>/<endpoint host:port>`.
+    pub agent_id: String,
+    /// Reports are gathered into one batch per interval.
+    #[serde(with = "humantime_serde")]
+    pub batch_interval: Duration,
+    /// Largest batch sent (the collector may ask for less).
+    pub max_batch_bytes: u64,
+    /// Batches sent and not yet acknowledged, at most.
+    pub window: usize,
+    /// Directory of the spool (unacknowledged batches spilled to disk);
+    /// empty = `/var/lib/etcdmon-agent/spool` for root, else
+    /// `~/.local/share/etcdmon-agent/spool`.
+    pub spool_dir: Option<PathBuf>,
+    /// Memory for unacknowledged batches before they spill to disk.
+    pub spool_memory_bytes: u64,
+    /// Disk for unacknowledged batches; beyond it the oldest are dropped
+    /// (and counted).
+    pub spool_disk_bytes: u64,
+    /// On shutdown, how long to wait for the last acks before spilling the
+    /// rest to disk.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            address: None,
+            agent_id: String::new(),
+            batch_interval: Duration::from_secs(1),
+            max_batch_bytes: 4 * 1024 * 1024,
+            window: 32,
+            spool_dir: None,
+            spool_memory_bytes: 16 * 1024 * 1024,
+            spool_disk_bytes: 512 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// The spool directory, defaulted as documented.
+    pub fn effective_spool_dir(&self) -> PathBuf {
+        if let Some(d) = &self.spool_dir {
+            return d.clone();
+        }
+        let is_root = std::env::var("USER").map(|u| u == "root").unwrap_or(false)
+            || std::env::var("HOME").map(|h| h == "/root").unwrap_or(false);
+        match std::env::var_os("HOME") {
+            Some(home) if !is_root => PathBuf::from(home).join(".local/share/etcdmon-agent/spool"),
+            _ => PathBuf::from("/var/lib/etcdmon-agent/spool"),
+        }
+    }
 }
 
 /// The agent's own HTTP endpoint.
@@ -374,6 +429,16 @@ impl AgentConfig {
         }
         if let Some(addr) = &self.collector.address {
             check_url("collector.address", addr)?;
+        }
+        positive("collector.batch_interval", self.collector.batch_interval)?;
+        if self.collector.max_batch_bytes < 1024 {
+            return Err(FieldError::new(
+                "collector.max_batch_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.collector.window == 0 {
+            return Err(FieldError::new("collector.window", "must be positive"));
         }
         if self.identity.cluster.is_empty() {
             return Err(FieldError::new("identity.cluster", "must not be empty"));

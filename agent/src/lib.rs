@@ -17,6 +17,8 @@ pub mod output;
 pub mod runner;
 pub mod selfmetrics;
 pub mod shared;
+pub mod spool;
+pub mod stream;
 pub mod tls;
 
 pub use config::AgentConfig;

@@ -100,10 +100,28 @@ async fn run(cli: Cli, cfg: etcdmon_agent::AgentConfig) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
-            anyhow::bail!(
-                "streaming to a collector is not available in this build yet; \
-                 use `etcdmon-agent collect` to print results locally"
-            )
+            if cfg.collector.address.is_none() {
+                eprintln!(
+                    "etcdmon-agent: no collector address: set --collector or collector.address \
+                     (or use `etcdmon-agent collect` to print results here)"
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let shutdown = etcdmon_core::shutdown::token_on_signals();
+            let ops = serve_ops(&cfg, &agent, &metrics, shutdown.clone()).await?;
+            let (tx, rx) = tokio::sync::mpsc::channel(256);
+            let shared = agent.shared();
+            let tasks = agent.spawn(tx, shutdown.clone());
+            let streamer =
+                etcdmon_agent::stream::run(&cfg, shared, rx, metrics.clone(), shutdown.clone());
+            let result = streamer.await;
+            // A streamer that failed early (spool unusable) must not leave
+            // the collectors running with nobody reading their reports.
+            shutdown.cancel();
+            futures::future::join_all(tasks).await;
+            ops.await.context("ops server task")??;
+            result?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

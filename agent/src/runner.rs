@@ -68,6 +68,11 @@ impl Agent {
         })
     }
 
+    /// The state shared by the collectors (identity, member list).
+    pub fn shared(&self) -> Shared {
+        self.shared.clone()
+    }
+
     /// Names of the enabled collectors.
     pub fn collector_names(&self) -> Vec<&'static str> {
         self.collectors.iter().map(|c| c.name()).collect()
@@ -131,26 +136,52 @@ impl Agent {
             collectors,
             progress,
         } = self;
+        // Reports carry the member's identity, which the first status round
+        // completes (member id, and name unless configured). The other
+        // collectors wait for that round, so even their first reports are
+        // attributed to the right member; the wait is bounded, because an
+        // unreachable etcd must not stop host metrics.
+        let has_status = collectors.iter().any(|c| c.name() == "status");
+        let (first_status, _) = tokio::sync::watch::channel(!has_status);
         collectors
             .into_iter()
             .map(|c| {
                 let ctx = (shared.clone(), metrics.clone(), progress.clone());
                 let (sink, shutdown) = (sink.clone(), shutdown.clone());
-                tokio::spawn(run_loop(c, ctx, sink, shutdown))
+                let gate = if c.name() == "status" {
+                    Gate::Opens(first_status.clone())
+                } else {
+                    Gate::Waits(first_status.subscribe())
+                };
+                tokio::spawn(run_loop(c, ctx, sink, shutdown, gate))
             })
             .collect()
     }
 }
+
+/// Ordering of the first rounds: status opens the gate, others wait for it.
+enum Gate {
+    Opens(tokio::sync::watch::Sender<bool>),
+    Waits(tokio::sync::watch::Receiver<bool>),
+}
+
+/// Longest wait for the first status round before other collectors start.
+const FIRST_STATUS_WAIT: Duration = Duration::from_secs(3);
 
 async fn run_loop(
     mut c: Box<dyn Collector>,
     (shared, metrics, progress): (Shared, AgentMetrics, Progress),
     sink: mpsc::Sender<Report>,
     shutdown: CancellationToken,
+    gate: Gate,
 ) {
     let name = c.name();
     let every = c.interval();
     progress.record(name, every);
+    if let Gate::Waits(rx) = &gate {
+        let mut rx = rx.clone();
+        let _ = tokio::time::timeout(FIRST_STATUS_WAIT, rx.wait_for(|open| *open)).await;
+    }
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -163,6 +194,9 @@ async fn run_loop(
             _ = shutdown.cancelled() => break,
         };
         progress.record(name, every);
+        if let Gate::Opens(tx) = &gate {
+            tx.send_replace(true);
+        }
         match sink.try_send(report) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {

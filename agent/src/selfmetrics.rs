@@ -3,7 +3,7 @@
 
 use etcdmon_proto::v1::{report::Body, ErrorKind, Failure};
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Counters and histograms of the agent.
@@ -26,6 +26,27 @@ pub struct AgentMetrics {
     pub last_success: IntGaugeVec,
     /// Reports dropped because the sink was full.
     pub reports_dropped: IntCounter,
+    /// Batches built and spooled.
+    pub batches_built: IntCounter,
+    /// Batches sent to the collector (resends included).
+    pub batches_sent: IntCounter,
+    /// Batches the collector acknowledged as stored.
+    pub batches_acked: IntCounter,
+    /// Batches the collector refused for good (dropped).
+    pub batches_rejected: IntCounter,
+    /// Collector streams that failed (each followed by a reconnect).
+    pub stream_errors: IntCounter,
+    /// 1 while a stream to the collector is open.
+    pub collector_connected: IntGauge,
+    /// Bytes of unacknowledged batches, by tier (memory, disk).
+    pub spool_bytes: IntGaugeVec,
+    /// Unacknowledged batches held.
+    pub spool_batches: IntGauge,
+    /// Batches dropped since start because the disk budget was full (or a
+    /// spooled file was corrupt).
+    pub spool_dropped_batches: IntGauge,
+    /// Bytes of those batches.
+    pub spool_dropped_bytes: IntGauge,
 }
 
 impl AgentMetrics {
@@ -88,8 +109,52 @@ impl AgentMetrics {
             "Reports dropped because the sink was full.",
         )
         .expect("valid metric");
+        let counter = |n: &str, h: &str| IntCounter::new(n, h).expect("valid metric");
+        let gauge = |n: &str, h: &str| IntGauge::new(n, h).expect("valid metric");
+        let batches_built = counter("batches_built_total", "Batches built and spooled.");
+        let batches_sent = counter(
+            "batches_sent_total",
+            "Batches sent to the collector, resends included.",
+        );
+        let batches_acked = counter(
+            "batches_acked_total",
+            "Batches the collector acknowledged as stored.",
+        );
+        let batches_rejected = counter(
+            "batches_rejected_total",
+            "Batches the collector refused for good (dropped).",
+        );
+        let stream_errors = counter(
+            "stream_errors_total",
+            "Collector streams that failed; each is followed by a reconnect.",
+        );
+        let collector_connected = gauge(
+            "collector_connected",
+            "1 while a stream to the collector is open.",
+        );
+        let spool_bytes = IntGaugeVec::new(
+            Opts::new("spool_bytes", "Bytes of unacknowledged batches, by tier."),
+            &["tier"],
+        )
+        .expect("valid metric");
+        let spool_batches = gauge("spool_batches", "Unacknowledged batches held.");
+        let spool_dropped_batches = gauge(
+            "spool_dropped_batches",
+            "Batches dropped since start: disk budget full or spooled file corrupt.",
+        );
+        let spool_dropped_bytes = gauge("spool_dropped_bytes", "Bytes of the dropped batches.");
         for c in [
-            Box::new(collections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(batches_built.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(batches_sent.clone()),
+            Box::new(batches_acked.clone()),
+            Box::new(batches_rejected.clone()),
+            Box::new(stream_errors.clone()),
+            Box::new(collector_connected.clone()),
+            Box::new(spool_bytes.clone()),
+            Box::new(spool_batches.clone()),
+            Box::new(spool_dropped_batches.clone()),
+            Box::new(spool_dropped_bytes.clone()),
+            Box::new(collections.clone()),
             Box::new(failures.clone()),
             Box::new(probe_timeouts.clone()),
             Box::new(scrape_failures.clone()),
@@ -110,6 +175,16 @@ impl AgentMetrics {
             duration,
             last_success,
             reports_dropped,
+            batches_built,
+            batches_sent,
+            batches_acked,
+            batches_rejected,
+            stream_errors,
+            collector_connected,
+            spool_bytes,
+            spool_batches,
+            spool_dropped_batches,
+            spool_dropped_bytes,
         }
     }
 

@@ -1,10 +1,12 @@
-//! A minimal blocking HTTP/1.0 GET client on top of [`std::net::TcpStream`].
+//! A minimal blocking HTTP/1.0 client (GET and POST) on top of [`std::net::TcpStream`].
 //!
 //! The harness probes `/health` and `/metrics` while members are being killed or frozen
 //! with SIGSTOP, so every probe needs a hard deadline and must not depend on an async
 //! runtime or connection pool that could keep a connection to a frozen process around.
 //! HTTP/1.0 keeps the parsing trivial: the server closes the connection after one response
 //! and never uses chunked encoding, so the body is simply everything after the headers.
+//! POST exists for services whose API takes a request body, such as ClickHouse's HTTP
+//! interface, which reads the SQL from it.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -27,6 +29,21 @@ pub struct HttpResponse {
 /// accepts the connection but never answers (a SIGSTOPped process) yields an error after
 /// `timeout` instead of hanging the test.
 pub fn http_get(url: &str, timeout: Duration) -> Result<HttpResponse> {
+    request("GET", url, None, timeout)
+}
+
+/// Sends `POST` with `body` (as `text/plain`) to a plain `http://host:port/path?query` URL
+/// and reads the whole response. `timeout` bounds the whole exchange, as for [`http_get`].
+pub fn http_post(url: &str, body: &[u8], timeout: Duration) -> Result<HttpResponse> {
+    request("POST", url, Some(body), timeout)
+}
+
+fn request(
+    method: &str,
+    url: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<HttpResponse> {
     let deadline = Instant::now() + timeout;
     let rest = url
         .strip_prefix("http://")
@@ -42,38 +59,50 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<HttpResponse> {
         .with_context(|| format!("{authority} resolved to no address"))?;
 
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("connect to {addr} for GET {url}"))?;
-    stream.set_write_timeout(Some(remaining(deadline, url)?))?;
-    let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: etcdmon-testkit\r\nAccept: */*\r\n\r\n"
-    );
+        .with_context(|| format!("connect to {addr} for {method} {url}"))?;
+    stream.set_write_timeout(Some(remaining(deadline, method, url)?))?;
+    let mut request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: etcdmon-testkit\r\nAccept: */*\r\n"
+    )
+    .into_bytes();
+    if let Some(body) = body {
+        request.extend_from_slice(
+            format!(
+                "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    request.extend_from_slice(b"\r\n");
+    request.extend_from_slice(body.unwrap_or_default());
     stream
-        .write_all(request.as_bytes())
-        .with_context(|| format!("send GET {url}"))?;
+        .write_all(&request)
+        .with_context(|| format!("send {method} {url}"))?;
 
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
-        stream.set_read_timeout(Some(remaining(deadline, url)?))?;
+        stream.set_read_timeout(Some(remaining(deadline, method, url)?))?;
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => raw.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                bail!("GET {url}: no complete response within {timeout:?}")
+                bail!("{method} {url}: no complete response within {timeout:?}")
             }
-            Err(e) => return Err(e).with_context(|| format!("read response to GET {url}")),
+            Err(e) => return Err(e).with_context(|| format!("read response to {method} {url}")),
         }
     }
-    parse_response(&raw).with_context(|| format!("parse response to GET {url}"))
+    parse_response(&raw).with_context(|| format!("parse response to {method} {url}"))
 }
 
 /// Time left until `deadline`, or an error once it has passed (a zero timeout would mean
 /// "block forever" to the socket API).
-fn remaining(deadline: Instant, url: &str) -> Result<Duration> {
+fn remaining(deadline: Instant, method: &str, url: &str) -> Result<Duration> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        bail!("GET {url}: timed out");
+        bail!("{method} {url}: timed out");
     }
     Ok(left)
 }
@@ -113,6 +142,34 @@ mod tests {
         assert_eq!(response.status, 200);
         assert_eq!(response.body, "{\"health\":\"true\"}");
         assert!(parse_response(b"garbage").is_err());
+    }
+
+    #[test]
+    fn post_sends_body_with_content_length() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/?database=x", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            // Read until the whole 8-byte body after the blank line has arrived.
+            while !request.ends_with(b"SELECT 1") {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0, "client closed early");
+                request.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"HTTP/1.0 200 OK\r\n\r\n1\n").unwrap();
+            String::from_utf8(request).unwrap()
+        });
+        let response = http_post(&url, b"SELECT 1", Duration::from_secs(5)).unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, "1\n");
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("POST /?database=x HTTP/1.0\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("Content-Length: 8\r\n"), "{request}");
     }
 
     #[test]

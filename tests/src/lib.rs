@@ -9,8 +9,11 @@
 //! * [`EtcdCluster`] ([`etcd`]) runs an N-member cluster of Debian's `etcd` binary and
 //!   injects faults: kill, stop, resume and restart members. See the module docs for how
 //!   readiness and cleanup work.
+//! * [`ClickHouseServer`] ([`clickhouse`]) runs Debian's `clickhouse-server` 18.16 with a
+//!   generated config; it can be stopped and started again on the same ports and data.
 //! * [`generate_tls`] ([`tls`]) writes a throwaway CA, server and client certificate.
-//! * [`http_get`] ([`http`]) is the tiny HTTP/1.0 client the harness probes with.
+//! * [`http_get`] and [`http_post`] ([`http`]) are the tiny HTTP/1.0 client the harness
+//!   probes with.
 //!
 //! Binaries are looked up with [`require_binary`]; a missing one fails the test with a
 //! hint to run `scripts/setup`.
@@ -25,14 +28,16 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod clickhouse;
 pub mod etcd;
 pub mod http;
 pub mod ports;
 pub mod process;
 pub mod tls;
 
+pub use clickhouse::ClickHouseServer;
 pub use etcd::{EtcdCluster, EtcdClusterBuilder, EtcdMember};
-pub use http::{http_get, HttpResponse};
+pub use http::{http_get, http_post, HttpResponse};
 pub use ports::free_port;
 pub use process::{require_binary, ChildProcess};
 pub use tls::{generate_tls, TlsFiles};

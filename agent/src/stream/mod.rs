@@ -1,0 +1,409 @@
+//! Streams reports to the collector without losing them.
+//!
+//! ```text
+//! collectors --reports--> batcher --encoded batch--> spool (memory, then disk)
+//!                                                       |
+//!              collector <--Hello, Batch...-- sender <--+  (oldest first)
+//!              collector --Welcome, Ack...--> receiver --> spool.ack(seq)
+//! ```
+//!
+//! The batcher gathers reports for `collector.batch_interval` (or until a
+//! batch would exceed `collector.max_batch_bytes`), gives the batch the
+//! next sequence number and pushes it into the [`Spool`]. A batch leaves
+//! the spool only when the collector acknowledges it, which it does once
+//! the batch is stored.
+//!
+//! The connection loop keeps one long-lived gzip-compressed stream: Hello,
+//! then every spooled batch oldest first, at most `collector.window` in
+//! flight. On any error it reconnects with jittered exponential backoff and
+//! starts again from the oldest unacknowledged batch; the collector's
+//! Welcome says which sequence it has already stored, and the collector
+//! acknowledges resends without storing them twice.
+//!
+//! On shutdown the batcher flushes the last reports into a batch, the
+//! sender waits up to `collector.shutdown_grace` for acks, and whatever is
+//! still unacknowledged is written to disk for the next start.
+
+use crate::config::AgentConfig;
+use crate::selfmetrics::AgentMetrics;
+use crate::shared::Shared;
+use crate::spool::{Spool, SpoolConfig};
+use anyhow::Context as _;
+use backon::BackoffBuilder as _;
+use etcdmon_proto::v1::ingest_service_client::IngestServiceClient;
+use etcdmon_proto::v1::{
+    stream_request, stream_response, Batch, Hello, Report, StreamRequest, StreamResponse,
+};
+use prost::Message as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+
+/// How long to wait for the collector's Welcome after opening a stream.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the streaming tasks share.
+#[derive(Clone)]
+struct Ctx {
+    spool: Arc<Mutex<Spool>>,
+    /// Bumped when a batch is pushed or acknowledged; a watch channel
+    /// never loses a wake-up that happens before the waiter subscribes.
+    changed: Arc<watch::Sender<u64>>,
+    metrics: AgentMetrics,
+}
+
+impl Ctx {
+    fn spool<T>(&self, f: impl FnOnce(&mut Spool) -> T) -> T {
+        let mut g = self.spool.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn publish_stats(&self) {
+        let st = self.spool(|s| s.stats());
+        self.metrics
+            .spool_bytes
+            .with_label_values(&["memory"])
+            .set(st.memory_bytes as i64);
+        self.metrics
+            .spool_bytes
+            .with_label_values(&["disk"])
+            .set(st.disk_bytes as i64);
+        self.metrics.spool_batches.set(st.batches as i64);
+        self.metrics
+            .spool_dropped_batches
+            .set(st.dropped_batches as i64);
+        self.metrics
+            .spool_dropped_bytes
+            .set(st.dropped_bytes as i64);
+    }
+}
+
+/// The stable agent id from config.
+pub fn agent_id(cfg: &AgentConfig, shared: &Shared) -> String {
+    if !cfg.collector.agent_id.is_empty() {
+        return cfg.collector.agent_id.clone();
+    }
+    let hostport = url::Url::parse(&cfg.etcd.endpoint)
+        .ok()
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+        .unwrap_or_else(|| cfg.etcd.endpoint.clone());
+    format!(
+        "{}/{}/{}",
+        shared.identity().node,
+        cfg.identity.cluster,
+        hostport
+    )
+}
+
+/// Streams `reports` to the collector until `reports` closes (collectors
+/// stopped) and the grace period has passed; then spills to disk.
+pub async fn run(
+    cfg: &AgentConfig,
+    shared: Shared,
+    reports: mpsc::Receiver<Report>,
+    metrics: AgentMetrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let address = cfg
+        .collector
+        .address
+        .clone()
+        .context("no collector address: set --collector or collector.address")?;
+    let dir = cfg.collector.effective_spool_dir();
+    let spool = tokio::task::spawn_blocking({
+        let c = SpoolConfig {
+            dir: dir.clone(),
+            memory_bytes: cfg.collector.spool_memory_bytes,
+            disk_bytes: cfg.collector.spool_disk_bytes,
+        };
+        move || Spool::open(c)
+    })
+    .await
+    .context("spool task")?
+    .with_context(|| format!("open spool {}", dir.display()))?;
+    let pending = spool.pending().len();
+    if pending > 0 {
+        tracing::info!(batches = pending, dir = %dir.display(), "resending batches kept from the last run");
+    }
+    let ctx = Ctx {
+        spool: Arc::new(Mutex::new(spool)),
+        changed: Arc::new(watch::channel(0).0),
+        metrics,
+    };
+    ctx.publish_stats();
+
+    let batcher_done = CancellationToken::new();
+    let batcher = tokio::spawn(batcher(
+        ctx.clone(),
+        reports,
+        cfg.collector.batch_interval,
+        cfg.collector.max_batch_bytes,
+        batcher_done.clone(),
+    ));
+    let hello = Hello {
+        identity: None, // filled per connection: the identity completes over time
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        protocol_version: etcdmon_proto::PROTOCOL_VERSION,
+        agent_id: agent_id(cfg, &shared),
+    };
+    let conn = Connection {
+        ctx: ctx.clone(),
+        address,
+        hello,
+        shared,
+        window: cfg.collector.window,
+    };
+    // The sender stops once the batcher is done and everything is acked,
+    // or the grace period after shutdown has passed.
+    let grace = cfg.collector.shutdown_grace;
+    let stop_sending = CancellationToken::new();
+    let sender = tokio::spawn(conn.run(batcher_done.clone(), stop_sending.clone()));
+    shutdown.cancelled().await;
+    batcher.await.context("batcher task")?;
+    let mut changes = ctx.changed.subscribe();
+    let _ = tokio::time::timeout(grace, async {
+        while ctx.spool(|s| s.stats().batches) > 0 {
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    stop_sending.cancel();
+    let _ = sender.await;
+    let left = ctx.spool(|s| s.stats().batches);
+    let flushed = tokio::task::spawn_blocking({
+        let spool = ctx.spool.clone();
+        move || {
+            spool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .flush_to_disk()
+        }
+    })
+    .await
+    .context("flush task")?;
+    flushed.context("write unacknowledged batches to disk")?;
+    ctx.publish_stats();
+    if left > 0 {
+        tracing::info!(
+            batches = left,
+            "unacknowledged batches kept on disk for the next start"
+        );
+    }
+    Ok(())
+}
+
+/// Gathers reports into batches and pushes them into the spool.
+async fn batcher(
+    ctx: Ctx,
+    mut reports: mpsc::Receiver<Report>,
+    every: Duration,
+    max_bytes: u64,
+    done: CancellationToken,
+) {
+    let mut current: Vec<Report> = Vec::new();
+    let mut size = 0u64;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = reports.recv() => match r {
+                Some(r) => {
+                    let len = r.encoded_len() as u64;
+                    if size + len > max_bytes && !current.is_empty() {
+                        seal(&ctx, std::mem::take(&mut current)).await;
+                        size = 0;
+                    }
+                    size += len;
+                    current.push(r);
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                if !current.is_empty() {
+                    seal(&ctx, std::mem::take(&mut current)).await;
+                    size = 0;
+                }
+            }
+        }
+    }
+    if !current.is_empty() {
+        seal(&ctx, current).await;
+    }
+    done.cancel();
+}
+
+/// Numbers, encodes and spools one batch.
+async fn seal(ctx: &Ctx, reports: Vec<Report>) {
+    let spool = ctx.spool.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut s = spool.lock().unwrap_or_else(|p| p.into_inner());
+        let sequence = s.next_sequence()?;
+        let batch = Batch { sequence, reports };
+        s.push(sequence, batch.encode_to_vec())
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => ctx.metrics.batches_built.inc(),
+        Ok(Err(e)) => tracing::error!(error = %e, "could not spool a batch; it is lost"),
+        Err(e) => tracing::error!(error = %e, "spool task failed; a batch is lost"),
+    }
+    ctx.publish_stats();
+    ctx.bump();
+}
+
+struct Connection {
+    ctx: Ctx,
+    address: String,
+    hello: Hello,
+    shared: Shared,
+    window: usize,
+}
+
+impl Connection {
+    async fn run(self, batcher_done: CancellationToken, stop: CancellationToken) {
+        let mut backoff = new_backoff();
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let connected = tokio::select! {
+                r = self.session(&batcher_done) => r,
+                _ = stop.cancelled() => return,
+            };
+            self.ctx.metrics.collector_connected.set(0);
+            match connected {
+                Ok(true) => {
+                    // Done: the batcher stopped and everything is acked.
+                    return;
+                }
+                Ok(false) => backoff = new_backoff(),
+                Err(e) => {
+                    self.ctx.metrics.stream_errors.inc();
+                    let wait = backoff.next().unwrap_or(Duration::from_secs(30));
+                    tracing::warn!(collector = %self.address, error = %format!("{e:#}"), retry_in = ?wait, "collector stream failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One stream. Ok(true) when finished for good, Ok(false) when the
+    /// collector closed it cleanly (reconnect at once).
+    async fn session(&self, batcher_done: &CancellationToken) -> anyhow::Result<bool> {
+        let channel = tonic::transport::Endpoint::from_shared(self.address.clone())
+            .context("parse collector.address")?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .with_context(|| format!("connect to collector {}", self.address))?;
+        let mut client = IngestServiceClient::new(channel)
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(16 * 1024 * 1024);
+        let (tx, rx) = mpsc::channel::<StreamRequest>(self.window + 1);
+        let mut hello = self.hello.clone();
+        hello.identity = Some(self.shared.identity());
+        tx.send(StreamRequest {
+            kind: Some(stream_request::Kind::Hello(hello)),
+        })
+        .await
+        .context("queue Hello")?;
+        let mut inbound = client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .context("open stream")?
+            .into_inner();
+        let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(StreamResponse {
+                kind: Some(stream_response::Kind::Welcome(w)),
+            }))) => w,
+            Ok(Ok(other)) => anyhow::bail!("expected Welcome, got {other:?}"),
+            Ok(Err(status)) => anyhow::bail!(
+                "collector refused the stream: {}: {}",
+                status.code(),
+                status.message()
+            ),
+            Err(_) => anyhow::bail!("no Welcome within {WELCOME_TIMEOUT:?}"),
+        };
+        self.ctx.spool(|s| s.ack(welcome.stored_through_sequence));
+        self.ctx.publish_stats();
+        self.ctx.metrics.collector_connected.set(1);
+        tracing::info!(collector = %self.address, stored_through = welcome.stored_through_sequence, "streaming to collector");
+
+        let mut changes = self.ctx.changed.subscribe();
+        // Sent but not yet acknowledged, oldest first.
+        let mut in_flight: std::collections::VecDeque<u64> = Default::default();
+        let mut sent_through = welcome.stored_through_sequence;
+        loop {
+            // Send while the window allows.
+            while in_flight.len() < self.window {
+                let next = self
+                    .ctx
+                    .spool(|s| s.pending().into_iter().find(|q| *q > sent_through));
+                let Some(seq) = next else { break };
+                let payload = self
+                    .ctx
+                    .spool(|s| s.get(seq))
+                    .context("read spooled batch")?;
+                sent_through = seq;
+                let Some(payload) = payload else { continue }; // dropped as corrupt, counted
+                let batch = Batch::decode(payload.as_slice()).context("decode spooled batch")?;
+                tx.send(StreamRequest {
+                    kind: Some(stream_request::Kind::Batch(batch)),
+                })
+                .await
+                .context("send batch: stream closed")?;
+                self.ctx.metrics.batches_sent.inc();
+                in_flight.push_back(seq);
+            }
+            if in_flight.is_empty()
+                && batcher_done.is_cancelled()
+                && self.ctx.spool(|s| s.stats().batches) == 0
+            {
+                return Ok(true);
+            }
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(StreamResponse { kind: Some(stream_response::Kind::Ack(ack)) })) => {
+                        if !ack.rejected_reason.is_empty() {
+                            self.ctx.metrics.batches_rejected.inc();
+                            tracing::error!(sequence = ack.sequence, reason = %ack.rejected_reason, "collector rejected a batch for good; dropped");
+                        } else {
+                            self.ctx.metrics.batches_acked.inc();
+                        }
+                        in_flight.retain(|s| *s > ack.sequence);
+                        self.ctx.spool(|s| s.ack(ack.sequence));
+                        self.ctx.publish_stats();
+                        self.ctx.bump();
+                    }
+                    Ok(Some(other)) => anyhow::bail!("unexpected message from collector: {other:?}"),
+                    Ok(None) => return Ok(false),
+                    Err(status) => anyhow::bail!("collector ended the stream: {}: {}", status.code(), status.message()),
+                },
+                _ = changes.changed(), if in_flight.len() < self.window => {}
+            }
+        }
+    }
+}
+
+fn new_backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

@@ -1,0 +1,248 @@
+//! The REST API (JSON). Current views come from the live state; history
+//! comes from storage. Every error is a 4xx/5xx with `{"error": "..."}`.
+//!
+//! - `GET /api/v1/clusters`
+//! - `GET /api/v1/clusters/{cluster}/metrics/history?metric=NAME&member=M&labels=L&from=T&to=T&step=S`
+
+use crate::state::LiveState;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use etcdmon_storage::{PointQuery, Storage, StorageError};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Longest range answered with raw points (no step): beyond it a step is
+/// required, so one request cannot pull millions of rows.
+pub const MAX_RAW_RANGE: Duration = Duration::from_secs(6 * 3600);
+/// Most buckets a stepped query may ask for.
+pub const MAX_BUCKETS: i64 = 11_000;
+
+#[derive(Clone)]
+struct Api {
+    storage: Arc<dyn Storage>,
+    state: LiveState,
+}
+
+/// The API routes.
+pub fn router(storage: Arc<dyn Storage>, state: LiveState) -> Router {
+    Router::new()
+        .route("/api/v1/clusters", get(clusters))
+        .route("/api/v1/clusters/{cluster}/metrics/history", get(history))
+        .with_state(Api { storage, state })
+}
+
+/// An API error: status plus a one-sentence message.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::InvalidQuery(m) => bad(m),
+            StorageError::Unavailable(_) => {
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ClustersResponse {
+    clusters: Vec<crate::state::ClusterState>,
+}
+
+async fn clusters(State(api): State<Api>) -> Json<ClustersResponse> {
+    Json(ClustersResponse {
+        clusters: api.state.snapshot(),
+    })
+}
+
+/// Query parameters of the history endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams {
+    metric: Option<String>,
+    member: Option<String>,
+    labels: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    step: Option<String>,
+}
+
+#[derive(Serialize)]
+struct HistoryResponse {
+    cluster: String,
+    metric: String,
+    from_ms: i64,
+    to_ms: i64,
+    step_ms: i64,
+    series: Vec<SeriesJson>,
+}
+
+#[derive(Serialize)]
+struct SeriesJson {
+    member: String,
+    labels: String,
+    /// `[ms since the epoch, value]` pairs, ascending.
+    points: Vec<(i64, f64)>,
+}
+
+async fn history(
+    State(api): State<Api>,
+    Path(cluster): Path<String>,
+    params: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<HistoryResponse>, ApiError> {
+    let Query(p) = params.map_err(|e| bad(e.body_text()))?;
+    let metric = p.metric.filter(|m| !m.is_empty()).ok_or_else(|| {
+        bad("query parameter `metric` is required, e.g. metric=etcd_mvcc_db_total_size_in_bytes")
+    })?;
+    let now = now_ms();
+    let to_ms = match &p.to {
+        Some(t) => parse_time("to", t, now)?,
+        None => now,
+    };
+    let from_ms = match &p.from {
+        Some(t) => parse_time("from", t, now)?,
+        None => to_ms - 3_600_000,
+    };
+    if from_ms > to_ms {
+        return Err(bad(format!("`from` ({from_ms}) is after `to` ({to_ms})")));
+    }
+    let step_ms = match &p.step {
+        Some(s) => parse_step(s)?,
+        None => 0,
+    };
+    let range = to_ms - from_ms;
+    if step_ms == 0 && range > MAX_RAW_RANGE.as_millis() as i64 {
+        return Err(bad(format!(
+            "ranges over {} need a `step` (e.g. step=1m)",
+            humantime_like(MAX_RAW_RANGE)
+        )));
+    }
+    if step_ms > 0 && range / step_ms > MAX_BUCKETS {
+        return Err(bad(format!(
+            "too many points: at most {MAX_BUCKETS} steps per query, raise `step`"
+        )));
+    }
+    let series = api
+        .storage
+        .query(&PointQuery {
+            cluster: cluster.clone(),
+            metric: metric.clone(),
+            member: p.member,
+            labels: p.labels,
+            from_ms,
+            to_ms,
+            step_ms,
+        })
+        .await?;
+    Ok(Json(HistoryResponse {
+        cluster,
+        metric,
+        from_ms,
+        to_ms,
+        step_ms,
+        series: series
+            .into_iter()
+            .map(|s| SeriesJson {
+                member: s.member,
+                labels: s.labels,
+                points: s.points,
+            })
+            .collect(),
+    }))
+}
+
+fn humantime_like(d: Duration) -> String {
+    format!("{}h", d.as_secs() / 3600)
+}
+
+/// Accepts RFC 3339 (`2026-11-27T15:00:00Z`), Unix seconds (`1795000000`,
+/// fractions allowed), `now`, or `now-DURATION` (`now-15m`).
+fn parse_time(field: &str, s: &str, now_ms: i64) -> Result<i64, ApiError> {
+    if s == "now" {
+        return Ok(now_ms);
+    }
+    if let Some(d) = s.strip_prefix("now-") {
+        let d = humantime::parse_duration(d)
+            .map_err(|e| bad(format!("`{field}`: bad duration in {s:?}: {e}")))?;
+        return Ok(now_ms - d.as_millis() as i64);
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok((secs * 1000.0) as i64);
+        }
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(|t| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+        })
+        .map_err(|_| {
+            bad(format!(
+                "`{field}` must be RFC 3339, Unix seconds, `now` or `now-15m`; got {s:?}"
+            ))
+        })
+}
+
+/// Accepts a duration (`15s`, `1m`) or plain seconds (`15`).
+fn parse_step(s: &str) -> Result<i64, ApiError> {
+    let ms = if let Ok(secs) = s.parse::<f64>() {
+        (secs * 1000.0) as i64
+    } else {
+        humantime::parse_duration(s)
+            .map(|d| d.as_millis() as i64)
+            .map_err(|e| bad(format!("`step`: {e}: {s:?}")))?
+    };
+    if ms <= 0 {
+        return Err(bad("`step` must be positive"));
+    }
+    Ok(ms)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_steps() {
+        let now = 1_000_000_000;
+        assert_eq!(parse_time("from", "now", now).ok(), Some(now));
+        assert_eq!(parse_time("from", "now-1m", now).ok(), Some(now - 60_000));
+        assert_eq!(
+            parse_time("from", "1700000000.5", now).ok(),
+            Some(1_700_000_000_500)
+        );
+        assert_eq!(
+            parse_time("from", "2023-11-14T22:13:20Z", now).ok(),
+            Some(1_700_000_000_000)
+        );
+        assert!(parse_time("from", "yesterday", now).is_err());
+        assert_eq!(parse_step("15s").ok(), Some(15_000));
+        assert_eq!(parse_step("2").ok(), Some(2_000));
+        assert!(parse_step("0").is_err());
+        assert!(parse_step("soon").is_err());
+    }
+}

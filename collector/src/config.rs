@@ -1,0 +1,287 @@
+//! The collector's configuration. Sources, later ones winning: TOML file,
+//! `ETCDMON_COLLECTOR_*` environment (nested with `__`), flags. See
+//! `deploy/config/collector.example.toml` (parsed by a test) and
+//! `docs/storage.md`.
+
+use etcdmon_core::config::FieldError;
+use etcdmon_core::telemetry::LogFormat;
+use etcdmon_storage::clickhouse::ClickHouseConfig;
+use etcdmon_storage::Retention;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Environment prefix: `ETCDMON_COLLECTOR_GRPC__LISTEN` sets `grpc.listen`.
+pub const ENV_PREFIX: &str = "ETCDMON_COLLECTOR_";
+
+/// The whole collector configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// The agents' gRPC endpoint.
+    pub grpc: GrpcConfig,
+    /// REST API, web page, `/metrics`, `/healthz`.
+    pub http: HttpConfig,
+    /// Where samples and events go.
+    pub storage: StorageConfig,
+    /// Batching and limits of the ingest path.
+    pub ingest: IngestConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// gRPC listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Listen address for agents.
+    pub listen: SocketAddr,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7070)),
+        }
+    }
+}
+
+/// HTTP listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address of the API and `/metrics`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// Which store, and how long data is kept.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `sqlite:PATH` or `clickhouse://HOST:PORT/DATABASE`; user, password
+    /// and timeouts of ClickHouse are in `[storage.clickhouse]`.
+    pub url: String,
+    /// ClickHouse connection settings beyond the URL.
+    pub clickhouse: ClickHouseConfig,
+    /// How long each kind of data is kept.
+    pub retention: Retention,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite:etcdmon.sqlite".into(),
+            clickhouse: ClickHouseConfig::default(),
+            retention: Retention::default(),
+            retention_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The parsed form of `storage.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageTarget {
+    /// A SQLite file.
+    Sqlite(PathBuf),
+    /// A ClickHouse server: HTTP URL and database.
+    ClickHouse {
+        /// `http://HOST:PORT`.
+        url: String,
+        /// Database name.
+        database: String,
+    },
+}
+
+impl StorageConfig {
+    /// Parses `url`; the error names the field.
+    pub fn target(&self) -> Result<StorageTarget, FieldError> {
+        if let Some(path) = self.url.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err(FieldError::new(
+                    "storage.url",
+                    "sqlite: needs a path, e.g. sqlite:/var/lib/etcdmon/etcdmon.sqlite",
+                ));
+            }
+            return Ok(StorageTarget::Sqlite(PathBuf::from(path)));
+        }
+        if let Some(rest) = self.url.strip_prefix("clickhouse://") {
+            let (hostport, db) = rest.split_once('/').unwrap_or((rest, "etcdmon"));
+            if hostport.is_empty() {
+                return Err(FieldError::new(
+                    "storage.url",
+                    "clickhouse:// needs HOST:PORT",
+                ));
+            }
+            let db = if db.is_empty() { "etcdmon" } else { db };
+            if !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(FieldError::new(
+                    "storage.url",
+                    format!("database name {db:?} may only hold letters, digits and _"),
+                ));
+            }
+            return Ok(StorageTarget::ClickHouse {
+                url: format!("http://{hostport}"),
+                database: db.to_string(),
+            });
+        }
+        Err(FieldError::new(
+            "storage.url",
+            format!(
+                "must be sqlite:PATH or clickhouse://HOST:PORT/DATABASE, got {:?}",
+                self.url
+            ),
+        ))
+    }
+}
+
+/// Ingest path.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Largest encoded batch accepted from an agent; larger ones end the
+    /// stream with RESOURCE_EXHAUSTED.
+    pub max_batch_bytes: usize,
+    /// Rows gathered before a write, across agents.
+    pub flush_rows: usize,
+    /// Longest wait before a write (about one insert per second per table).
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Batches waiting for the writer, across agents. When full, agents
+    /// wait (backpressure through gRPC flow control) instead of the
+    /// collector's memory growing.
+    pub queue_batches: usize,
+    /// An agent silent this long is marked disconnected in the live state.
+    #[serde(with = "humantime_serde")]
+    pub agent_timeout: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_bytes: 8 * 1024 * 1024,
+            flush_rows: 50_000,
+            flush_interval: Duration::from_secs(1),
+            queue_batches: 256,
+            agent_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Level or tracing filter.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        self.storage.target()?;
+        if self.ingest.max_batch_bytes < 1024 {
+            return Err(FieldError::new(
+                "ingest.max_batch_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.ingest.flush_rows == 0 {
+            return Err(FieldError::new("ingest.flush_rows", "must be positive"));
+        }
+        if self.ingest.queue_batches == 0 {
+            return Err(FieldError::new("ingest.queue_batches", "must be positive"));
+        }
+        if self.ingest.flush_interval.is_zero() {
+            return Err(FieldError::new(
+                "ingest.flush_interval",
+                "must be longer than zero",
+            ));
+        }
+        if self.storage.retention_interval.is_zero() {
+            return Err(FieldError::new(
+                "storage.retention_interval",
+                "must be longer than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdmon_core::config::from_toml_str;
+
+    #[test]
+    fn storage_urls() {
+        let mut s = StorageConfig {
+            url: "sqlite:/var/lib/etcdmon/db.sqlite".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.target().expect("sqlite"),
+            StorageTarget::Sqlite("/var/lib/etcdmon/db.sqlite".into())
+        );
+        s.url = "clickhouse://ch:8123/metrics".into();
+        assert_eq!(
+            s.target().expect("ch"),
+            StorageTarget::ClickHouse {
+                url: "http://ch:8123".into(),
+                database: "metrics".into()
+            }
+        );
+        s.url = "clickhouse://ch:8123".into();
+        assert!(
+            matches!(s.target(), Ok(StorageTarget::ClickHouse { database, .. }) if database == "etcdmon")
+        );
+        for bad in [
+            "postgres://x",
+            "sqlite:",
+            "clickhouse:///db",
+            "clickhouse://h:1/bad-name",
+        ] {
+            s.url = bad.into();
+            assert_eq!(s.target().expect_err(bad).field, "storage.url");
+        }
+    }
+
+    #[test]
+    fn example_file_parses_and_validates() {
+        let c: CollectorConfig =
+            from_toml_str(include_str!("../../deploy/config/collector.example.toml"))
+                .expect("parse");
+        c.validate().expect("valid");
+        assert!(matches!(
+            c.storage.target(),
+            Ok(StorageTarget::ClickHouse { .. })
+        ));
+    }
+
+    #[test]
+    fn defaults_validate() {
+        CollectorConfig::default().validate().expect("defaults");
+    }
+}

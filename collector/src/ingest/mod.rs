@@ -1,0 +1,433 @@
+//! The agents' gRPC endpoint (`etcdmon.v1.IngestService/Stream`).
+//!
+//! One session per stream:
+//! 1. The first message must be a `Hello` (within [`HELLO_TIMEOUT`]); the
+//!    session answers `Welcome` with the highest sequence already stored
+//!    for that agent, so a reconnecting agent can drop what is safe.
+//! 2. Each `Batch` is applied to the live state (which yields events),
+//!    converted to rows and handed to the writer. Its `Ack` is sent only
+//!    once the writer reports the rows stored; acks leave in batch order.
+//! 3. A batch with a sequence at or below what is stored is a resend: it
+//!    is acknowledged without writing.
+//!
+//! Bad input ends only that stream, with a status that says why: no Hello,
+//! an unknown message, an invalid identity (INVALID_ARGUMENT /
+//! FAILED_PRECONDITION), a batch over the size limit (RESOURCE_EXHAUSTED,
+//! enforced by tonic's decoder), malformed protobuf (tonic's decode error).
+
+pub mod convert;
+
+use crate::metrics::CollectorMetrics;
+use crate::state::{member_key, LiveState};
+use crate::writer::{WriteError, WriteRequest};
+use convert::{report_rows, Target};
+use etcdmon_proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
+use etcdmon_proto::v1::{
+    stream_request, stream_response, Ack, Batch, Hello, Identity, StreamRequest, StreamResponse,
+    Welcome,
+};
+use etcdmon_storage::{BatchMark, SeriesRow, Storage, WriteSet};
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status, Streaming};
+
+/// How long a new stream may take to say Hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Batches of one session awaiting their ack at once.
+const ACK_WINDOW: usize = 64;
+/// Distinct series remembered for metadata writes; beyond it the set is
+/// cleared and series are written again (harmless: series rows are upserts).
+const SEEN_SERIES_MAX: usize = 1_000_000;
+
+/// The service; cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    storage: Arc<dyn Storage>,
+    writer: mpsc::Sender<WriteRequest>,
+    state: LiveState,
+    metrics: CollectorMetrics,
+    max_batch_bytes: usize,
+    seen: Arc<Mutex<HashSet<u64>>>,
+    shutdown: CancellationToken,
+}
+
+impl Ingest {
+    /// A service writing through `writer`.
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        writer: mpsc::Sender<WriteRequest>,
+        state: LiveState,
+        metrics: CollectorMetrics,
+        max_batch_bytes: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            storage,
+            writer,
+            state,
+            metrics,
+            max_batch_bytes,
+            seen: Arc::new(Mutex::new(HashSet::new())),
+            shutdown,
+        }
+    }
+
+    /// The tonic service: gzip accepted and sent, batch size limited.
+    pub fn into_service(self) -> IngestServiceServer<Self> {
+        let max = self.max_batch_bytes;
+        IngestServiceServer::new(self)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(max)
+    }
+
+    fn reject(&self, reason: &'static str, status: Status) -> Status {
+        self.metrics
+            .streams_rejected
+            .with_label_values(&[reason])
+            .inc();
+        tracing::warn!(reason, message = status.message(), "agent stream rejected");
+        status
+    }
+
+    /// Keeps only series not seen before, for metadata writes.
+    fn new_series(&self, series: Vec<SeriesRow>) -> Vec<SeriesRow> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > SEEN_SERIES_MAX {
+            seen.clear();
+        }
+        series
+            .into_iter()
+            .filter(|s| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (&s.cluster, &s.member, &s.name, &s.labels).hash(&mut h);
+                seen.insert(h.finish())
+            })
+            .collect()
+    }
+
+    /// Rows of one batch, plus the events its reports imply.
+    fn rows(&self, hello: &Identity, agent_id: &str, batch: &Batch) -> (WriteSet, i64) {
+        let mut set = WriteSet::default();
+        let mut oldest = i64::MAX;
+        for r in &batch.reports {
+            let id = r.identity.as_ref().unwrap_or(hello);
+            let member = member_key(id);
+            let target = Target {
+                cluster: &id.cluster,
+                member: &member,
+            };
+            set.events.extend(self.state.apply(id, r));
+            let (samples, series) = report_rows(&target, r);
+            set.samples.extend(samples);
+            set.series.extend(self.new_series(series));
+            oldest = oldest.min(r.timestamp_unix_ms);
+        }
+        set.marks.push(BatchMark {
+            agent_id: agent_id.to_string(),
+            sequence: batch.sequence,
+            samples: set.samples.len() as u64,
+            stored_ms: now_ms(),
+        });
+        (set, if oldest == i64::MAX { 0 } else { oldest })
+    }
+}
+
+/// Response stream type of a session.
+pub type SessionStream =
+    Pin<Box<dyn futures::Stream<Item = Result<StreamResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl IngestService for Ingest {
+    type StreamStream = SessionStream;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<StreamRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Err(_) => {
+                return Err(self.reject(
+                    "no_hello",
+                    Status::deadline_exceeded("no Hello within 10 s of opening the stream"),
+                ))
+            }
+            Ok(Err(status)) => return Err(self.reject("decode", status)),
+            Ok(Ok(None)) => {
+                return Err(self.reject("empty", Status::cancelled("stream closed before Hello")))
+            }
+            Ok(Ok(Some(m))) => m,
+        };
+        let hello = match first.kind {
+            Some(stream_request::Kind::Hello(h)) => h,
+            Some(stream_request::Kind::Batch(_)) => {
+                return Err(self.reject(
+                    "no_hello",
+                    Status::failed_precondition(
+                        "the first message of a stream must be a Hello, got a Batch",
+                    ),
+                ))
+            }
+            None => {
+                return Err(self.reject(
+                    "unknown_message",
+                    Status::invalid_argument("unknown message kind (newer agent?); expected Hello"),
+                ))
+            }
+        };
+        let identity = validate_hello(&hello).map_err(|s| self.reject("invalid_hello", s))?;
+        let stored = self
+            .storage
+            .stored_through(&hello.agent_id)
+            .await
+            .map_err(|e| {
+                self.reject(
+                    "storage",
+                    Status::unavailable(format!("storage not ready: {e}")),
+                )
+            })?;
+        tracing::info!(agent = %hello.agent_id, cluster = %identity.cluster, member = %member_key(&identity),
+            version = %hello.agent_version, stored_through = stored, "agent connected");
+
+        let (out_tx, out_rx) = mpsc::channel::<Result<StreamResponse, Status>>(ACK_WINDOW + 1);
+        let welcome = StreamResponse {
+            kind: Some(stream_response::Kind::Welcome(Welcome {
+                max_batch_bytes: self.max_batch_bytes as u64,
+                stored_through_sequence: stored,
+            })),
+        };
+        // Capacity ACK_WINDOW + 1: the Welcome always fits.
+        let _ = out_tx.try_send(Ok(welcome));
+        self.state.connected(&identity);
+        self.metrics.agents_connected.inc();
+        let session = Session {
+            svc: self.clone(),
+            agent_id: hello.agent_id.clone(),
+            identity,
+            high: stored,
+        };
+        tokio::spawn(session.run(inbound, out_tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}
+
+fn validate_hello(h: &Hello) -> Result<Identity, Status> {
+    if h.agent_id.is_empty() {
+        return Err(Status::invalid_argument("Hello.agent_id must not be empty"));
+    }
+    let Some(id) = h.identity.clone() else {
+        return Err(Status::invalid_argument("Hello.identity is missing"));
+    };
+    if id.cluster.is_empty() {
+        return Err(Status::invalid_argument(
+            "Hello.identity.cluster must not be empty",
+        ));
+    }
+    if id.member_name.is_empty() && id.member_id == 0 && id.node.is_empty() {
+        return Err(Status::invalid_argument(
+            "Hello.identity needs a member_name, member_id or node",
+        ));
+    }
+    if h.protocol_version > etcdmon_proto::PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "agent speaks protocol {}, this collector {}; upgrade the collector",
+            h.protocol_version,
+            etcdmon_proto::PROTOCOL_VERSION
+        )));
+    }
+    Ok(id)
+}
+
+struct Session {
+    svc: Ingest,
+    agent_id: String,
+    identity: Identity,
+    /// Highest sequence accepted so far (stored or queued).
+    high: u64,
+}
+
+type Pending = (u64, oneshot::Receiver<Result<(), WriteError>>);
+
+impl Session {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<StreamRequest>,
+        out: mpsc::Sender<Result<StreamResponse, Status>>,
+    ) {
+        let (ack_tx, ack_rx) = mpsc::channel::<Pending>(ACK_WINDOW);
+        let acker = tokio::spawn(send_acks(ack_rx, out.clone(), self.svc.metrics.clone()));
+        // The status that ends the stream goes out after the acks already
+        // earned, so an agent never resends a batch that was stored.
+        let mut closing: Option<Status> = None;
+        let reason = loop {
+            let msg = tokio::select! {
+                m = inbound.message() => m,
+                _ = self.svc.shutdown.cancelled() => break "collector shutting down".to_string(),
+            };
+            let batch = match msg {
+                Ok(Some(StreamRequest {
+                    kind: Some(stream_request::Kind::Batch(b)),
+                })) => b,
+                Ok(Some(StreamRequest {
+                    kind: Some(stream_request::Kind::Hello(_)),
+                })) => {
+                    closing = Some(self.svc.reject(
+                        "second_hello",
+                        Status::failed_precondition("Hello may only be sent once per stream"),
+                    ));
+                    break "second Hello".into();
+                }
+                Ok(Some(StreamRequest { kind: None })) => {
+                    closing = Some(self.svc.reject(
+                        "unknown_message",
+                        Status::invalid_argument("unknown message kind; expected Batch"),
+                    ));
+                    break "unknown message".into();
+                }
+                Ok(None) => break "agent closed the stream".into(),
+                Err(status) => {
+                    let reason = format!("{}: {}", status.code(), status.message());
+                    self.svc
+                        .metrics
+                        .streams_rejected
+                        .with_label_values(&[stream_error_reason(&status)])
+                        .inc();
+                    // Tell the agent why (e.g. batch too large), if it still listens.
+                    closing = Some(status);
+                    break reason;
+                }
+            };
+            if !self.accept(batch, &ack_tx).await {
+                break "collector shutting down".into();
+            }
+        };
+        drop(ack_tx);
+        let _ = acker.await;
+        if let Some(status) = closing {
+            let _ = out.send(Err(status)).await;
+        }
+        self.svc.metrics.agents_connected.dec();
+        let ev = self
+            .svc
+            .state
+            .disconnected(&self.identity, now_ms(), &reason);
+        tracing::info!(agent = %self.agent_id, reason = %reason, "agent disconnected");
+        // Best effort: the event is context, not data an agent resends.
+        let (done, _) = oneshot::channel();
+        let _ = self.svc.writer.try_send(WriteRequest {
+            set: WriteSet {
+                events: vec![ev],
+                ..Default::default()
+            },
+            oldest_ms: 0,
+            done,
+        });
+    }
+
+    /// Queues one batch; false when the writer is gone (shutdown).
+    async fn accept(&mut self, batch: Batch, acks: &mpsc::Sender<Pending>) -> bool {
+        let seq = batch.sequence;
+        if seq <= self.high {
+            // Already stored (or queued): acknowledge without writing.
+            self.svc.metrics.batches_duplicate.inc();
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Ok(()));
+            return acks.send((seq, rx)).await.is_ok();
+        }
+        self.svc
+            .metrics
+            .batch_bytes
+            .observe(prost::Message::encoded_len(&batch) as f64);
+        // The agent's identity completes over time (member id and name are
+        // learned from etcd); keep the latest for the disconnect event.
+        if let Some(id) = batch.reports.iter().rev().find_map(|r| r.identity.as_ref()) {
+            if !id.member_name.is_empty() || id.member_id != 0 {
+                self.identity = id.clone();
+            }
+        }
+        let (set, oldest_ms) = self.svc.rows(&self.identity, &self.agent_id, &batch);
+        let (tx, rx) = oneshot::channel();
+        if self
+            .svc
+            .writer
+            .send(WriteRequest {
+                set,
+                oldest_ms,
+                done: tx,
+            })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        self.high = seq;
+        acks.send((seq, rx)).await.is_ok()
+    }
+}
+
+/// Sends acks in batch order as the writer completes them.
+async fn send_acks(
+    mut pending: mpsc::Receiver<Pending>,
+    out: mpsc::Sender<Result<StreamResponse, Status>>,
+    metrics: CollectorMetrics,
+) {
+    while let Some((sequence, done)) = pending.recv().await {
+        let ack = match done.await {
+            Ok(Ok(())) => Ack {
+                sequence,
+                rejected_reason: String::new(),
+            },
+            Ok(Err(WriteError::Rejected(reason))) => Ack {
+                sequence,
+                rejected_reason: reason,
+            },
+            // Not stored (shutdown with the store down): no ack, so the
+            // agent keeps the batch and resends it to the next collector.
+            Ok(Err(WriteError::ShuttingDown)) | Err(_) => {
+                metrics
+                    .streams_rejected
+                    .with_label_values(&["not_stored"])
+                    .inc();
+                let _ = out
+                    .send(Err(Status::unavailable(
+                        "collector stopping before the batch could be stored; resend it",
+                    )))
+                    .await;
+                return;
+            }
+        };
+        if out
+            .send(Ok(StreamResponse {
+                kind: Some(stream_response::Kind::Ack(ack)),
+            }))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn stream_error_reason(s: &Status) -> &'static str {
+    match s.code() {
+        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => "too_large",
+        tonic::Code::Internal => "decode",
+        tonic::Code::Cancelled => "cancelled",
+        _ => "transport",
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

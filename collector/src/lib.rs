@@ -1,0 +1,112 @@
+//! etcdmon-collector: accepts agent streams, stores what they carry, keeps
+//! the live state of every cluster, and serves the API.
+//!
+//! Data flow: agent --gRPC--> [`ingest`] session --rows--> [`writer`] --
+//! batched writes--> storage (ClickHouse or SQLite). A batch is
+//! acknowledged to its agent only after its rows are stored. The session
+//! also updates [`state`], which the [`api`] reads.
+//!
+//! [`Collector::build`] returns the parts (gRPC service, HTTP router,
+//! writer and retention tasks) for a binary to compose: the standalone
+//! `etcdmon-collector` and the all-in-one `etcdmon up` both do.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod ingest;
+pub mod metrics;
+pub mod state;
+pub mod storage;
+pub mod writer;
+
+use crate::config::CollectorConfig;
+use crate::ingest::Ingest;
+use crate::metrics::CollectorMetrics;
+use crate::state::LiveState;
+use etcdmon_core::ops::{Health, HealthFn};
+use etcdmon_proto::v1::ingest_service_server::IngestServiceServer;
+use etcdmon_storage::Storage;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// The collector's parts, ready to run.
+pub struct Collector {
+    /// The agents' gRPC service.
+    pub ingest: IngestServiceServer<Ingest>,
+    /// API, `/metrics` and `/healthz`.
+    pub router: axum::Router,
+    /// The storage writer; run it until shutdown.
+    pub writer: writer::Writer,
+    /// Live state (shared with the API and, later, the rules).
+    pub state: LiveState,
+    /// The store.
+    pub storage: Arc<dyn Storage>,
+    /// Self-metrics.
+    pub metrics: CollectorMetrics,
+}
+
+impl Collector {
+    /// Opens the store (running migrations) and builds the parts.
+    pub async fn build(cfg: &CollectorConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let storage = storage::open(&cfg.storage).await?;
+        Ok(Self::with_storage(cfg, storage, shutdown))
+    }
+
+    /// Builds the parts over an already opened store.
+    pub fn with_storage(
+        cfg: &CollectorConfig,
+        storage: Arc<dyn Storage>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let metrics = CollectorMetrics::new();
+        let state = LiveState::default();
+        let (tx, writer) = writer::channel(storage.clone(), cfg.ingest.clone(), metrics.clone());
+        let ingest = Ingest::new(
+            storage.clone(),
+            tx,
+            state.clone(),
+            metrics.clone(),
+            cfg.ingest.max_batch_bytes,
+            shutdown,
+        )
+        .into_service();
+        let health: HealthFn = Arc::new(|| Health {
+            healthy: true,
+            detail: "serving".into(),
+        });
+        let router = etcdmon_core::ops::router(metrics.registry().clone(), health)
+            .merge(api::router(storage.clone(), state.clone()));
+        Self {
+            ingest,
+            router,
+            writer,
+            state,
+            storage,
+            metrics,
+        }
+    }
+}
+
+/// Runs retention every `interval` until `shutdown`.
+pub async fn run_retention(
+    storage: Arc<dyn Storage>,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        match storage.apply_retention(now).await {
+            Ok(out) => tracing::info!(removed = ?out.removed, "retention applied"),
+            Err(e) => tracing::warn!(error = %e, "retention failed; retrying next interval"),
+        }
+    }
+}

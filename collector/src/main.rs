@@ -1,0 +1,70 @@
+//! `etcdmon-collector`: wiring only. Loads config, opens the store, serves
+//! gRPC (agents) and HTTP (API, /metrics, /healthz) until SIGTERM, then
+//! drains the writer so every accepted batch is stored or left unacked.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use etcdmon_collector::cli::{load_config, Cli};
+use etcdmon_collector::{run_retention, Collector};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("etcdmon-collector: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    etcdmon_core::telemetry::init(&cfg.log.level, cfg.log.format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("etcdmon-collector: start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("etcdmon-collector: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: etcdmon_collector::config::CollectorConfig) -> anyhow::Result<()> {
+    let shutdown = etcdmon_core::shutdown::token_on_signals();
+    let c = Collector::build(&cfg, shutdown.clone()).await?;
+    let http = etcdmon_core::ops::bind(cfg.http.listen).await?;
+    let grpc = tokio::net::TcpListener::bind(cfg.grpc.listen)
+        .await
+        .with_context(|| format!("listen on {} (grpc.listen)", cfg.grpc.listen))?;
+    tracing::info!(grpc = %cfg.grpc.listen, http = %cfg.http.listen, backend = c.storage.backend(), "collector started");
+
+    let writer = tokio::spawn(c.writer.run(shutdown.clone()));
+    let retention = tokio::spawn(run_retention(
+        c.storage.clone(),
+        cfg.storage.retention_interval,
+        shutdown.clone(),
+    ));
+    let http_task = tokio::spawn(etcdmon_core::ops::serve(http, c.router, shutdown.clone()));
+    let grpc_shutdown = shutdown.clone();
+    tonic::transport::Server::builder()
+        .add_service(c.ingest)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc),
+            async move { grpc_shutdown.cancelled().await },
+        )
+        .await
+        .context("serve gRPC")?;
+    // Sessions end on the token; the writer drains what they queued.
+    writer.await.context("writer task")?;
+    retention.await.context("retention task")?;
+    http_task.await.context("http task")??;
+    Ok(())
+}

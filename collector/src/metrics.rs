@@ -1,0 +1,150 @@
+//! The collector's own metrics, served on its `/metrics`.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Counters, gauges and histograms of the collector.
+#[derive(Clone)]
+pub struct CollectorMetrics {
+    registry: Registry,
+    /// Batches stored (acknowledged).
+    pub batches_stored: IntCounter,
+    /// Batches acknowledged without writing: already stored (resends).
+    pub batches_duplicate: IntCounter,
+    /// Batches the store refused for good.
+    pub batches_rejected: IntCounter,
+    /// Samples written.
+    pub samples_stored: IntCounter,
+    /// Events written.
+    pub events_stored: IntCounter,
+    /// Encoded size of received batches.
+    pub batch_bytes: Histogram,
+    /// Duration of one storage write.
+    pub write_seconds: Histogram,
+    /// Rows in one storage write.
+    pub write_rows: Histogram,
+    /// Failed storage writes by error class (`unavailable`, `rejected`).
+    pub write_failures: IntCounterVec,
+    /// Batches waiting for the writer.
+    pub queue_batches: IntGauge,
+    /// Open agent streams.
+    pub agents_connected: IntGauge,
+    /// Streams refused or ended with an error, by reason.
+    pub streams_rejected: IntCounterVec,
+    /// Time from a report's timestamp to its rows being stored.
+    pub ingest_latency_seconds: Histogram,
+}
+
+impl CollectorMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("etcdmon_collector".into()), None)
+            .expect("static prefix is a valid metric name");
+        let c = |n: &str, h: &str| IntCounter::new(n, h).expect("valid metric");
+        let batches_stored = c(
+            "batches_stored_total",
+            "Agent batches stored and acknowledged.",
+        );
+        let batches_duplicate = c(
+            "batches_duplicate_total",
+            "Resent batches acknowledged without writing (already stored).",
+        );
+        let batches_rejected = c(
+            "batches_rejected_total",
+            "Batches the store refused for good.",
+        );
+        let samples_stored = c("samples_stored_total", "Samples written to storage.");
+        let events_stored = c("events_stored_total", "Events written to storage.");
+        let batch_bytes = Histogram::with_opts(
+            HistogramOpts::new("batch_bytes", "Encoded size of received agent batches.")
+                .buckets(prometheus::exponential_buckets(1024.0, 4.0, 8).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        let write_seconds = Histogram::with_opts(
+            HistogramOpts::new("storage_write_seconds", "Duration of one storage write.").buckets(
+                vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            ),
+        )
+        .expect("valid metric");
+        let write_rows = Histogram::with_opts(
+            HistogramOpts::new("storage_write_rows", "Rows in one storage write.")
+                .buckets(prometheus::exponential_buckets(10.0, 4.0, 9).expect("valid buckets")),
+        )
+        .expect("valid metric");
+        let write_failures = IntCounterVec::new(
+            Opts::new(
+                "storage_write_failures_total",
+                "Failed storage writes, by class.",
+            ),
+            &["class"],
+        )
+        .expect("valid metric");
+        let queue_batches = IntGauge::new("queue_batches", "Batches waiting for the writer.")
+            .expect("valid metric");
+        let agents_connected =
+            IntGauge::new("agents_connected", "Open agent streams.").expect("valid metric");
+        let streams_rejected = IntCounterVec::new(
+            Opts::new(
+                "streams_rejected_total",
+                "Agent streams refused or ended with an error, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let ingest_latency_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ingest_latency_seconds",
+                "Time from a report's timestamp to its rows being stored.",
+            )
+            .buckets(vec![
+                0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(batches_stored.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(batches_duplicate.clone()),
+            Box::new(batches_rejected.clone()),
+            Box::new(samples_stored.clone()),
+            Box::new(events_stored.clone()),
+            Box::new(batch_bytes.clone()),
+            Box::new(write_seconds.clone()),
+            Box::new(write_rows.clone()),
+            Box::new(write_failures.clone()),
+            Box::new(queue_batches.clone()),
+            Box::new(agents_connected.clone()),
+            Box::new(streams_rejected.clone()),
+            Box::new(ingest_latency_seconds.clone()),
+        ] {
+            registry.register(m).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            batches_stored,
+            batches_duplicate,
+            batches_rejected,
+            samples_stored,
+            events_stored,
+            batch_bytes,
+            write_seconds,
+            write_rows,
+            write_failures,
+            queue_batches,
+            agents_connected,
+            streams_rejected,
+            ingest_latency_seconds,
+        }
+    }
+
+    /// The registry to serve.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl Default for CollectorMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,377 @@
+//! The live state of every cluster and member, derived from the agent
+//! streams, so current views (the API, the web page, rules) never touch
+//! the database.
+//!
+//! Applying a report also yields the events its transitions imply (member
+//! down/up, leader changed, alarm raised/cleared, member added/removed);
+//! the ingest path stores them with the report's samples.
+
+use etcdmon_proto::v1::{report::Body, ErrorKind, EtcdStatus, Identity, Report};
+use etcdmon_storage::EventRow;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+/// Shared live state; cheap to clone.
+#[derive(Clone, Default)]
+pub struct LiveState {
+    inner: Arc<RwLock<BTreeMap<String, ClusterState>>>,
+}
+
+/// One cluster as the collector currently sees it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClusterState {
+    /// Cluster name.
+    pub name: String,
+    /// Leader id (hex) as last reported by any member; empty if unknown.
+    pub leader_id: String,
+    /// Raft term of that report.
+    pub raft_term: u64,
+    /// Members by name.
+    pub members: BTreeMap<String, MemberState>,
+    /// Member ids (hex) in the last member list seen.
+    #[serde(skip)]
+    member_ids: BTreeSet<u64>,
+}
+
+/// One member as the collector currently sees it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemberState {
+    /// Member name.
+    pub name: String,
+    /// Member id in hex; empty until known.
+    pub id: String,
+    /// Node the agent runs on.
+    pub node: String,
+    /// Region.
+    pub region: String,
+    /// Whether an agent stream for this member is open.
+    pub agent_connected: bool,
+    /// Last report from its agent, ms since the epoch.
+    pub last_seen_ms: i64,
+    /// Whether the last status probe reached etcd; null until probed.
+    pub reachable: Option<bool>,
+    /// Whether this member is the leader (by its own status).
+    pub is_leader: bool,
+    /// Leader id (hex) this member reports.
+    pub leader_id: String,
+    /// Raft term.
+    pub raft_term: u64,
+    /// Raft index.
+    pub raft_index: u64,
+    /// Database size.
+    pub db_size_bytes: i64,
+    /// Database size in use.
+    pub db_size_in_use_bytes: i64,
+    /// etcd version.
+    pub version: String,
+    /// Active alarms on this member.
+    pub alarms: Vec<String>,
+    /// Last failure of the status probe: "kind: message".
+    pub last_error: String,
+    /// Healthy: agent connected, etcd reachable and a leader known.
+    pub healthy: bool,
+}
+
+/// Name under which a member's rows are stored: its name, or its id.
+pub fn member_key(id: &Identity) -> String {
+    if !id.member_name.is_empty() {
+        id.member_name.clone()
+    } else if id.member_id != 0 {
+        format!("{:x}", id.member_id)
+    } else {
+        id.node.clone()
+    }
+}
+
+impl LiveState {
+    /// An agent opened its stream. An identity without member name or id
+    /// (the agent has not reached etcd yet) creates no entry: the member
+    /// appears with its first report that says who it is.
+    pub fn connected(&self, id: &Identity) {
+        if id.member_name.is_empty() && id.member_id == 0 {
+            return;
+        }
+        self.with_member(id, |_, m| {
+            m.agent_connected = true;
+            m.healthy = m.reachable == Some(true) && !m.leader_id.is_empty();
+        });
+    }
+
+    /// An agent's stream ended. Returns the event to store.
+    pub fn disconnected(&self, id: &Identity, now_ms: i64, reason: &str) -> EventRow {
+        if !id.member_name.is_empty() || id.member_id != 0 {
+            self.with_member(id, |_, m| {
+                m.agent_connected = false;
+                m.healthy = false;
+            });
+        }
+        EventRow {
+            cluster: id.cluster.clone(),
+            member: member_key(id),
+            ts_ms: now_ms,
+            kind: "agent_disconnected".into(),
+            message: reason.to_string(),
+        }
+    }
+
+    /// Applies one report; returns the events its transitions imply.
+    /// Reports that do not say which member they are from (no name, no id:
+    /// the agent had not reached etcd yet) leave the state alone.
+    pub fn apply(&self, id: &Identity, report: &Report) -> Vec<EventRow> {
+        if id.member_name.is_empty() && id.member_id == 0 {
+            return Vec::new();
+        }
+        let ts = report.timestamp_unix_ms;
+        let mut events = Vec::new();
+        let cluster_name = id.cluster.clone();
+        let member_name = member_key(id);
+        let ev = |member: &str, kind: &str, message: String| EventRow {
+            cluster: cluster_name.clone(),
+            member: member.to_string(),
+            ts_ms: ts,
+            kind: kind.into(),
+            message,
+        };
+        self.with_member(id, |cluster, m| {
+            m.last_seen_ms = m.last_seen_ms.max(ts);
+            m.agent_connected = true;
+            if id.member_id != 0 {
+                m.id = format!("{:x}", id.member_id);
+            }
+            let Some(Body::Status(s)) = &report.body else {
+                return;
+            };
+            let was = m.reachable;
+            m.reachable = Some(s.reachable);
+            match (was, s.reachable) {
+                (Some(true) | None, false) => {
+                    let why = status_error(s);
+                    m.last_error = why.clone();
+                    events.push(ev(&member_name, "member_down", why));
+                }
+                (Some(false), true) => {
+                    m.last_error.clear();
+                    events.push(ev(&member_name, "member_up", "etcd reachable again".into()));
+                }
+                _ => {}
+            }
+            if s.reachable {
+                update_member(m, s);
+                // Leader changes, seen by any member.
+                if s.leader_id != 0 {
+                    let leader = format!("{:x}", s.leader_id);
+                    if cluster.leader_id != leader && s.raft_term >= cluster.raft_term {
+                        if !cluster.leader_id.is_empty() {
+                            events.push(ev(
+                                "",
+                                "leader_changed",
+                                format!(
+                                    "leader {} -> {leader} (term {})",
+                                    cluster.leader_id, s.raft_term
+                                ),
+                            ));
+                        }
+                        cluster.leader_id = leader;
+                    }
+                    cluster.raft_term = cluster.raft_term.max(s.raft_term);
+                }
+                // Alarms raised and cleared on this member's view.
+                let now: BTreeSet<String> = s
+                    .alarms
+                    .iter()
+                    .map(|a| format!("{} on {:x}", a.alarm, a.member_id))
+                    .collect();
+                let before: BTreeSet<String> = m.alarms.iter().cloned().collect();
+                for a in now.difference(&before) {
+                    events.push(ev(&member_name, "alarm_raised", a.clone()));
+                }
+                for a in before.difference(&now) {
+                    events.push(ev(&member_name, "alarm_cleared", a.clone()));
+                }
+                m.alarms = now.into_iter().collect();
+            } else {
+                m.last_error = status_error(s);
+            }
+            // Membership changes, from any member's list.
+            if !s.members.is_empty() {
+                let ids: BTreeSet<u64> = s.members.iter().map(|x| x.id).collect();
+                if !cluster.member_ids.is_empty() {
+                    for added in ids.difference(&cluster.member_ids) {
+                        let name = s
+                            .members
+                            .iter()
+                            .find(|x| x.id == *added)
+                            .map(|x| x.name.as_str())
+                            .unwrap_or("");
+                        events.push(ev("", "member_added", format!("{added:x} {name}")));
+                    }
+                    for removed in cluster.member_ids.difference(&ids) {
+                        events.push(ev("", "member_removed", format!("{removed:x}")));
+                    }
+                }
+                cluster.member_ids = ids;
+            }
+            m.healthy = m.agent_connected && m.reachable == Some(true) && !m.leader_id.is_empty();
+        });
+        events
+    }
+
+    /// A copy of every cluster, for the API.
+    pub fn snapshot(&self) -> Vec<ClusterState> {
+        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        g.values().cloned().collect()
+    }
+
+    fn with_member(&self, id: &Identity, f: impl FnOnce(&mut ClusterState, &mut MemberState)) {
+        let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let cluster = g.entry(id.cluster.clone()).or_insert_with(|| ClusterState {
+            name: id.cluster.clone(),
+            ..Default::default()
+        });
+        let key = member_key(id);
+        let mut m = cluster.members.remove(&key).unwrap_or_else(|| MemberState {
+            name: key.clone(),
+            ..Default::default()
+        });
+        m.node = id.node.clone();
+        m.region = id.region.clone();
+        f(cluster, &mut m);
+        cluster.members.insert(key, m);
+    }
+}
+
+fn update_member(m: &mut MemberState, s: &EtcdStatus) {
+    m.is_leader = s.leader_id != 0 && s.leader_id == s.member_id;
+    m.leader_id = if s.leader_id == 0 {
+        String::new()
+    } else {
+        format!("{:x}", s.leader_id)
+    };
+    m.raft_term = s.raft_term;
+    m.raft_index = s.raft_index;
+    m.db_size_bytes = s.db_size_bytes;
+    m.db_size_in_use_bytes = s.db_size_in_use_bytes;
+    m.version = s.version.clone();
+    if s.member_id != 0 {
+        m.id = format!("{:x}", s.member_id);
+    }
+}
+
+fn status_error(s: &EtcdStatus) -> String {
+    s.failures
+        .first()
+        .map(|f| {
+            let kind = ErrorKind::try_from(f.kind)
+                .unwrap_or(ErrorKind::Other)
+                .short_name();
+            format!("{kind}: {}", f.message)
+        })
+        .unwrap_or_else(|| "unreachable".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdmon_proto::v1::{Alarm, Failure, Member};
+
+    fn id(name: &str) -> Identity {
+        Identity {
+            cluster: "c".into(),
+            member_name: name.into(),
+            member_id: 1,
+            ..Default::default()
+        }
+    }
+
+    fn status(ts: i64, s: EtcdStatus) -> Report {
+        Report {
+            timestamp_unix_ms: ts,
+            body: Some(Body::Status(s)),
+            ..Default::default()
+        }
+    }
+
+    fn up(leader: u64, term: u64) -> EtcdStatus {
+        EtcdStatus {
+            reachable: true,
+            member_id: 1,
+            leader_id: leader,
+            raft_term: term,
+            members: vec![
+                Member {
+                    id: 1,
+                    ..Default::default()
+                },
+                Member {
+                    id: 2,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn kinds(e: &[EventRow]) -> Vec<&str> {
+        e.iter().map(|e| e.kind.as_str()).collect()
+    }
+
+    #[test]
+    fn transitions_become_events() {
+        let st = LiveState::default();
+        assert!(st.apply(&id("m1"), &status(1, up(1, 2))).is_empty());
+        let snap = st.snapshot();
+        let m = &snap[0].members["m1"];
+        assert!(m.healthy && m.is_leader && m.agent_connected);
+
+        let down = EtcdStatus {
+            failures: vec![Failure::new(
+                "status",
+                ErrorKind::Refused,
+                "connection refused",
+            )],
+            ..Default::default()
+        };
+        let e = st.apply(&id("m1"), &status(2, down.clone()));
+        assert_eq!(kinds(&e), ["member_down"]);
+        assert_eq!(e[0].message, "refused: connection refused");
+        assert!(
+            st.apply(&id("m1"), &status(3, down)).is_empty(),
+            "no repeat while down"
+        );
+        assert!(!st.snapshot()[0].members["m1"].healthy);
+
+        assert_eq!(
+            kinds(&st.apply(&id("m1"), &status(4, up(2, 3)))),
+            ["member_up", "leader_changed"]
+        );
+
+        let mut alarmed = up(2, 3);
+        alarmed.alarms = vec![Alarm {
+            member_id: 1,
+            alarm: "NOSPACE".into(),
+        }];
+        alarmed.members.push(Member {
+            id: 3,
+            ..Default::default()
+        });
+        assert_eq!(
+            kinds(&st.apply(&id("m1"), &status(5, alarmed))),
+            ["alarm_raised", "member_added"]
+        );
+        assert_eq!(
+            kinds(&st.apply(&id("m1"), &status(6, up(2, 3)))),
+            ["alarm_cleared", "member_removed"]
+        );
+    }
+
+    #[test]
+    fn disconnect_marks_unhealthy() {
+        let st = LiveState::default();
+        st.apply(&id("m1"), &status(1, up(1, 2)));
+        let e = st.disconnected(&id("m1"), 9, "stream reset");
+        assert_eq!(e.kind, "agent_disconnected");
+        let m = &st.snapshot()[0].members["m1"];
+        assert!(!m.agent_connected && !m.healthy);
+    }
+}

@@ -1,0 +1,342 @@
+//! Bad input gets a clear gRPC status and changes nothing: no Hello, an
+//! unknown message, an invalid identity, an oversized batch, malformed
+//! protobuf; one bad agent never affects the others. Resends are
+//! acknowledged without being stored twice. Invalid config exits 2.
+
+use etcdmon_collector::config::CollectorConfig;
+use etcdmon_collector::Collector;
+use etcdmon_proto::v1::ingest_service_client::IngestServiceClient;
+use etcdmon_proto::v1::{
+    report, stream_request, stream_response, Batch, EtcdStatus, Hello, Identity, Report,
+    StreamRequest, StreamResponse,
+};
+use etcdmon_storage::sqlite::SqliteStorage;
+use etcdmon_storage::{Retention, Storage};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+struct Server {
+    url: String,
+    storage: Arc<dyn Storage>,
+    metrics: etcdmon_collector::metrics::CollectorMetrics,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn server(max_batch_bytes: usize) -> Server {
+    let dir = tempfile::tempdir().expect("tmp");
+    let storage: Arc<dyn Storage> = Arc::new(
+        SqliteStorage::open(dir.path().join("db.sqlite"), Retention::default()).expect("open"),
+    );
+    storage.migrate().await.expect("migrate");
+    let mut cfg = CollectorConfig::default();
+    cfg.ingest.max_batch_bytes = max_batch_bytes;
+    cfg.ingest.flush_interval = Duration::from_millis(50);
+    let shutdown = CancellationToken::new();
+    let c = Collector::with_storage(&cfg, storage.clone(), shutdown.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(c.writer.run(shutdown.clone()));
+    let token = shutdown.clone();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(c.ingest)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async move { token.cancelled().await },
+            ),
+    );
+    Server {
+        url,
+        storage,
+        metrics: c.metrics,
+        shutdown,
+        _dir: dir,
+    }
+}
+
+async fn client(url: &str) -> IngestServiceClient<Channel> {
+    IngestServiceClient::connect(url.to_string())
+        .await
+        .expect("connect")
+}
+
+fn hello(agent: &str) -> StreamRequest {
+    StreamRequest {
+        kind: Some(stream_request::Kind::Hello(Hello {
+            identity: Some(Identity {
+                cluster: "bad".into(),
+                member_name: "m1".into(),
+                ..Default::default()
+            }),
+            agent_version: "test".into(),
+            protocol_version: 1,
+            agent_id: agent.into(),
+        })),
+    }
+}
+
+fn batch(sequence: u64, padding: usize) -> StreamRequest {
+    let report = Report {
+        timestamp_unix_ms: 1_000 + sequence as i64,
+        identity: Some(Identity {
+            cluster: "bad".into(),
+            member_name: "m1".into(),
+            member_id: 1,
+            ..Default::default()
+        }),
+        duration_seconds: 0.0,
+        body: Some(report::Body::Status(EtcdStatus {
+            reachable: true,
+            member_id: 1,
+            leader_id: 1,
+            raft_term: 2,
+            version: "x".repeat(padding),
+            ..Default::default()
+        })),
+    };
+    StreamRequest {
+        kind: Some(stream_request::Kind::Batch(Batch {
+            sequence,
+            reports: vec![report],
+        })),
+    }
+}
+
+/// Opens a stream with `msgs` and returns the responses until the stream ends.
+async fn exchange(
+    url: &str,
+    msgs: Vec<StreamRequest>,
+) -> Result<Vec<StreamResponse>, tonic::Status> {
+    let mut c = client(url).await;
+    let mut inbound = c.stream(tokio_stream::iter(msgs)).await?.into_inner();
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
+            Ok(Ok(Some(m))) => out.push(m),
+            Ok(Ok(None)) => return Ok(out),
+            Ok(Err(s)) => return if out.is_empty() { Err(s) } else { Ok(out) },
+            Err(_) => panic!("no end of stream"),
+        }
+    }
+}
+
+fn acks(r: &[StreamResponse]) -> Vec<u64> {
+    r.iter()
+        .filter_map(|m| match &m.kind {
+            Some(stream_response::Kind::Ack(a)) => Some(a.sequence),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_batch_before_hello_is_refused() {
+    let s = server(1 << 20).await;
+    let err = exchange(&s.url, vec![batch(1, 0)])
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("Hello"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn an_unknown_first_message_and_an_invalid_identity_are_refused() {
+    let s = server(1 << 20).await;
+    let err = exchange(&s.url, vec![StreamRequest { kind: None }])
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("unknown message"),
+        "{}",
+        err.message()
+    );
+
+    let mut h = hello("a");
+    if let Some(stream_request::Kind::Hello(h)) = &mut h.kind {
+        h.identity.as_mut().expect("id").cluster.clear();
+    }
+    let err = exchange(&s.url, vec![h]).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("cluster"), "{}", err.message());
+
+    let mut h = hello("");
+    let err = exchange(&s.url, vec![std::mem::replace(&mut h, hello("x"))])
+        .await
+        .expect_err("refused");
+    assert!(err.message().contains("agent_id"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn an_oversized_batch_ends_only_that_stream() {
+    let s = server(8 * 1024).await;
+    // A good agent streams while the bad one sends a batch over the limit.
+    let good = {
+        let url = s.url.clone();
+        tokio::spawn(async move {
+            exchange(&url, vec![hello("good"), batch(1, 10), batch(2, 10)]).await
+        })
+    };
+    let bad = exchange(
+        &s.url,
+        vec![hello("bad"), batch(1, 10), batch(2, 64 * 1024)],
+    )
+    .await;
+    let good = good.await.expect("join").expect("good stream");
+    assert_eq!(acks(&good), vec![1, 2]);
+    // The bad stream got its first ack, then an error status for the big batch.
+    let bad = bad.expect("welcome and first ack");
+    assert_eq!(acks(&bad), vec![1]);
+    let stored = s.storage.stored_through("bad").await.expect("marks");
+    assert_eq!(stored, 1, "the oversized batch must not be stored");
+    assert!(
+        s.metrics
+            .streams_rejected
+            .with_label_values(&["too_large"])
+            .get()
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn a_resent_batch_is_acknowledged_but_not_stored_twice() {
+    let s = server(1 << 20).await;
+    let r = exchange(&s.url, vec![hello("r"), batch(5, 0)])
+        .await
+        .expect("first");
+    assert_eq!(acks(&r), vec![5]);
+    let before = s
+        .storage
+        .count_samples("bad", 0, i64::MAX)
+        .await
+        .expect("count");
+    // A reconnecting agent resends 5 (lost ack) and then 6.
+    let r = exchange(&s.url, vec![hello("r"), batch(5, 0), batch(6, 0)])
+        .await
+        .expect("second");
+    let welcome = r.iter().find_map(|m| match &m.kind {
+        Some(stream_response::Kind::Welcome(w)) => Some(w.stored_through_sequence),
+        _ => None,
+    });
+    assert_eq!(welcome, Some(5));
+    assert_eq!(acks(&r), vec![5, 6]);
+    assert_eq!(s.metrics.batches_duplicate.get(), 1);
+    let after = s
+        .storage
+        .count_samples("bad", 0, i64::MAX)
+        .await
+        .expect("count");
+    assert!(after[0].samples > before[0].samples, "batch 6 stored");
+    assert_eq!(s.storage.stored_through("r").await.expect("marks"), 6);
+}
+
+mod raw {
+    //! A codec that sends arbitrary bytes as a message, to feed the server
+    //! malformed protobuf.
+    use bytes::BufMut as _;
+    use etcdmon_proto::v1::StreamResponse;
+    use prost::Message as _;
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::Status;
+
+    #[derive(Default)]
+    pub struct RawCodec;
+    pub struct RawEncoder;
+    pub struct RespDecoder;
+
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = StreamResponse;
+        type Encoder = RawEncoder;
+        type Decoder = RespDecoder;
+        fn encoder(&mut self) -> RawEncoder {
+            RawEncoder
+        }
+        fn decoder(&mut self) -> RespDecoder {
+            RespDecoder
+        }
+    }
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl Decoder for RespDecoder {
+        type Item = StreamResponse;
+        type Error = Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<StreamResponse>, Status> {
+            StreamResponse::decode(src)
+                .map(Some)
+                .map_err(|e| Status::internal(e.to_string()))
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_protobuf_is_refused_with_a_decode_error() {
+    let s = server(1 << 20).await;
+    let channel = Channel::from_shared(s.url.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    // 0xff is an invalid wire type: not a StreamRequest.
+    let garbage = vec![0xff, 0xff, 0xff, 0x01, 0x02];
+    let result = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::iter(vec![garbage])),
+            http::uri::PathAndQuery::from_static("/etcdmon.v1.IngestService/Stream"),
+            raw::RawCodec,
+        )
+        .await;
+    let err = match result {
+        Err(e) => e,
+        Ok(resp) => {
+            let mut inbound = resp.into_inner();
+            inbound.message().await.expect_err("decode error")
+        }
+    };
+    assert!(
+        err.message().to_lowercase().contains("decode") || err.code() == tonic::Code::Internal,
+        "{err:?}"
+    );
+    // The server still serves well-formed agents.
+    let ok = exchange(&s.url, vec![hello("after"), batch(1, 0)])
+        .await
+        .expect("good");
+    assert_eq!(acks(&ok), vec![1]);
+}
+
+#[test]
+fn invalid_config_exits_2_naming_the_field() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_etcdmon-collector"))
+        .args(["--storage", "postgres://nope"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("storage.url"), "{err}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_etcdmon-collector"))
+        .env("ETCDMON_COLLECTOR_INGEST__FLUSH_ROWS", "many")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`ingest.flush_rows`"));
+}

@@ -1,0 +1,217 @@
+//! Shared pieces of the collector's system tests: the collector binary as a
+//! real process, and agents run in-process whose reports are teed so the
+//! test knows exactly which samples must end up stored.
+
+#![allow(dead_code)] // each test binary uses a different subset
+#![allow(missing_docs)] // test support, not an API
+
+use etcdmon_agent::runner::Agent;
+use etcdmon_agent::selfmetrics::AgentMetrics;
+use etcdmon_agent::AgentConfig;
+use etcdmon_collector::ingest::convert::{report_rows, Target};
+use etcdmon_collector::state::member_key;
+use etcdmon_testkit::{free_port, http_get, EtcdCluster};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The collector binary on free ports.
+pub struct CollectorProc {
+    pub child: Option<Child>,
+    pub grpc: u16,
+    pub http: u16,
+    pub storage: String,
+    pub log: PathBuf,
+}
+
+impl CollectorProc {
+    pub fn start(storage: &str, dir: &Path) -> Self {
+        let mut c = Self {
+            child: None,
+            grpc: free_port(),
+            http: free_port(),
+            storage: storage.to_string(),
+            log: dir.join("collector.log"),
+        };
+        c.spawn();
+        c
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("collector log");
+        let child = Command::new(env!("CARGO_BIN_EXE_etcdmon-collector"))
+            .args(["--grpc-listen", &format!("127.0.0.1:{}", self.grpc)])
+            .args(["--http-listen", &format!("127.0.0.1:{}", self.http)])
+            .args(["--storage", &self.storage])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn collector");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http_get(&self.url("/healthz"), Duration::from_secs(2)) {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("collector exited with {status}: {}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "collector not ready: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for CollectorProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Samples each member's agents produced: member -> {(name, labels, ts)}.
+pub type Expected = Arc<Mutex<BTreeMap<String, BTreeSet<(String, String, i64)>>>>;
+
+/// In-process agents streaming to a collector.
+pub struct Agents {
+    pub shutdown: CancellationToken,
+    pub streams: Vec<JoinHandle<anyhow::Result<()>>>,
+    pub metrics: Vec<AgentMetrics>,
+    pub expected: Expected,
+}
+
+pub fn agent_config(
+    cluster: &str,
+    m: &etcdmon_testkit::EtcdMember,
+    collector: &str,
+    spool: &Path,
+) -> AgentConfig {
+    let mut cfg = AgentConfig::default();
+    cfg.identity.cluster = cluster.into();
+    cfg.etcd.endpoint = m.client_url.clone();
+    cfg.etcd.metrics_url = m.metrics_url.clone();
+    cfg.etcd.data_dir = Some(m.data_dir.clone());
+    cfg.metrics.interval = Duration::from_secs(1);
+    cfg.host.interval = Duration::from_secs(1);
+    cfg.fsync.interval = Duration::from_secs(2);
+    cfg.fsync.writes = 3;
+    cfg.collector.address = Some(collector.into());
+    cfg.collector.batch_interval = Duration::from_millis(200);
+    cfg.collector.spool_dir = Some(spool.join(&m.name));
+    cfg.collector.shutdown_grace = Duration::from_secs(10);
+    cfg
+}
+
+impl Agents {
+    pub fn start(cluster_name: &str, cluster: &EtcdCluster, collector: &str, spool: &Path) -> Self {
+        let shutdown = CancellationToken::new();
+        let expected: Expected = Arc::default();
+        let mut streams = Vec::new();
+        let mut metrics = Vec::new();
+        for m in cluster.members() {
+            let cfg = agent_config(cluster_name, m, collector, spool);
+            let am = AgentMetrics::new();
+            let agent = Agent::new(&cfg, am.clone()).expect("agent");
+            let shared = agent.shared();
+            let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+            let (tee_tx, tee_rx) = tokio::sync::mpsc::channel(256);
+            agent.spawn(tx, shutdown.clone());
+            let exp = expected.clone();
+            tokio::spawn(async move {
+                while let Some(r) = rx.recv().await {
+                    let id = r.identity.clone().unwrap_or_default();
+                    let member = member_key(&id);
+                    let (rows, _) = report_rows(
+                        &Target {
+                            cluster: &id.cluster,
+                            member: &member,
+                        },
+                        &r,
+                    );
+                    {
+                        let mut e = exp.lock().expect("lock");
+                        let set = e.entry(member).or_default();
+                        for s in rows {
+                            set.insert((s.name, s.labels, s.ts_ms));
+                        }
+                    }
+                    if tee_tx.send(r).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let token = shutdown.clone();
+            let am2 = am.clone();
+            streams.push(tokio::spawn(async move {
+                etcdmon_agent::stream::run(&cfg, shared, tee_rx, am2, token).await
+            }));
+            metrics.push(am);
+        }
+        Self {
+            shutdown,
+            streams,
+            metrics,
+            expected,
+        }
+    }
+
+    /// Stops the agents; they flush and wait for their last acks.
+    pub async fn stop(self) -> (BTreeMap<String, usize>, Vec<AgentMetrics>) {
+        self.shutdown.cancel();
+        for s in self.streams {
+            s.await.expect("join").expect("stream ran");
+        }
+        let e = self.expected.lock().expect("lock");
+        (
+            e.iter().map(|(k, v)| (k.clone(), v.len())).collect(),
+            self.metrics,
+        )
+    }
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

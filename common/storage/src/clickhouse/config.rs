@@ -1,0 +1,139 @@
+//! Settings of the ClickHouse backend.
+
+use std::time::Duration;
+
+use crate::{Retention, StorageError};
+
+/// How to reach ClickHouse and how long to keep data there.
+///
+/// Every field has a default, so an empty table (`[storage.clickhouse]`) means "a local
+/// server on the default HTTP port, database `etcdmon`". Unknown fields are errors, so a
+/// misspelt setting is reported instead of silently ignored.
+#[derive(Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// Base URL of ClickHouse's HTTP interface (not the native TCP port), e.g.
+    /// `http://clickhouse.monitoring.svc:8123`. Only `http://` is supported: the client is
+    /// built without TLS, so put a TLS-terminating proxy or a service mesh in front when
+    /// the link needs encryption.
+    pub url: String,
+    /// Database holding etcdmon's tables; created by `migrate` if missing. Letters,
+    /// digits and `_` only.
+    pub database: String,
+    /// User to authenticate as (sent in the `X-ClickHouse-User` header).
+    pub user: String,
+    /// Password of `user`; empty for none. Never printed by `Debug`.
+    pub password: String,
+    /// How long raw samples, rollups and events are kept. Enforced by dropping whole
+    /// daily (monthly for the 1-hour rollup) partitions, so data lives up to one
+    /// partition longer than this.
+    pub retention: Retention,
+    /// Upper bound of one `write` call: all INSERTs of the set together, including
+    /// connecting. A server that does not answer in time makes `write` fail with a
+    /// retryable error, so the caller keeps the batch and tries again later.
+    #[serde(with = "humantime_serde")]
+    pub insert_timeout: Duration,
+    /// Upper bound of one read or DDL statement (queries, counts, migrations,
+    /// retention); on expiry the call fails with a retryable error.
+    #[serde(with = "humantime_serde")]
+    pub query_timeout: Duration,
+    /// Most points one `query` may return; a query that would return more fails with
+    /// an invalid-query error asking for a larger step, so a careless request cannot
+    /// exhaust the collector's memory.
+    pub max_points: usize,
+    /// Compress INSERT bodies with ClickHouse's LZ4 block format (`decompress=1`).
+    /// Works with 18.16 and current servers; turn off only for a proxy that cannot pass
+    /// the compressed body through.
+    pub lz4: bool,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".to_owned(),
+            database: "etcdmon".to_owned(),
+            user: "default".to_owned(),
+            password: String::new(),
+            retention: Retention::default(),
+            insert_timeout: Duration::from_secs(10),
+            query_timeout: Duration::from_secs(30),
+            max_points: 1_000_000,
+            lz4: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Configs end up in start-up logs; the password must not.
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("retention", &self.retention)
+            .field("insert_timeout", &self.insert_timeout)
+            .field("query_timeout", &self.query_timeout)
+            .field("max_points", &self.max_points)
+            .field("lz4", &self.lz4)
+            .finish()
+    }
+}
+
+impl ClickHouseConfig {
+    /// Checks the values `serde` cannot: URL scheme, database name, non-zero timeouts.
+    /// The error names the field.
+    pub fn validate(&self) -> Result<(), StorageError> {
+        let invalid = |field: &str, why: String| {
+            Err(StorageError::Rejected(format!(
+                "invalid ClickHouse config: {field}: {why}"
+            )))
+        };
+        let Some(rest) = self.url.strip_prefix("http://") else {
+            return invalid(
+                "url",
+                format!(
+                    "{:?} must start with http:// (TLS is not built in)",
+                    self.url
+                ),
+            );
+        };
+        if rest.is_empty() || rest.starts_with('/') {
+            return invalid("url", format!("{:?} has no host", self.url));
+        }
+        if self.database.is_empty()
+            || !self
+                .database
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return invalid(
+                "database",
+                format!(
+                    "{:?} must be non-empty and contain only letters, digits and _",
+                    self.database
+                ),
+            );
+        }
+        if self.user.is_empty() {
+            return invalid("user", "must not be empty".to_owned());
+        }
+        if self.insert_timeout.is_zero() {
+            return invalid("insert_timeout", "must be positive".to_owned());
+        }
+        if self.query_timeout.is_zero() {
+            return invalid("query_timeout", "must be positive".to_owned());
+        }
+        if self.max_points == 0 {
+            return invalid("max_points", "must be positive".to_owned());
+        }
+        Ok(())
+    }
+}

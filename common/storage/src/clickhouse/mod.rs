@@ -1,0 +1,663 @@
+//! The production backend: ClickHouse over its HTTP interface, with the official
+//! `clickhouse` crate.
+//!
+//! # Data flow
+//!
+//! ```text
+//! write(set) ──INSERT──> samples ──samples_1m_mv──> samples_1m   (AggregatingMergeTree)
+//!            │                  └─samples_1h_mv──> samples_1h   (AggregatingMergeTree)
+//!            ├─INSERT──> series
+//!            ├─INSERT──> events
+//!            └─INSERT──> batch_marks   (last)
+//!
+//! query(step 0)            <── samples, deduplicated by GROUP BY on the natural key
+//! query(step k*1m / k*1h)  <── samples_1m / samples_1h for whole buckets, samples for the edges
+//! count_samples            <── samples, deduplicated
+//! stored_through           <── max(sequence) of batch_marks
+//! apply_retention          ──> ALTER TABLE ... DROP PARTITION (daily, monthly for 1h)
+//! ```
+//!
+//! `write` sends each non-empty kind of row as ONE `INSERT` (RowBinary, LZ4-compressed,
+//! streamed), so a batch of thousands of samples is one part per day it touches rather
+//! than thousands of tiny ones. The batch marks go last: a stored mark therefore always
+//! means its rows are stored.
+//!
+//! # Resends and deduplication
+//!
+//! ClickHouse cannot write rows and marks atomically, and a write that timed out may still
+//! have been stored. The collector then writes the same rows again. Every table's sort
+//! key is the natural key of its rows (`samples`: cluster, name, member, labels, ts_ms)
+//! and the engine is a `ReplacingMergeTree`, so the copies collapse when parts merge. That
+//! happens at an unknown time, so every read also deduplicates on the key: raw queries
+//! and counts with `GROUP BY` on it (measured faster than `FINAL` on 18.16 whenever
+//! unmerged parts exist; see `query.rs`), stepped queries with `argMax`, which a duplicate
+//! (same time, same value) cannot change. The test suite writes every set twice and
+//! checks that no query or count moves.
+//!
+//! # Rollups
+//!
+//! Materialized views aggregate every INSERT into `samples` into 1-minute and 1-hour
+//! buckets (`bucket_ms`, the bucket start in ms, computed with integer division so it is
+//! independent of the server's time zone). A view sees every INSERT, resends included, and
+//! cannot deduplicate, so the rollups keep only aggregates that a duplicate row cannot
+//! distort: `min`, `max`, the first and the last value by time (`argMin`/`argMax` on
+//! `ts_ms`) and the latest timestamp. Sums, counts and averages would count a resent batch
+//! twice, so there are none; counts come from raw samples. Stepped queries read
+//! `argMaxMerge(last_value)`, and because that state merges exactly, a step that is a
+//! whole multiple of the bucket gives the same answer from a rollup as from raw samples
+//! (see `query.rs` for the range edges). The rollups outlive raw samples (30 days and one
+//! year by default against 7), which is what long-range dashboards need.
+//!
+//! # Old and new servers
+//!
+//! The schema and every query must work on Debian's 18.16 and on current releases, so
+//! there is no TTL, CODEC, DateTime64, Map, skip index, async insert, LowCardinality or
+//! server-side parameter: values are bound on the client (`?` and `bind`), retention drops
+//! partitions, strings are plain `String`. The client runs with `with_validation(false)`
+//! (18.16 cannot produce `RowBinaryWithNamesAndTypes`), so the private row structs below
+//! must list their fields in the order and with the types of the table's columns. LZ4
+//! compression of INSERT bodies (`decompress=1`) works on 18.16. `migrate` reads `SELECT
+//! version()` and keeps it ([`ClickHouseStorage::server_version`]) so that a future
+//! migration can use newer features only where the server has them.
+//!
+//! # Errors
+//!
+//! Connection failures, timeouts (`insert_timeout` for a whole write, `query_timeout`
+//! for anything else) and the server errors that mean "busy, try later" (too many parts,
+//! too many queries, memory limit, timeouts) are [`StorageError::Unavailable`]: the
+//! collector keeps the batch and the agent resends it. Every other server error (bad SQL,
+//! type mismatch, unknown table, authentication) is [`StorageError::Rejected`].
+
+mod config;
+mod query;
+mod retention;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+pub use config::ClickHouseConfig;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clickhouse::{Client, Compression, RowWrite};
+
+use crate::{
+    PointQuery, Result, RetentionOutcome, SampleCount, SeriesPoints, Storage, StorageError,
+    WriteSet,
+};
+use query::{Arg, Sql};
+use retention::{date_column, partition_expired, Granularity, BATCH_MARKS_RETENTION};
+
+/// ClickHouse error codes that mean "overloaded or interrupted, the same request may
+/// succeed later"; any other server error is a rejection.
+const TRANSIENT_CODES: &[u32] = &[
+    159, // TIMEOUT_EXCEEDED
+    164, // READONLY (a replica in read-only mode, e.g. during ZooKeeper loss)
+    202, // TOO_MANY_SIMULTANEOUS_QUERIES
+    203, // NO_FREE_CONNECTION
+    209, // SOCKET_TIMEOUT
+    210, // NETWORK_ERROR
+    236, // ABORTED
+    241, // MEMORY_LIMIT_EXCEEDED
+    242, // TABLE_IS_READ_ONLY
+    252, // TOO_MANY_PARTS
+    319, // UNKNOWN_STATUS_OF_INSERT
+    394, // QUERY_WAS_CANCELLED
+];
+
+/// Tables with a retention, with their partition granularity.
+const RETAINED_TABLES: &[(&str, Granularity)] = &[
+    ("samples", Granularity::Day),
+    ("samples_1m", Granularity::Day),
+    ("samples_1h", Granularity::Month),
+    ("events", Granularity::Day),
+    ("batch_marks", Granularity::Day),
+];
+
+/// A row of `samples`, in column order (validation is off, RowBinary is positional).
+#[derive(clickhouse::Row, serde::Serialize)]
+struct SampleInsert<'a> {
+    date: u16,
+    cluster: &'a str,
+    member: &'a str,
+    name: &'a str,
+    labels: &'a str,
+    ts_ms: i64,
+    value: f64,
+}
+
+/// A row of `series`, in column order.
+#[derive(clickhouse::Row, serde::Serialize)]
+struct SeriesInsert<'a> {
+    cluster: &'a str,
+    member: &'a str,
+    name: &'a str,
+    labels: &'a str,
+    metric_type: &'a str,
+    seen_ms: i64,
+}
+
+/// A row of `events`, in column order.
+#[derive(clickhouse::Row, serde::Serialize)]
+struct EventInsert<'a> {
+    date: u16,
+    cluster: &'a str,
+    member: &'a str,
+    ts_ms: i64,
+    kind: &'a str,
+    message: &'a str,
+}
+
+/// A row of `batch_marks`, in column order.
+#[derive(clickhouse::Row, serde::Serialize)]
+struct MarkInsert<'a> {
+    date: u16,
+    agent_id: &'a str,
+    sequence: u64,
+    samples: u64,
+    stored_ms: i64,
+}
+
+/// A row of [`query::points`].
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct PointRow {
+    member: String,
+    labels: String,
+    ts_ms: i64,
+    value: f64,
+}
+
+/// A row of [`query::count_samples`].
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct CountRow {
+    member: String,
+    samples: u64,
+}
+
+/// Active rows per partition, from `system.parts`.
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct PartitionRow {
+    table: String,
+    partition: String,
+    rows: u64,
+}
+
+/// Storage in a ClickHouse database (see the module docs for the schema and why).
+///
+/// Cheap to share: the HTTP client inside pools its connections; wrap the storage in an
+/// `Arc` rather than creating one per task.
+pub struct ClickHouseStorage {
+    /// Requests in the configured database.
+    client: Client,
+    /// Requests without a database, for creating it.
+    server: Client,
+    config: ClickHouseConfig,
+    /// `SELECT version()` as of the last `migrate`.
+    server_version: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for ClickHouseStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseStorage")
+            .field("config", &self.config)
+            .field("server_version", &self.server_version())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClickHouseStorage {
+    /// A storage for `config` after [`ClickHouseConfig::validate`]. Does not connect:
+    /// call [`Storage::migrate`] first, which also tells whether the server is reachable.
+    pub fn new(config: ClickHouseConfig) -> Result<Self> {
+        config.validate()?;
+        let mut server = Client::default()
+            .with_url(config.url.trim_end_matches('/'))
+            .with_user(&config.user)
+            // Required for 18.16, which cannot send RowBinaryWithNamesAndTypes.
+            .with_validation(false)
+            .with_compression(if config.lz4 {
+                Compression::Lz4
+            } else {
+                Compression::None
+            });
+        if !config.password.is_empty() {
+            server = server.with_password(&config.password);
+        }
+        let client = server.clone().with_database(&config.database);
+        Ok(Self {
+            client,
+            server,
+            config,
+            server_version: Mutex::new(None),
+        })
+    }
+
+    /// The settings this storage was created with.
+    pub fn config(&self) -> &ClickHouseConfig {
+        &self.config
+    }
+
+    /// The server's `SELECT version()`, e.g. `18.16.1`, as read by the last successful
+    /// [`Storage::migrate`]; `None` before that.
+    pub fn server_version(&self) -> Option<String> {
+        self.server_version
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Runs `fut`, giving up after `limit`; errors are classified for the caller.
+    async fn timed<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        fut: impl Future<Output = std::result::Result<T, clickhouse::error::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, fut).await {
+            Ok(result) => result.map_err(|e| classify(what, e)),
+            Err(_) => Err(StorageError::Unavailable(format!(
+                "{what}: no answer from ClickHouse within {limit:?}"
+            ))),
+        }
+    }
+
+    /// Runs a DDL statement, treating "already exists" as success (see
+    /// [`schema::ALREADY_EXISTS_CODES`]).
+    async fn ddl(&self, statement: &str) -> Result<()> {
+        let sql = schema::render(statement, &self.config.database);
+        let result = self
+            .timed(
+                "schema migration",
+                self.config.query_timeout,
+                self.server.query(&sql).execute(),
+            )
+            .await;
+        match result {
+            Err(StorageError::Rejected(message))
+                if server_code(&message)
+                    .is_some_and(|code| schema::ALREADY_EXISTS_CODES.contains(&code)) =>
+            {
+                Ok(())
+            }
+            // Unreachable stays retryable; a refused statement is a migration failure.
+            Err(StorageError::Rejected(message)) => Err(StorageError::Migration(format!(
+                "{message}\nstatement: {sql}"
+            ))),
+            other => other,
+        }
+    }
+
+    /// Sends one INSERT with all `rows` (nothing for an empty slice). `R` names the row
+    /// type; `rows` may borrow with any lifetime.
+    async fn insert_rows<R: RowWrite>(&self, table: &str, rows: &[R::Value<'_>]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let what = format!("INSERT INTO {table}");
+        let mut insert = self
+            .client
+            .insert::<R>(table)
+            .await
+            .map_err(|e| classify(&what, e))?;
+        for row in rows {
+            insert.write(row).await.map_err(|e| classify(&what, e))?;
+        }
+        insert.end().await.map_err(|e| classify(&what, e))
+    }
+
+    async fn write_all(&self, set: &WriteSet) -> Result<()> {
+        let samples = set
+            .samples
+            .iter()
+            .map(|s| {
+                Ok(SampleInsert {
+                    date: date_of(s.ts_ms, "sample")?,
+                    cluster: &s.cluster,
+                    member: &s.member,
+                    name: &s.name,
+                    labels: &s.labels,
+                    ts_ms: s.ts_ms,
+                    value: s.value,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let series: Vec<_> = set
+            .series
+            .iter()
+            .map(|s| SeriesInsert {
+                cluster: &s.cluster,
+                member: &s.member,
+                name: &s.name,
+                labels: &s.labels,
+                metric_type: &s.metric_type,
+                seen_ms: s.seen_ms,
+            })
+            .collect();
+        let events = set
+            .events
+            .iter()
+            .map(|e| {
+                Ok(EventInsert {
+                    date: date_of(e.ts_ms, "event")?,
+                    cluster: &e.cluster,
+                    member: &e.member,
+                    ts_ms: e.ts_ms,
+                    kind: &e.kind,
+                    message: &e.message,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let marks = set
+            .marks
+            .iter()
+            .map(|m| {
+                Ok(MarkInsert {
+                    date: date_of(m.stored_ms, "batch mark")?,
+                    agent_id: &m.agent_id,
+                    sequence: m.sequence,
+                    samples: m.samples,
+                    stored_ms: m.stored_ms,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        self.insert_rows::<SampleInsert<'static>>("samples", &samples)
+            .await?;
+        self.insert_rows::<SeriesInsert<'static>>("series", &series)
+            .await?;
+        self.insert_rows::<EventInsert<'static>>("events", &events)
+            .await?;
+        // Last, so that a stored mark always means the rows above are stored.
+        self.insert_rows::<MarkInsert<'static>>("batch_marks", &marks)
+            .await
+    }
+
+    /// A client query for `sql` with its arguments bound.
+    fn bound(&self, sql: &Sql) -> clickhouse::query::Query {
+        let mut query = self
+            .client
+            .query(&sql.text)
+            // Also stop the server's work when the client gives up waiting.
+            .with_setting(
+                "max_execution_time",
+                self.config.query_timeout.as_secs().max(1).to_string(),
+            );
+        for arg in &sql.args {
+            query = match arg {
+                Arg::Str(s) => query.bind(s.as_str()),
+                Arg::Int(i) => query.bind(*i),
+            };
+        }
+        query
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for ClickHouseStorage {
+    fn backend(&self) -> &'static str {
+        "clickhouse"
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let version: String = self
+            .timed(
+                "SELECT version()",
+                self.config.query_timeout,
+                self.server.query("SELECT version()").fetch_one(),
+            )
+            .await?;
+        tracing::info!(
+            server_version = %version,
+            url = %self.config.url,
+            database = %self.config.database,
+            "connected to ClickHouse"
+        );
+        *self
+            .server_version
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(version);
+
+        for statement in schema::BOOTSTRAP {
+            self.ddl(statement).await?;
+        }
+        let applied: BTreeSet<u32> = self
+            .timed(
+                "read schema_migrations",
+                self.config.query_timeout,
+                self.client
+                    .query("SELECT DISTINCT version FROM schema_migrations")
+                    .fetch_all::<u32>(),
+            )
+            .await?
+            .into_iter()
+            .collect();
+        for migration in schema::MIGRATIONS {
+            if applied.contains(&migration.version) {
+                continue;
+            }
+            for statement in migration.statements {
+                self.ddl(statement).await?;
+            }
+            self.timed(
+                "record schema migration",
+                self.config.query_timeout,
+                self.client
+                    .query(
+                        "INSERT INTO schema_migrations (version, description, applied_ms) \
+                         VALUES (?, ?, ?)",
+                    )
+                    .bind(migration.version)
+                    .bind(migration.description)
+                    .bind(now_ms())
+                    .execute(),
+            )
+            .await?;
+            tracing::info!(
+                version = migration.version,
+                description = migration.description,
+                "applied ClickHouse schema migration"
+            );
+        }
+        Ok(())
+    }
+
+    async fn stored_through(&self, agent_id: &str) -> Result<u64> {
+        // max() over no rows is 0 for a UInt64 column, which is what "none" means here.
+        self.timed(
+            "read batch marks",
+            self.config.query_timeout,
+            self.client
+                .query("SELECT max(sequence) FROM batch_marks WHERE agent_id = ?")
+                .bind(agent_id)
+                .fetch_one::<u64>(),
+        )
+        .await
+    }
+
+    async fn write(&self, set: &WriteSet) -> Result<()> {
+        if set.is_empty() {
+            return Ok(());
+        }
+        let limit = self.config.insert_timeout;
+        match tokio::time::timeout(limit, self.write_all(set)).await {
+            Ok(result) => result,
+            // The INSERT may or may not have been stored; the caller resends and reads
+            // deduplicate, so both outcomes are fine.
+            Err(_) => Err(StorageError::Unavailable(format!(
+                "write: no answer from ClickHouse within {limit:?}"
+            ))),
+        }
+    }
+
+    async fn query(&self, q: &PointQuery) -> Result<Vec<SeriesPoints>> {
+        let max = self.config.max_points;
+        // One row more than allowed tells "too many" from "exactly the limit".
+        let Some(sql) = query::points(q, max as u64 + 1)? else {
+            return Ok(Vec::new());
+        };
+        let rows = self
+            .timed(
+                "query points",
+                self.config.query_timeout,
+                self.bound(&sql).fetch_all::<PointRow>(),
+            )
+            .await?;
+        if rows.len() > max {
+            return Err(StorageError::InvalidQuery(format!(
+                "the query matches more than {max} points; narrow the range or use a \
+                 larger step"
+            )));
+        }
+        let mut out: Vec<SeriesPoints> = Vec::new();
+        for row in rows {
+            match out.last_mut() {
+                Some(last) if last.member == row.member && last.labels == row.labels => {
+                    last.points.push((row.ts_ms, row.value));
+                }
+                _ => out.push(SeriesPoints {
+                    member: row.member,
+                    labels: row.labels,
+                    points: vec![(row.ts_ms, row.value)],
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn count_samples(
+        &self,
+        cluster: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SampleCount>> {
+        if to_ms < from_ms {
+            return Err(StorageError::InvalidQuery(format!(
+                "`to` ({to_ms}) is before `from` ({from_ms})"
+            )));
+        }
+        let sql = query::count_samples(cluster, from_ms, to_ms);
+        let rows = self
+            .timed(
+                "count samples",
+                self.config.query_timeout,
+                self.bound(&sql).fetch_all::<CountRow>(),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| SampleCount {
+                member: row.member,
+                samples: row.samples,
+            })
+            .collect())
+    }
+
+    async fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
+        let partitions = self
+            .timed(
+                "list partitions",
+                self.config.query_timeout,
+                self.server
+                    .query(
+                        "SELECT table, partition, sum(rows) AS rows FROM system.parts \
+                         WHERE database = ? AND active \
+                         GROUP BY table, partition ORDER BY table, partition",
+                    )
+                    .bind(self.config.database.as_str())
+                    .fetch_all::<PartitionRow>(),
+            )
+            .await?;
+        let retention = &self.config.retention;
+        let mut outcome = RetentionOutcome::default();
+        for &(table, granularity) in RETAINED_TABLES {
+            let keep = match table {
+                "samples" => retention.samples,
+                "samples_1m" => retention.rollup_1m,
+                "samples_1h" => retention.rollup_1h,
+                "events" => retention.events,
+                _ => BATCH_MARKS_RETENTION,
+            };
+            let mut removed = 0;
+            for part in partitions.iter().filter(|p| p.table == table) {
+                match partition_expired(granularity, &part.partition, now_ms, keep) {
+                    Some(true) => {}
+                    Some(false) => continue,
+                    None => {
+                        tracing::warn!(
+                            table,
+                            partition = %part.partition,
+                            "skipping a partition this schema does not create"
+                        );
+                        continue;
+                    }
+                }
+                // The id is all digits (checked by partition_expired), so it is a valid
+                // literal of the partition expression, on 18.16 and later alike.
+                let sql = format!(
+                    "ALTER TABLE `{}`.`{table}` DROP PARTITION {}",
+                    self.config.database, part.partition
+                );
+                self.timed(
+                    "drop partition",
+                    self.config.query_timeout,
+                    self.server.query(&sql).execute(),
+                )
+                .await?;
+                tracing::info!(
+                    table,
+                    partition = %part.partition,
+                    rows = part.rows,
+                    "dropped expired partition"
+                );
+                removed += part.rows;
+            }
+            outcome.removed.push((table.to_owned(), removed));
+        }
+        Ok(outcome)
+    }
+}
+
+/// The `date` column for a timestamp, or a rejection naming what was out of range.
+fn date_of(ts_ms: i64, what: &str) -> Result<u16> {
+    date_column(ts_ms).ok_or_else(|| {
+        StorageError::Rejected(format!(
+            "{what} timestamp {ts_ms} ms is outside what ClickHouse's Date can hold \
+             (1970-01-01 to 2149-06-06)"
+        ))
+    })
+}
+
+/// Maps a client error to the storage error the caller branches on.
+fn classify(what: &str, error: clickhouse::error::Error) -> StorageError {
+    use clickhouse::error::Error;
+    let message = format!("{what}: {error}");
+    match &error {
+        Error::Network(_) | Error::TimedOut | Error::Other(_) => StorageError::Unavailable(message),
+        Error::BadResponse(reason) => match server_code(reason) {
+            Some(code) if TRANSIENT_CODES.contains(&code) => StorageError::Unavailable(message),
+            Some(_) => StorageError::Rejected(message),
+            // No ClickHouse code: an HTTP status from something in between (a proxy's
+            // 502/503/504) is worth retrying, anything else is not.
+            None if reason.starts_with('5') => StorageError::Unavailable(message),
+            None => StorageError::Rejected(message),
+        },
+        _ => StorageError::Rejected(message),
+    }
+}
+
+/// The `N` of `Code: N` in a ClickHouse error message.
+fn server_code(message: &str) -> Option<u32> {
+    let rest = &message[message.find("Code: ")? + "Code: ".len()..];
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    rest[..digits].parse().ok()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}

@@ -1,0 +1,271 @@
+//! SQL for reads: range queries (raw or stepped, from raw samples or a rollup) and
+//! sample counts.
+//!
+//! Values are never formatted into the SQL text here. Each builder returns the text with
+//! `?` placeholders and the arguments in order; [`super::ClickHouseStorage`] binds them
+//! with the `clickhouse` crate's client-side binding, which quotes and escapes them (18.16
+//! has no server-side query parameters). That keeps the SQL testable as plain strings.
+//!
+//! # Deduplication
+//!
+//! `samples` is a `ReplacingMergeTree`, so a resent row disappears only when its part is
+//! merged with the original, at an unknown time. Every query here therefore deduplicates
+//! on the natural key itself, with `GROUP BY member, labels, ts_ms` (cluster and name are
+//! fixed by the `WHERE`) rather than `FINAL`. Measured on 18.16 with 1 M distinct rows
+//! (50 metrics, 3 members, 4 label sets), median of 9 runs:
+//!
+//! | FINAL / GROUP BY              | one series, 12 k rows | 5 metrics, 100 k | count all |
+//! |-------------------------------|-----------------------|------------------|-----------|
+//! | 8 copies of every row, 8 parts | 75 / 30 ms           | 350 / 300 ms     | 2.0 / 2.0 s |
+//! | merged + 5 small fresh parts  | 27 / 16 ms            | 162 / 128 ms     | 291 / 191 ms |
+//! | fully merged                  | 12 / 15 ms            | 55 / 89 ms       | 93 / 126 ms |
+//!
+//! Unmerged parts are the normal state of recent data, which is what dashboards and the
+//! completeness checks ask for, and there GROUP BY wins by 1.2 to 2.5 times; it loses (up
+//! to 1.6 times, tens of milliseconds) only on fully merged old data.
+//!
+//! # Stepped queries and rollups
+//!
+//! With a step, each series yields the last value (by time) of every step-aligned bucket
+//! `[k*step, (k+1)*step)` that has points in `[from, to]`, the bucket's start being the
+//! point's timestamp. The `argMax` rollups hold exactly that per minute or hour, and
+//! `argMax` states merge, so a step that is a whole multiple of a rollup's bucket can be
+//! answered from the rollup: every step bucket is a union of whole rollup buckets. Only
+//! the step buckets that lie entirely inside `[from, to]` come from the rollup; the
+//! (at most two) buckets cut by the range edges come from raw samples, because the rollup
+//! cannot tell which of a bucket's points lie before `from` or after `to`. The result is
+//! then identical to computing it from raw samples, as long as raw samples exist; beyond
+//! raw retention the interior still comes from the rollup and only the edge buckets are
+//! missing. Steps that are not a multiple of a minute are answered from raw samples.
+
+use crate::{PointQuery, StorageError};
+
+use super::retention::{date_literal, day_of_ms};
+
+/// Milliseconds in a minute.
+pub(super) const MINUTE_MS: i64 = 60_000;
+/// Milliseconds in an hour.
+pub(super) const HOUR_MS: i64 = 3_600_000;
+
+/// A value bound to a `?` placeholder.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Arg {
+    /// A string literal.
+    Str(String),
+    /// An integer literal.
+    Int(i64),
+}
+
+/// SQL text with `?` placeholders and their values, in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct Sql {
+    pub(super) text: String,
+    pub(super) args: Vec<Arg>,
+}
+
+impl Sql {
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    fn str(&mut self, value: &str) -> &mut Self {
+        self.text.push('?');
+        self.args.push(Arg::Str(value.to_owned()));
+        self
+    }
+
+    fn int(&mut self, value: i64) -> &mut Self {
+        self.text.push('?');
+        self.args.push(Arg::Int(value));
+        self
+    }
+}
+
+/// Which table answers a stepped query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// `samples`.
+    Raw,
+    /// `samples_1m`.
+    Rollup1m,
+    /// `samples_1h`.
+    Rollup1h,
+}
+
+impl Source {
+    /// The coarsest rollup whose bucket divides `step_ms`, else raw.
+    pub(super) fn for_step(step_ms: i64) -> Source {
+        if step_ms >= HOUR_MS && step_ms % HOUR_MS == 0 {
+            Source::Rollup1h
+        } else if step_ms >= MINUTE_MS && step_ms % MINUTE_MS == 0 {
+            Source::Rollup1m
+        } else {
+            Source::Raw
+        }
+    }
+
+    fn table(self) -> &'static str {
+        match self {
+            Source::Raw => "samples",
+            Source::Rollup1m => "samples_1m",
+            Source::Rollup1h => "samples_1h",
+        }
+    }
+}
+
+/// The step buckets lying entirely inside `[from, to]`, as `[start, end)`; `None` when
+/// there is none. Expects `0 <= from <= to` and `step > 0`.
+pub(super) fn inner_buckets(from_ms: i64, to_ms: i64, step_ms: i64) -> Option<(i64, i64)> {
+    let start = if from_ms % step_ms == 0 {
+        from_ms
+    } else {
+        (from_ms / step_ms + 1).checked_mul(step_ms)?
+    };
+    let end = (to_ms.checked_add(1)? / step_ms).checked_mul(step_ms)?;
+    (start < end).then_some((start, end))
+}
+
+/// The `WHERE` conditions every read of one metric shares: series selection, the day
+/// range (so ClickHouse skips whole partitions) and nothing else.
+fn series_filter(sql: &mut Sql, q: &PointQuery, from_ms: i64, to_ms: i64) {
+    sql.push("cluster = ")
+        .str(&q.cluster)
+        .push(" AND name = ")
+        .str(&q.metric);
+    if let Some(member) = &q.member {
+        sql.push(" AND member = ").str(member);
+    }
+    if let Some(labels) = &q.labels {
+        sql.push(" AND labels = ").str(labels);
+    }
+    day_filter(sql, from_ms, to_ms);
+}
+
+fn day_filter(sql: &mut Sql, from_ms: i64, to_ms: i64) {
+    sql.push(" AND date >= toDate(")
+        .str(&date_literal(day_of_ms(from_ms)))
+        .push(") AND date <= toDate(")
+        .str(&date_literal(day_of_ms(to_ms)))
+        .push(")");
+}
+
+/// Checks a query and clamps its range to timestamps that can be stored (writes reject
+/// negative ones). `None` when nothing can match.
+fn checked_range(q: &PointQuery) -> Result<Option<(i64, i64)>, StorageError> {
+    if q.to_ms < q.from_ms {
+        return Err(StorageError::InvalidQuery(format!(
+            "`to` ({}) is before `from` ({})",
+            q.to_ms, q.from_ms
+        )));
+    }
+    if q.step_ms < 0 {
+        return Err(StorageError::InvalidQuery(format!(
+            "step must not be negative, got {}",
+            q.step_ms
+        )));
+    }
+    if q.cluster.is_empty() || q.metric.is_empty() {
+        return Err(StorageError::InvalidQuery(
+            "cluster and metric must not be empty".to_owned(),
+        ));
+    }
+    if q.to_ms < 0 {
+        return Ok(None);
+    }
+    Ok(Some((q.from_ms.max(0), q.to_ms)))
+}
+
+/// The SQL for [`crate::Storage::query`], returning rows `(member, labels, ts, value)`
+/// ordered by series and time, at most `limit` of them. `None` when nothing can match.
+pub(super) fn points(q: &PointQuery, limit: u64) -> Result<Option<Sql>, StorageError> {
+    let Some((from, to)) = checked_range(q)? else {
+        return Ok(None);
+    };
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut sql = Sql::default();
+    if q.step_ms == 0 {
+        sql.push(
+            "SELECT member, labels, ts_ms, any(value) AS v \
+             FROM samples WHERE ",
+        );
+        series_filter(&mut sql, q, from, to);
+        sql.push(" AND ts_ms >= ")
+            .int(from)
+            .push(" AND ts_ms <= ")
+            .int(to)
+            .push(
+                " GROUP BY member, labels, ts_ms \
+                 ORDER BY member, labels, ts_ms LIMIT ",
+            )
+            .int(limit);
+        return Ok(Some(sql));
+    }
+
+    let step = q.step_ms;
+    let source = Source::for_step(step);
+    let inner = match source {
+        Source::Raw => None,
+        _ => inner_buckets(from, to, step),
+    };
+    sql.push("SELECT member, labels, b, v FROM (");
+    if let Some((inner_start, inner_end)) = inner {
+        sql.push("SELECT member, labels, toInt64(intDiv(bucket_ms, ")
+            .int(step)
+            .push(") * ")
+            .int(step)
+            .push(") AS b, argMaxMerge(last_value) AS v FROM ")
+            .push(source.table())
+            .push(" WHERE ");
+        series_filter(&mut sql, q, inner_start, inner_end - 1);
+        sql.push(" AND bucket_ms >= ")
+            .int(inner_start)
+            .push(" AND bucket_ms < ")
+            .int(inner_end)
+            .push(" GROUP BY member, labels, b UNION ALL ");
+    }
+    // Raw samples: the whole range, or only the edge buckets around the rollup's part.
+    // Duplicates need no GROUP BY on the key here: a resent row has the same time and
+    // value, so it cannot change argMax.
+    sql.push("SELECT member, labels, toInt64(intDiv(ts_ms, ")
+        .int(step)
+        .push(") * ")
+        .int(step)
+        .push(") AS b, argMax(value, ts_ms) AS v FROM samples WHERE ");
+    series_filter(&mut sql, q, from, to);
+    sql.push(" AND ts_ms >= ")
+        .int(from)
+        .push(" AND ts_ms <= ")
+        .int(to);
+    if let Some((inner_start, inner_end)) = inner {
+        sql.push(" AND (ts_ms < ")
+            .int(inner_start)
+            .push(" OR ts_ms >= ")
+            .int(inner_end)
+            .push(")");
+    }
+    sql.push(" GROUP BY member, labels, b) ORDER BY member, labels, b LIMIT ")
+        .int(limit);
+    Ok(Some(sql))
+}
+
+/// The SQL for [`crate::Storage::count_samples`]: rows `(member, count)` of distinct
+/// `(name, labels, ts_ms)` per member, ordered by member.
+pub(super) fn count_samples(cluster: &str, from_ms: i64, to_ms: i64) -> Sql {
+    let mut sql = Sql::default();
+    sql.push(
+        "SELECT member, count() AS n FROM (\
+         SELECT member, name, labels, ts_ms FROM samples WHERE cluster = ",
+    )
+    .str(cluster);
+    day_filter(&mut sql, from_ms.max(0), to_ms.max(0));
+    sql.push(" AND ts_ms >= ")
+        .int(from_ms)
+        .push(" AND ts_ms <= ")
+        .int(to_ms)
+        .push(
+            " GROUP BY member, name, labels, ts_ms) \
+             GROUP BY member ORDER BY member",
+        );
+    sql
+}

@@ -1,0 +1,189 @@
+//! Versioned schema of the ClickHouse backend.
+//!
+//! ClickHouse has no transactional DDL and no advisory locks, so migrations are made safe
+//! to run more than once and from several processes at the same time instead:
+//!
+//! * every statement is `CREATE ... IF NOT EXISTS`, so repeating one is a no-op;
+//! * a migration's version is recorded in `schema_migrations` only after all its
+//!   statements succeeded, and recording it twice is harmless (a `ReplacingMergeTree`
+//!   keyed by version; readers use `DISTINCT`);
+//! * a process that finds a version recorded skips it; two processes that both find it
+//!   missing both run it, which the first point makes harmless.
+//!
+//! Rules for new migrations: never edit a released one, add a new version; keep every
+//! statement idempotent; stay within what 18.16 understands (see the module docs of
+//! [`super`]). A materialized view only sees INSERTs made after it exists, so a rollup
+//! added to a database that already holds samples must backfill itself with an explicit
+//! `INSERT ... SELECT` (`POPULATE` would race with concurrent writes). A migration that
+//! needs a newer server can check
+//! [`ClickHouseStorage::server_version`](super::ClickHouseStorage::server_version).
+
+/// One step of the schema. `{db}` in a statement stands for the quoted database name.
+pub(super) struct Migration {
+    /// Recorded in `schema_migrations`; strictly increasing.
+    pub(super) version: u32,
+    /// For logs and the `schema_migrations` table.
+    pub(super) description: &'static str,
+    /// Run in order; each must be idempotent.
+    pub(super) statements: &'static [&'static str],
+}
+
+/// Run before anything else, on every `migrate`: the database and the table that records
+/// which migrations ran.
+pub(super) const BOOTSTRAP: &[&str] = &[
+    "CREATE DATABASE IF NOT EXISTS {db}",
+    "CREATE TABLE IF NOT EXISTS {db}.schema_migrations (
+        version UInt32,
+        description String,
+        applied_ms Int64
+    ) ENGINE = ReplacingMergeTree()
+    ORDER BY version",
+];
+
+/// Every migration, oldest first.
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "raw tables: samples, series, events, batch_marks",
+        statements: &[
+            // The sort key is the natural key of a sample: a resent row is identical to
+            // the stored one and collapses into it when parts merge. Until then readers
+            // deduplicate with GROUP BY on the key.
+            "CREATE TABLE IF NOT EXISTS {db}.samples (
+                date Date,
+                cluster String,
+                member String,
+                name String,
+                labels String,
+                ts_ms Int64,
+                value Float64
+            ) ENGINE = ReplacingMergeTree()
+            PARTITION BY toYYYYMMDD(date)
+            ORDER BY (cluster, name, member, labels, ts_ms)",
+            // The version column keeps the latest sighting when duplicates merge.
+            "CREATE TABLE IF NOT EXISTS {db}.series (
+                cluster String,
+                member String,
+                name String,
+                labels String,
+                metric_type String,
+                seen_ms Int64
+            ) ENGINE = ReplacingMergeTree(seen_ms)
+            ORDER BY (cluster, name, member, labels)",
+            "CREATE TABLE IF NOT EXISTS {db}.events (
+                date Date,
+                cluster String,
+                member String,
+                ts_ms Int64,
+                kind String,
+                message String
+            ) ENGINE = ReplacingMergeTree()
+            PARTITION BY toYYYYMMDD(date)
+            ORDER BY (cluster, ts_ms, member, kind)",
+            // `date` is the day of stored_ms; daily partitions let retention drop marks
+            // after a week, long after any agent could still resend those batches.
+            "CREATE TABLE IF NOT EXISTS {db}.batch_marks (
+                date Date,
+                agent_id String,
+                sequence UInt64,
+                samples UInt64,
+                stored_ms Int64
+            ) ENGINE = ReplacingMergeTree()
+            PARTITION BY toYYYYMMDD(date)
+            ORDER BY (agent_id, sequence)",
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "1-minute rollup samples_1m fed by samples_1m_mv",
+        statements: &[
+            // Only aggregates that a duplicate row cannot change: min, max, the first and
+            // last value by time and the latest timestamp. No sum, count or avg: the view
+            // sees every INSERT, a resent batch included, and would count it twice.
+            "CREATE TABLE IF NOT EXISTS {db}.samples_1m (
+                date Date,
+                cluster String,
+                member String,
+                name String,
+                labels String,
+                bucket_ms Int64,
+                min_value AggregateFunction(min, Float64),
+                max_value AggregateFunction(max, Float64),
+                first_value AggregateFunction(argMin, Float64, Int64),
+                last_value AggregateFunction(argMax, Float64, Int64),
+                max_ts AggregateFunction(max, Int64)
+            ) ENGINE = AggregatingMergeTree()
+            PARTITION BY toYYYYMMDD(date)
+            ORDER BY (cluster, name, member, labels, bucket_ms)",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.samples_1m_mv
+            TO {db}.samples_1m
+            AS SELECT
+                date,
+                cluster,
+                member,
+                name,
+                labels,
+                intDiv(ts_ms, 60000) * 60000 AS bucket_ms,
+                minState(value) AS min_value,
+                maxState(value) AS max_value,
+                argMinState(value, ts_ms) AS first_value,
+                argMaxState(value, ts_ms) AS last_value,
+                maxState(ts_ms) AS max_ts
+            FROM {db}.samples
+            GROUP BY date, cluster, member, name, labels, bucket_ms",
+        ],
+    },
+    Migration {
+        version: 3,
+        description: "1-hour rollup samples_1h fed by samples_1h_mv",
+        statements: &[
+            // Same aggregates as samples_1m; monthly partitions because a year of hourly
+            // buckets would otherwise mean 365 partitions.
+            "CREATE TABLE IF NOT EXISTS {db}.samples_1h (
+                date Date,
+                cluster String,
+                member String,
+                name String,
+                labels String,
+                bucket_ms Int64,
+                min_value AggregateFunction(min, Float64),
+                max_value AggregateFunction(max, Float64),
+                first_value AggregateFunction(argMin, Float64, Int64),
+                last_value AggregateFunction(argMax, Float64, Int64),
+                max_ts AggregateFunction(max, Int64)
+            ) ENGINE = AggregatingMergeTree()
+            PARTITION BY toYYYYMM(date)
+            ORDER BY (cluster, name, member, labels, bucket_ms)",
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.samples_1h_mv
+            TO {db}.samples_1h
+            AS SELECT
+                date,
+                cluster,
+                member,
+                name,
+                labels,
+                intDiv(ts_ms, 3600000) * 3600000 AS bucket_ms,
+                minState(value) AS min_value,
+                maxState(value) AS max_value,
+                argMinState(value, ts_ms) AS first_value,
+                argMaxState(value, ts_ms) AS last_value,
+                maxState(ts_ms) AS max_ts
+            FROM {db}.samples
+            GROUP BY date, cluster, member, name, labels, bucket_ms",
+        ],
+    },
+];
+
+/// `statement` with `{db}` replaced by the backquoted database name. The name is
+/// restricted to `[A-Za-z0-9_]` by config validation, so quoting cannot be escaped.
+pub(super) fn render(statement: &str, database: &str) -> String {
+    statement.replace("{db}", &format!("`{database}`"))
+}
+
+/// The ClickHouse error codes that mean "it already exists". `IF NOT EXISTS` is not atomic
+/// on every version: two processes creating the same object at the same moment can both
+/// pass the check, and the loser gets one of these. The object exists either way.
+pub(super) const ALREADY_EXISTS_CODES: &[u32] = &[
+    57, // TABLE_ALREADY_EXISTS
+    82, // DATABASE_ALREADY_EXISTS
+];

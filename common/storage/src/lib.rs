@@ -1,0 +1,118 @@
+//! Storage of etcdmon: samples, series metadata, events and batch marks,
+//! behind one trait with two backends.
+//!
+//! - [`clickhouse`]: the production store (scales out; works on ClickHouse
+//!   18.16 as Debian packages it and on current releases).
+//! - [`sqlite`]: the embedded default (bundled SQLite, WAL mode), so that a
+//!   single machine needs nothing installed.
+//!
+//! ## Delivery guarantee
+//! The collector acknowledges an agent's batch only after [`Storage::write`]
+//! returned for the [`WriteSet`] that holds its rows *and* its
+//! [`BatchMark`]. A batch whose mark is stored is never stored again
+//! ([`Storage::stored_through`] lets the collector ack a resend without
+//! writing). Where a backend cannot write rows and mark atomically
+//! (ClickHouse), a crash between the two leads to a second copy of
+//! identical rows; every row has a natural key (series + timestamp) and
+//! every query deduplicates on it, so nothing is counted twice either way.
+
+pub mod clickhouse;
+pub mod model;
+pub mod sqlite;
+
+pub use model::*;
+
+use std::time::Duration;
+
+/// Why a storage call failed; the caller branches on [`StorageError::is_retryable`].
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database could not be reached or timed out: try again later,
+    /// keeping the data (the agent keeps unacknowledged batches).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused the data or the query: retrying will not help.
+    #[error("storage rejected the request: {0}")]
+    Rejected(String),
+    /// Creating or upgrading the schema failed.
+    #[error("schema migration failed: {0}")]
+    Migration(String),
+    /// A query parameter was invalid (bad range, unknown metric).
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+}
+
+impl StorageError {
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StorageError::Unavailable(_))
+    }
+}
+
+/// Result of a storage call.
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// The storage every etcdmon service writes to and reads from.
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Backend name for logs and metrics: `clickhouse` or `sqlite`.
+    fn backend(&self) -> &'static str;
+
+    /// Creates or upgrades the schema; idempotent, run at start-up.
+    async fn migrate(&self) -> Result<()>;
+
+    /// The highest batch sequence stored for `agent_id`, 0 when none.
+    async fn stored_through(&self, agent_id: &str) -> Result<u64>;
+
+    /// Stores rows and marks. Rows are written before marks, so a stored
+    /// mark always means its rows are stored.
+    async fn write(&self, set: &WriteSet) -> Result<()>;
+
+    /// Points of `query.metric` in `[from, to]`, one list per series,
+    /// deduplicated on (series, timestamp); with a step, the last value of
+    /// each step-aligned bucket.
+    async fn query(&self, query: &PointQuery) -> Result<Vec<SeriesPoints>>;
+
+    /// Stored samples per (agent-visible) member and metric in a time range;
+    /// used by tests and the API to verify completeness. Deduplicated like
+    /// [`Storage::query`].
+    async fn count_samples(
+        &self,
+        cluster: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<SampleCount>>;
+
+    /// Deletes data older than the configured retention.
+    async fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome>;
+}
+
+/// How long each kind of data is kept.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    /// Raw samples.
+    #[serde(with = "humantime_serde")]
+    pub samples: Duration,
+    /// 1-minute rollups.
+    #[serde(with = "humantime_serde")]
+    pub rollup_1m: Duration,
+    /// 1-hour rollups.
+    #[serde(with = "humantime_serde")]
+    pub rollup_1h: Duration,
+    /// Events (member up/down, leader changes, alarms).
+    #[serde(with = "humantime_serde")]
+    pub events: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Self {
+            samples: Duration::from_secs(7 * DAY),
+            rollup_1m: Duration::from_secs(30 * DAY),
+            rollup_1h: Duration::from_secs(365 * DAY),
+            events: Duration::from_secs(90 * DAY),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Versioned schema of the SQLite backend. Each migration runs once, in a
+//! transaction, and is recorded in `schema_migrations`; running `migrate`
+//! again is a no-op.
+
+use super::rejected;
+use crate::{Result, StorageError};
+use rusqlite::{params, Connection};
+
+/// (version, SQL) in order. Never edit a released migration: add one.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE series (
+        id INTEGER PRIMARY KEY,
+        cluster TEXT NOT NULL,
+        member TEXT NOT NULL,
+        name TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        metric_type TEXT NOT NULL,
+        seen_ms INTEGER NOT NULL,
+        UNIQUE (cluster, name, member, labels)
+    );
+    CREATE TABLE samples (
+        series_id INTEGER NOT NULL REFERENCES series(id),
+        ts_ms INTEGER NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (series_id, ts_ms)
+    ) WITHOUT ROWID;
+    CREATE TABLE events (
+        cluster TEXT NOT NULL,
+        member TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        PRIMARY KEY (cluster, ts_ms, member, kind)
+    ) WITHOUT ROWID;
+    CREATE TABLE batch_marks (
+        agent_id TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        samples INTEGER NOT NULL,
+        stored_ms INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, sequence)
+    ) WITHOUT ROWID;",
+)];
+
+/// Applies the migrations not yet recorded.
+pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY,
+            applied_ms INTEGER NOT NULL
+        )",
+    )
+    .map_err(|e| StorageError::Migration(e.to_string()))?;
+    for (version, sql) in MIGRATIONS {
+        // IMMEDIATE takes the write lock first, so two processes migrating
+        // at once apply each version exactly once.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(rejected)?;
+        let done: bool = tx
+            .query_row(
+                "SELECT count(*) > 0 FROM schema_migrations WHERE version = ?1",
+                params![version],
+                |r| r.get(0),
+            )
+            .map_err(|e| StorageError::Migration(e.to_string()))?;
+        if !done {
+            tx.execute_batch(sql)
+                .map_err(|e| StorageError::Migration(format!("version {version}: {e}")))?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_ms) VALUES (?1, ?2)",
+                params![version, now_ms()],
+            )
+            .map_err(|e| StorageError::Migration(e.to_string()))?;
+            tracing::info!(version, "sqlite schema migrated");
+        }
+        tx.commit().map_err(rejected)?;
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

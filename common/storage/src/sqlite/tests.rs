@@ -1,0 +1,217 @@
+use super::*;
+use crate::{BatchMark, EventRow, SeriesRow};
+
+fn sample(member: &str, name: &str, labels: &str, ts_ms: i64, value: f64) -> SampleRow {
+    SampleRow {
+        cluster: "c1".into(),
+        member: member.into(),
+        name: name.into(),
+        labels: labels.into(),
+        ts_ms,
+        value,
+    }
+}
+
+async fn store(dir: &tempfile::TempDir) -> SqliteStorage {
+    let s = SqliteStorage::open(dir.path().join("db/etcdmon.sqlite"), Retention::default())
+        .expect("open");
+    s.migrate().await.expect("migrate");
+    s
+}
+
+fn set(agent: &str, seq: u64, samples: Vec<SampleRow>) -> WriteSet {
+    let n = samples.len() as u64;
+    WriteSet {
+        samples,
+        marks: vec![BatchMark {
+            agent_id: agent.into(),
+            sequence: seq,
+            samples: n,
+            stored_ms: 1,
+        }],
+        ..Default::default()
+    }
+}
+
+fn q(metric: &str, from_ms: i64, to_ms: i64, step_ms: i64) -> PointQuery {
+    PointQuery {
+        cluster: "c1".into(),
+        metric: metric.into(),
+        member: None,
+        labels: None,
+        from_ms,
+        to_ms,
+        step_ms,
+    }
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_across_opens() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = store(&dir).await;
+    a.migrate().await.expect("again");
+    let b = store(&dir).await;
+    b.migrate().await.expect("second process");
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.expect("concurrent a");
+    rb.expect("concurrent b");
+}
+
+#[tokio::test]
+async fn resending_a_batch_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = store(&dir).await;
+    let rows: Vec<SampleRow> = (0..100)
+        .map(|i| sample("m1", "etcd_x", "", 1_000 + i * 1_000, i as f64))
+        .collect();
+    let w = set("agent-1", 7, rows);
+    s.write(&w).await.expect("write");
+    let before = s.query(&q("etcd_x", 0, 1_000_000, 0)).await.expect("query");
+    let count_before = s.count_samples("c1", 0, 1_000_000).await.expect("count");
+    s.write(&w).await.expect("resend");
+    assert_eq!(
+        s.query(&q("etcd_x", 0, 1_000_000, 0)).await.expect("query"),
+        before
+    );
+    assert_eq!(
+        s.count_samples("c1", 0, 1_000_000).await.expect("count"),
+        count_before
+    );
+    assert_eq!(
+        count_before,
+        vec![SampleCount {
+            member: "m1".into(),
+            samples: 100
+        }]
+    );
+    assert_eq!(s.stored_through("agent-1").await.expect("marks"), 7);
+    assert_eq!(s.stored_through("agent-2").await.expect("marks"), 0);
+}
+
+#[tokio::test]
+async fn raw_and_stepped_queries() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = store(&dir).await;
+    let mut rows = Vec::new();
+    for i in 0..10 {
+        rows.push(sample("m1", "g", "a=\"1\"", i * 500, i as f64));
+        rows.push(sample("m2", "g", "a=\"1\"", i * 500, 100.0 + i as f64));
+    }
+    rows.push(sample("m1", "other", "", 0, 5.0));
+    s.write(&set("a", 1, rows)).await.expect("write");
+
+    let raw = s.query(&q("g", 0, 10_000, 0)).await.expect("raw");
+    assert_eq!(raw.len(), 2);
+    assert_eq!(raw[0].member, "m1");
+    assert_eq!(raw[0].points.len(), 10);
+    assert_eq!(raw[0].points[3], (1_500, 3.0));
+
+    // 1 s buckets: last value of [0,1000) is the sample at 500 (1.0).
+    let stepped = s.query(&q("g", 0, 10_000, 1_000)).await.expect("stepped");
+    assert_eq!(stepped[0].points.len(), 5);
+    assert_eq!(stepped[0].points[0], (0, 1.0));
+    assert_eq!(stepped[0].points[4], (4_000, 9.0));
+    assert_eq!(stepped[1].points[0], (0, 101.0));
+
+    let mut one = q("g", 1_000, 2_000, 0);
+    one.member = Some("m2".into());
+    let r = s.query(&one).await.expect("member filter");
+    assert_eq!(r.len(), 1);
+    assert_eq!(
+        r[0].points,
+        vec![(1_000, 102.0), (1_500, 103.0), (2_000, 104.0)]
+    );
+
+    let mut lab = q("g", 0, 10_000, 0);
+    lab.labels = Some("a=\"2\"".into());
+    assert!(s.query(&lab).await.expect("labels").is_empty());
+
+    let err = s.query(&q("g", 10, 5, 0)).await.expect_err("bad range");
+    assert!(matches!(err, StorageError::InvalidQuery(_)));
+}
+
+#[tokio::test]
+async fn series_metadata_and_events() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = store(&dir).await;
+    let w = WriteSet {
+        series: vec![SeriesRow {
+            cluster: "c1".into(),
+            member: "m1".into(),
+            name: "etcd_server_has_leader".into(),
+            labels: String::new(),
+            metric_type: "gauge".into(),
+            seen_ms: 10,
+        }],
+        samples: vec![sample("m1", "etcd_server_has_leader", "", 10, 1.0)],
+        events: vec![EventRow {
+            cluster: "c1".into(),
+            member: "m1".into(),
+            ts_ms: 10,
+            kind: "member_down".into(),
+            message: "refused".into(),
+        }],
+        marks: vec![],
+    };
+    s.write(&w).await.expect("write");
+    s.write(&w).await.expect("again");
+    let (t, events): (String, i64) = {
+        let c = s.reader.lock().expect("lock");
+        let t = c
+            .query_row(
+                "SELECT metric_type FROM series WHERE name = 'etcd_server_has_leader'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("series");
+        let n = c
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .expect("events");
+        (t, n)
+    };
+    assert_eq!(t, "gauge");
+    assert_eq!(events, 1);
+}
+
+#[tokio::test]
+async fn retention_deletes_old_rows_in_steps_and_keeps_recent_ones() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let retention = Retention {
+        samples: Duration::from_secs(3600),
+        ..Retention::default()
+    };
+    let s = SqliteStorage::open(dir.path().join("r.sqlite"), retention).expect("open");
+    s.migrate().await.expect("migrate");
+    let now = 100 * 3_600_000;
+    let old = now - 2 * 3_600_000;
+    // More than one retention step of old rows in one series.
+    let mut rows: Vec<SampleRow> = (0..(RETENTION_STEP as i64 + 10))
+        .map(|i| sample("m1", "x", "", old + i, 1.0))
+        .collect();
+    rows.push(sample("m1", "x", "", now - 1_000, 2.0));
+    s.write(&set("a", 1, rows)).await.expect("write");
+    let out = s.apply_retention(now).await.expect("retention");
+    assert_eq!(
+        out.removed[0],
+        ("samples".to_string(), RETENTION_STEP as u64 + 10)
+    );
+    let left = s.query(&q("x", 0, now, 0)).await.expect("query");
+    assert_eq!(left[0].points, vec![(now - 1_000, 2.0)]);
+}
+
+#[tokio::test]
+async fn data_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tmp");
+    {
+        let s = store(&dir).await;
+        s.write(&set("a", 3, vec![sample("m1", "x", "", 5, 1.0)]))
+            .await
+            .expect("write");
+    }
+    let s = store(&dir).await;
+    assert_eq!(s.stored_through("a").await.expect("marks"), 3);
+    assert_eq!(
+        s.query(&q("x", 0, 10, 0)).await.expect("q")[0].points,
+        vec![(5, 1.0)]
+    );
+}
