@@ -232,6 +232,46 @@ impl ProcessSampler {
     }
 }
 
+/// The data dir of the etcd process listening on `endpoint`'s port on this
+/// host, read from its command line (`--data-dir` / `--data-dir=`, or
+/// `ETCD_DATA_DIR` in its environment; etcd's default `<name>.etcd`
+/// relative to its working directory otherwise). `None` when etcd is not
+/// local or the directory cannot be determined.
+pub fn discover_data_dir(endpoint: &str) -> Option<PathBuf> {
+    let mut cfg = AgentConfig::default();
+    cfg.etcd.endpoint = endpoint.to_string();
+    cfg.host.process_name = String::new();
+    let mut tried = Vec::new();
+    let found = ProcessSampler::new(&cfg).by_port(&mut tried)?;
+    let p = Process::new(found.pid).ok()?;
+    let args = p.cmdline().ok()?;
+    let cwd = p.cwd().ok()?;
+    let flag = |name: &str| -> Option<String> {
+        args.iter().enumerate().find_map(|(i, a)| {
+            let a = a.trim_start_matches('-');
+            if let Some(v) = a.strip_prefix(&format!("{name}=")) {
+                Some(v.to_string())
+            } else if a == name {
+                args.get(i + 1).cloned()
+            } else {
+                None
+            }
+        })
+    };
+    let env = || {
+        p.environ().ok().and_then(|e| {
+            e.get(std::ffi::OsStr::new("ETCD_DATA_DIR"))
+                .map(|v| v.to_string_lossy().into_owned())
+        })
+    };
+    let dir = flag("data-dir")
+        .or_else(env)
+        .or_else(|| flag("name").map(|n| format!("{n}.etcd")))
+        .unwrap_or_else(|| "default.etcd".into());
+    let dir = cwd.join(dir);
+    dir.is_dir().then_some(dir)
+}
+
 /// The pid still belongs to the process found earlier (not reused).
 fn still_same(f: Found) -> bool {
     Process::new(f.pid)

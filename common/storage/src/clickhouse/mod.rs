@@ -56,7 +56,9 @@
 //! partitions, strings are plain `String`. The client runs with `with_validation(false)`
 //! (18.16 cannot produce `RowBinaryWithNamesAndTypes`), so the private row structs below
 //! must list their fields in the order and with the types of the table's columns. LZ4
-//! compression of INSERT bodies (`decompress=1`) works on 18.16. `migrate` reads `SELECT
+//! compression of INSERT bodies (`decompress=1`) works on 18.16. Timestamps must fall
+//! between 1970-01-01 and 2105-12-31, where 18.16's calendar functions end (writes
+//! outside are rejected; query ranges are clamped). `migrate` reads `SELECT
 //! version()` and keeps it ([`ClickHouseStorage::server_version`]) so that a future
 //! migration can use newer features only where the server has them.
 //!
@@ -624,8 +626,8 @@ impl Storage for ClickHouseStorage {
 fn date_of(ts_ms: i64, what: &str) -> Result<u16> {
     date_column(ts_ms).ok_or_else(|| {
         StorageError::Rejected(format!(
-            "{what} timestamp {ts_ms} ms is outside what ClickHouse's Date can hold \
-             (1970-01-01 to 2149-06-06)"
+            "{what} timestamp {ts_ms} ms is outside the days this store can hold \
+             (1970-01-01 to 2105-12-31, the range of ClickHouse 18.16's Date)"
         ))
     })
 }

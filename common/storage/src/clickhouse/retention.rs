@@ -30,17 +30,27 @@ pub(super) fn day_of_ms(ms: i64) -> i64 {
     ms.div_euclid(DAY_MS)
 }
 
-/// The value of a `Date` column for `ts_ms`: ClickHouse stores a date as a `UInt16` day
-/// number, so only 1970-01-01 to 2149-06-06 can be stored.
+/// The last day this backend stores, 2105-12-31. A `Date` is a `UInt16` day number and
+/// current servers accept days up to 2149-06-06, but 18.16's calendar ends earlier:
+/// there `toDate('2149-06-06')` is the zero date and `toYYYYMMDD` wraps after
+/// 2106-02-07, so partitions and filters would break beyond this day.
+pub(super) const MAX_DAY: i64 = 49_672;
+
+/// The value of a `Date` column for `ts_ms`; `None` outside 1970-01-01 to [`MAX_DAY`].
 pub(super) fn date_column(ts_ms: i64) -> Option<u16> {
-    u16::try_from(day_of_ms(ts_ms)).ok()
+    let day = day_of_ms(ts_ms);
+    if (0..=MAX_DAY).contains(&day) {
+        u16::try_from(day).ok()
+    } else {
+        None
+    }
 }
 
-/// `YYYY-MM-DD` of a day number, clamped to the range a `Date` can hold, for
+/// `YYYY-MM-DD` of a day number, clamped to the days this backend stores, for
 /// `toDate('...')` in filters (a string works on every server version, while `toDate` of
 /// a number changed meaning over the versions).
 pub(super) fn date_literal(day: i64) -> String {
-    let (y, m, d) = civil_from_days(day.clamp(0, i64::from(u16::MAX)));
+    let (y, m, d) = civil_from_days(day.clamp(0, MAX_DAY));
     format!("{y:04}-{m:02}-{d:02}")
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::query::{self, inner_buckets, Arg, Source, HOUR_MS, MINUTE_MS};
 use super::retention::{
     civil_from_days, date_column, date_literal, days_from_civil, partition_end_day,
-    partition_expired, Granularity, DAY_MS,
+    partition_expired, Granularity, DAY_MS, MAX_DAY,
 };
 use super::*;
 
@@ -35,10 +35,13 @@ fn civil_dates_round_trip() {
     }
     assert_eq!(date_literal(19_723), "2024-01-01");
     assert_eq!(date_literal(-5), "1970-01-01");
-    assert_eq!(date_literal(1 << 40), "2149-06-06");
+    assert_eq!(date_literal(1 << 40), "2105-12-31");
+    assert_eq!(civil_from_days(MAX_DAY), (2105, 12, 31));
     assert_eq!(date_column(DAY_MS - 1), Some(0));
     assert_eq!(date_column(19_723 * DAY_MS + 5), Some(19_723));
     assert_eq!(date_column(-1), None);
+    assert_eq!(date_column(MAX_DAY * DAY_MS + DAY_MS - 1), Some(49_672));
+    assert_eq!(date_column((MAX_DAY + 1) * DAY_MS), None);
     assert_eq!(date_column(70_000 * DAY_MS), None);
 }
 

@@ -1,0 +1,51 @@
+//! `etcdmon`: wiring only.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// etcd-monitor command line.
+#[derive(Debug, Parser)]
+#[command(name = "etcdmon", version, about)]
+struct Cli {
+    /// Log level or filter.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Watch a cluster from this machine: agents, collector and API in one process.
+    Up(etcdmon::up::UpArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    etcdmon_core::telemetry::init(&cli.log_level, etcdmon_core::telemetry::LogFormat::Text);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("etcdmon: start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Up(args) => {
+                let shutdown = etcdmon_core::shutdown::token_on_signals();
+                etcdmon::up::run(args, shutdown).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("etcdmon: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

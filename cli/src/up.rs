@@ -1,0 +1,246 @@
+//! `etcdmon up`: discover the members, start the collector and an agent per
+//! member, serve until SIGTERM, then stop agents first (they flush their
+//! last batches) and the collector last (it drains its writer).
+
+use anyhow::Context as _;
+use clap::Args;
+use etcdmon_agent::runner::Agent;
+use etcdmon_agent::selfmetrics::AgentMetrics;
+use etcdmon_agent::AgentConfig;
+use etcdmon_collector::config::CollectorConfig;
+use etcdmon_collector::Collector;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Options of `etcdmon up`.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Client URL of any member of the cluster to watch.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    pub etcd: String,
+    /// Name shown for the cluster.
+    #[arg(long, default_value = "local")]
+    pub cluster: String,
+    /// Where the embedded store and the agents' spools live
+    /// [default: ~/.local/share/etcdmon, /var/lib/etcdmon for root].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Listen address of the API, web page and /metrics.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// CA certificate for etcd.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
+/// A member found through the member list.
+#[derive(Debug, Clone)]
+pub struct DiscoveredMember {
+    /// Member name.
+    pub name: String,
+    /// First client URL.
+    pub client_url: String,
+}
+
+fn default_data_dir() -> PathBuf {
+    let root = std::env::var("HOME").map(|h| h == "/root").unwrap_or(true);
+    match std::env::var_os("HOME") {
+        Some(h) if !root => PathBuf::from(h).join(".local/share/etcdmon"),
+        _ => PathBuf::from("/var/lib/etcdmon"),
+    }
+}
+
+fn tls_options(a: &UpArgs) -> anyhow::Result<Option<etcd_client::TlsOptions>> {
+    if a.cacert.is_none() && a.cert.is_none() {
+        return Ok(None);
+    }
+    let mut t = etcd_client::TlsOptions::new();
+    if let Some(ca) = &a.cacert {
+        let pem = std::fs::read(ca).with_context(|| format!("read --cacert {}", ca.display()))?;
+        t = t.ca_certificate(etcd_client::Certificate::from_pem(pem));
+    }
+    if let (Some(c), Some(k)) = (&a.cert, &a.key) {
+        let cert = std::fs::read(c).with_context(|| format!("read --cert {}", c.display()))?;
+        let key = std::fs::read(k).with_context(|| format!("read --key {}", k.display()))?;
+        t = t.identity(etcd_client::Identity::from_pem(cert, key));
+    }
+    Ok(Some(t))
+}
+
+/// Reads the member list through `args.etcd`.
+pub async fn discover(args: &UpArgs) -> anyhow::Result<Vec<DiscoveredMember>> {
+    let mut opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(3));
+    if let Some(t) = tls_options(args)? {
+        opts = opts.with_tls(t);
+    }
+    let mut client = etcd_client::Client::connect([args.etcd.as_str()], Some(opts))
+        .await
+        .with_context(|| format!("connect to etcd at {}", args.etcd))?;
+    let list = tokio::time::timeout(Duration::from_secs(5), client.member_list())
+        .await
+        .with_context(|| format!("no answer from etcd at {} within 5 s", args.etcd))?
+        .with_context(|| format!("read the member list from {}", args.etcd))?;
+    let mut out = Vec::new();
+    for m in list.members() {
+        let Some(url) = m.client_urls().first() else {
+            tracing::warn!(
+                member = m.name(),
+                "member has no client URL yet (not started?); skipped"
+            );
+            continue;
+        };
+        out.push(DiscoveredMember {
+            name: m.name().to_string(),
+            client_url: url.clone(),
+        });
+    }
+    anyhow::ensure!(
+        !out.is_empty(),
+        "etcd at {} lists no started member",
+        args.etcd
+    );
+    Ok(out)
+}
+
+/// The agent config for one discovered member.
+pub fn agent_config(
+    args: &UpArgs,
+    m: &DiscoveredMember,
+    data_dir: &std::path::Path,
+    collector: &str,
+) -> AgentConfig {
+    let mut cfg = AgentConfig::default();
+    cfg.identity.cluster = args.cluster.clone();
+    cfg.identity.member_name = m.name.clone();
+    cfg.etcd.endpoint = m.client_url.clone();
+    cfg.etcd.tls.ca = args.cacert.clone();
+    cfg.etcd.tls.cert = args.cert.clone();
+    cfg.etcd.tls.key = args.key.clone();
+    // Host metrics, the etcd process and the fsync probe only make sense
+    // for members on this host; the data dir comes from etcd's own flags.
+    let local_dir = etcdmon_agent::collectors::host::process::discover_data_dir(&m.client_url);
+    cfg.host.enabled = local_dir.is_some();
+    cfg.fsync.enabled = local_dir.is_some();
+    cfg.etcd.data_dir = local_dir;
+    cfg.collector.address = Some(collector.to_string());
+    cfg.collector.spool_dir = Some(data_dir.join("spool").join(sanitize(&m.name)));
+    cfg.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Runs until `shutdown`.
+pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("create data dir {}", data_dir.display()))?;
+    let members = discover(&args).await?;
+
+    let mut ccfg = CollectorConfig::default();
+    ccfg.storage.url = format!("sqlite:{}", data_dir.join("etcdmon.sqlite").display());
+    ccfg.http.listen = args.listen;
+    ccfg.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    ccfg.validate()?;
+
+    // Agents stop first so their last batches reach a running collector.
+    let collector_stop = CancellationToken::new();
+    let c = Collector::build(&ccfg, collector_stop.clone()).await?;
+    let http = etcdmon_core::ops::bind(args.listen).await?;
+    let grpc = tokio::net::TcpListener::bind(ccfg.grpc.listen)
+        .await
+        .context("bind internal gRPC port")?;
+    let grpc_url = format!("http://{}", grpc.local_addr().context("gRPC address")?);
+    let writer = tokio::spawn(c.writer.run(collector_stop.clone()));
+    let retention = tokio::spawn(etcdmon_collector::run_retention(
+        c.storage.clone(),
+        ccfg.storage.retention_interval,
+        collector_stop.clone(),
+    ));
+    let http_task = tokio::spawn(etcdmon_core::ops::serve(
+        http,
+        c.router,
+        collector_stop.clone(),
+    ));
+    let grpc_stop = collector_stop.clone();
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(c.ingest)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                async move { grpc_stop.cancelled().await },
+            ),
+    );
+
+    let mut agents = Vec::new();
+    let agent_stop = CancellationToken::new();
+    for m in &members {
+        let cfg = agent_config(&args, m, &data_dir, &grpc_url);
+        let local = if cfg.etcd.data_dir.is_some() {
+            "on this host"
+        } else {
+            "remote: no host metrics"
+        };
+        println!(
+            "etcdmon up: watching {} at {} ({local})",
+            m.name, m.client_url
+        );
+        let metrics = AgentMetrics::new();
+        let agent =
+            Agent::new(&cfg, metrics.clone()).with_context(|| format!("agent for {}", m.name))?;
+        let shared = agent.shared();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let loops = agent.spawn(tx, agent_stop.clone());
+        let stop = agent_stop.clone();
+        agents.push(tokio::spawn(async move {
+            let r = etcdmon_agent::stream::run(&cfg, shared, rx, metrics, stop).await;
+            futures::future::join_all(loops).await;
+            r
+        }));
+    }
+    println!(
+        "etcdmon up: cluster {:?} with {} member(s); API on http://{}/api/v1/clusters; data in {}",
+        args.cluster,
+        members.len(),
+        args.listen,
+        data_dir.display()
+    );
+
+    shutdown.cancelled().await;
+    println!("etcdmon up: stopping (agents flush, then the collector drains)");
+    agent_stop.cancel();
+    for a in agents {
+        if let Err(e) = a.await.context("agent task")? {
+            tracing::warn!(error = %format!("{e:#}"), "agent stopped with an error");
+        }
+    }
+    collector_stop.cancel();
+    writer.await.context("writer task")?;
+    retention.await.context("retention task")?;
+    grpc_task
+        .await
+        .context("gRPC task")?
+        .context("serve gRPC")?;
+    http_task.await.context("HTTP task")??;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! `etcdmon up` as an operator runs it: pointed at one member of a real
+//! 3-member cluster, it discovers all three, serves their live state and
+//! history on one port, and stops cleanly on SIGTERM.
+
+use etcdmon_testkit::{free_port, http_get, EtcdCluster};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn up_watches_every_member_and_stops_on_sigterm() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("up.log")).expect("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_etcdmon"))
+        .args(["up", "--etcd", &etcd.member(1).client_url])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--cluster",
+            "first-look",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn etcdmon up");
+    let api = |path: &str| format!("http://127.0.0.1:{port}{path}");
+
+    let mut last = String::new();
+    let clusters = poll(Duration::from_secs(30), || {
+        let r = http_get(&api("/api/v1/clusters"), Duration::from_secs(2)).ok()?;
+        last = r.body.clone();
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        let members = v["clusters"][0]["members"].as_object()?.clone();
+        (members.len() == 3 && members.values().all(|m| m["healthy"] == true)).then_some(v)
+    });
+    let log_text = || std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default();
+    let clusters =
+        clusters.unwrap_or_else(|| panic!("not all members healthy: {last}\n{}", log_text()));
+    assert_eq!(clusters["clusters"][0]["name"], "first-look");
+
+    // History comes from the embedded store, for every member.
+    for m in etcd.members() {
+        let url = api(&format!(
+            "/api/v1/clusters/first-look/metrics/history?metric=etcdmon_status_raft_term&member={}",
+            m.name
+        ));
+        let ok = poll(Duration::from_secs(15), || {
+            let r = http_get(&url, Duration::from_secs(2)).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+            (!v["series"][0]["points"].as_array()?.is_empty()).then_some(())
+        });
+        assert!(ok.is_some(), "no history for {}", m.name);
+    }
+    // Local members get host metrics (data dir found from etcd's flags).
+    let fsync = api("/api/v1/clusters/first-look/metrics/history?metric=etcdmon_fsync_probe_up");
+    let ok = poll(Duration::from_secs(20), || {
+        let r = http_get(&fsync, Duration::from_secs(2)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        (v["series"].as_array()?.len() == 3).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "fsync probe did not run for every local member"
+    );
+
+    // A bad request is a 400 with a JSON error.
+    let r = http_get(
+        &api("/api/v1/clusters/first-look/metrics/history"),
+        Duration::from_secs(2),
+    )
+    .expect("get");
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("\"error\"") && r.body.contains("metric"),
+        "{}",
+        r.body
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = poll(Duration::from_secs(30), || child.try_wait().expect("wait"))
+        .unwrap_or_else(|| panic!("etcdmon up ignored SIGTERM\n{}", log_text()));
+    assert!(status.success(), "{status:?}\n{}", log_text());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
+        .expect("read");
+    assert!(
+        out.contains("watching m0") && out.contains("watching m2"),
+        "{out}"
+    );
+    assert!(dir.path().join("data/etcdmon.sqlite").exists());
+}
+
+#[test]
+fn up_against_nothing_fails_with_the_reason() {
+    let port = free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_etcdmon"))
+        .args(["up", "--etcd", &format!("http://127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(tempfile::tempdir().expect("tmp").path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+}
