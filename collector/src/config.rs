@@ -105,8 +105,30 @@ pub enum StorageTarget {
 }
 
 impl StorageConfig {
-    /// Parses `url`; the error names the field.
+    /// Parses `url`; the error names the field. The ClickHouse section's
+    /// own server, database and retention fields must stay unset: the
+    /// collector takes them from `storage.url` and `storage.retention`, and
+    /// a value silently overridden would mislead.
     pub fn target(&self) -> Result<StorageTarget, FieldError> {
+        let defaults = ClickHouseConfig::default();
+        if self.clickhouse.url != defaults.url {
+            return Err(FieldError::new(
+                "storage.clickhouse.url",
+                "is set from storage.url; write clickhouse://HOST:PORT/DATABASE there",
+            ));
+        }
+        if self.clickhouse.database != defaults.database {
+            return Err(FieldError::new(
+                "storage.clickhouse.database",
+                "is set from storage.url; write clickhouse://HOST:PORT/DATABASE there",
+            ));
+        }
+        if format!("{:?}", self.clickhouse.retention) != format!("{:?}", defaults.retention) {
+            return Err(FieldError::new(
+                "storage.clickhouse.retention",
+                "is set from storage.retention; configure retention there",
+            ));
+        }
         if let Some(path) = self.url.strip_prefix("sqlite:") {
             if path.is_empty() {
                 return Err(FieldError::new(
@@ -162,9 +184,13 @@ pub struct IngestConfig {
     /// wait (backpressure through gRPC flow control) instead of the
     /// collector's memory growing.
     pub queue_batches: usize,
-    /// An agent silent this long is marked disconnected in the live state.
+    /// A member whose agent sent nothing for this long is shown stale and
+    /// unhealthy in the live state, even if its stream is still open.
     #[serde(with = "humantime_serde")]
     pub agent_timeout: Duration,
+    /// `/healthz` turns unhealthy when storage writes have failed this long.
+    #[serde(with = "humantime_serde")]
+    pub unhealthy_after: Duration,
 }
 
 impl Default for IngestConfig {
@@ -175,6 +201,7 @@ impl Default for IngestConfig {
             flush_interval: Duration::from_secs(1),
             queue_batches: 256,
             agent_timeout: Duration::from_secs(30),
+            unhealthy_after: Duration::from_secs(30),
         }
     }
 }

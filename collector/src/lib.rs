@@ -59,8 +59,9 @@ impl Collector {
         shutdown: CancellationToken,
     ) -> Self {
         let metrics = CollectorMetrics::new();
-        let state = LiveState::default();
-        let (tx, writer) = writer::channel(storage.clone(), cfg.ingest.clone(), metrics.clone());
+        let state = LiveState::new(cfg.ingest.agent_timeout);
+        let (tx, writer, storage_health) =
+            writer::channel(storage.clone(), cfg.ingest.clone(), metrics.clone());
         let ingest = Ingest::new(
             storage.clone(),
             tx,
@@ -70,9 +71,22 @@ impl Collector {
             shutdown,
         )
         .into_service();
-        let health: HealthFn = Arc::new(|| Health {
-            healthy: true,
-            detail: "serving".into(),
+        // Unhealthy while storage writes have failed for a while: agents
+        // are then holding data back and an operator must look.
+        let unhealthy_after_ms =
+            i64::try_from(cfg.ingest.unhealthy_after.as_millis()).unwrap_or(i64::MAX);
+        let health: HealthFn = Arc::new(move || match storage_health.failing_since_ms() {
+            Some(since) if now_ms() - since > unhealthy_after_ms => Health {
+                healthy: false,
+                detail: format!(
+                    "storage writes failing for {} s; agents are holding their data",
+                    (now_ms() - since) / 1000
+                ),
+            },
+            _ => Health {
+                healthy: true,
+                detail: "serving".into(),
+            },
         });
         let router = etcdmon_core::ops::router(metrics.registry().clone(), health)
             .merge(api::router(storage.clone(), state.clone()));
@@ -85,6 +99,13 @@ impl Collector {
             metrics,
         }
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Runs retention every `interval` until `shutdown`.

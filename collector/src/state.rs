@@ -13,9 +13,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 /// Shared live state; cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct LiveState {
     inner: Arc<RwLock<BTreeMap<String, ClusterState>>>,
+    /// A member whose agent sent nothing for this long is stale.
+    stale_after_ms: i64,
+}
+
+impl Default for LiveState {
+    fn default() -> Self {
+        Self::new(std::time::Duration::from_secs(30))
+    }
 }
 
 /// One cluster as the collector currently sees it.
@@ -69,8 +77,11 @@ pub struct MemberState {
     pub alarms: Vec<String>,
     /// Last failure of the status probe: "kind: message".
     pub last_error: String,
-    /// Healthy: agent connected, etcd reachable and a leader known.
+    /// Healthy: agent connected and not stale, etcd reachable, a leader known.
     pub healthy: bool,
+    /// The agent's stream is open but it sent nothing for
+    /// `ingest.agent_timeout` (a hung agent or a stuck network).
+    pub stale: bool,
 }
 
 /// Name under which a member's rows are stored: its name, or its id.
@@ -85,6 +96,14 @@ pub fn member_key(id: &Identity) -> String {
 }
 
 impl LiveState {
+    /// Live state in which members go stale after `agent_timeout` of silence.
+    pub fn new(agent_timeout: std::time::Duration) -> Self {
+        Self {
+            inner: Arc::default(),
+            stale_after_ms: i64::try_from(agent_timeout.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
     /// An agent opened its stream. An identity without member name or id
     /// (the agent has not reached etcd yet) creates no entry: the member
     /// appears with its first report that says who it is.
@@ -217,10 +236,28 @@ impl LiveState {
         events
     }
 
-    /// A copy of every cluster, for the API.
-    pub fn snapshot(&self) -> Vec<ClusterState> {
+    /// A copy of every cluster as of `now_ms`, for the API.
+    pub fn snapshot_at(&self, now_ms: i64) -> Vec<ClusterState> {
         let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        g.values().cloned().collect()
+        let mut out: Vec<ClusterState> = g.values().cloned().collect();
+        for c in &mut out {
+            for m in c.members.values_mut() {
+                m.stale = m.agent_connected && now_ms - m.last_seen_ms > self.stale_after_ms;
+                if m.stale {
+                    m.healthy = false;
+                }
+            }
+        }
+        out
+    }
+
+    /// A copy of every cluster as of now.
+    pub fn snapshot(&self) -> Vec<ClusterState> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        self.snapshot_at(now)
     }
 
     fn with_member(&self, id: &Identity, f: impl FnOnce(&mut ClusterState, &mut MemberState)) {
@@ -320,7 +357,7 @@ mod tests {
     fn transitions_become_events() {
         let st = LiveState::default();
         assert!(st.apply(&id("m1"), &status(1, up(1, 2))).is_empty());
-        let snap = st.snapshot();
+        let snap = st.snapshot_at(10);
         let m = &snap[0].members["m1"];
         assert!(m.healthy && m.is_leader && m.agent_connected);
 
@@ -339,7 +376,7 @@ mod tests {
             st.apply(&id("m1"), &status(3, down)).is_empty(),
             "no repeat while down"
         );
-        assert!(!st.snapshot()[0].members["m1"].healthy);
+        assert!(!st.snapshot_at(10)[0].members["m1"].healthy);
 
         assert_eq!(
             kinds(&st.apply(&id("m1"), &status(4, up(2, 3)))),
@@ -366,12 +403,21 @@ mod tests {
     }
 
     #[test]
+    fn silent_agents_go_stale() {
+        let st = LiveState::new(std::time::Duration::from_secs(30));
+        st.apply(&id("m1"), &status(1_000, up(1, 2)));
+        assert!(st.snapshot_at(20_000)[0].members["m1"].healthy);
+        let m = &st.snapshot_at(40_000)[0].members["m1"];
+        assert!(m.stale && !m.healthy);
+    }
+
+    #[test]
     fn disconnect_marks_unhealthy() {
         let st = LiveState::default();
         st.apply(&id("m1"), &status(1, up(1, 2)));
         let e = st.disconnected(&id("m1"), 9, "stream reset");
         assert_eq!(e.kind, "agent_disconnected");
-        let m = &st.snapshot()[0].members["m1"];
+        let m = &st.snapshot_at(10)[0].members["m1"];
         assert!(!m.agent_connected && !m.healthy);
     }
 }

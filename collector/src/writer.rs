@@ -50,15 +50,51 @@ pub struct Writer {
     storage: Arc<dyn Storage>,
     cfg: IngestConfig,
     metrics: CollectorMetrics,
+    health: StorageHealth,
 }
 
-/// Creates the writer and the sender sessions use.
+/// Since when storage writes have been failing as unavailable (0 = they
+/// are not); read by `/healthz`.
+#[derive(Clone, Default)]
+pub struct StorageHealth(Arc<std::sync::atomic::AtomicI64>);
+
+impl StorageHealth {
+    /// Milliseconds since the epoch of the first failure of the current
+    /// outage, or None while writes succeed.
+    pub fn failing_since_ms(&self) -> Option<i64> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    fn ok(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn failing(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(1)
+            .max(1);
+        let _ = self.0.compare_exchange(
+            0,
+            now,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+/// Creates the writer, the sender sessions use, and the health it reports.
 pub fn channel(
     storage: Arc<dyn Storage>,
     cfg: IngestConfig,
     metrics: CollectorMetrics,
-) -> (mpsc::Sender<WriteRequest>, Writer) {
+) -> (mpsc::Sender<WriteRequest>, Writer, StorageHealth) {
     let (tx, rx) = mpsc::channel(cfg.queue_batches);
+    let health = StorageHealth::default();
     (
         tx,
         Writer {
@@ -66,7 +102,9 @@ pub fn channel(
             storage,
             cfg,
             metrics,
+            health: health.clone(),
         },
+        health,
     )
 }
 
@@ -182,10 +220,12 @@ impl Writer {
                 .observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(()) => {
+                    self.health.ok();
                     self.metrics.write_rows.observe(rows_of(set) as f64);
                     return Ok(());
                 }
                 Err(e) if e.is_retryable() => {
+                    self.health.failing();
                     self.metrics
                         .write_failures
                         .with_label_values(&["unavailable"])

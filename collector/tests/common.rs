@@ -26,6 +26,7 @@ pub struct CollectorProc {
     pub http: u16,
     pub storage: String,
     pub log: PathBuf,
+    pub envs: Vec<(String, String)>,
 }
 
 impl CollectorProc {
@@ -36,6 +37,24 @@ impl CollectorProc {
             http: free_port(),
             storage: storage.to_string(),
             log: dir.join("collector.log"),
+            envs: Vec::new(),
+        };
+        c.spawn();
+        c
+    }
+
+    /// Like `start`, with extra environment (config overrides).
+    pub fn start_with_env(storage: &str, dir: &Path, envs: &[(&str, &str)]) -> Self {
+        let mut c = Self {
+            child: None,
+            grpc: free_port(),
+            http: free_port(),
+            storage: storage.to_string(),
+            log: dir.join("collector.log"),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         c.spawn();
         c
@@ -52,6 +71,7 @@ impl CollectorProc {
             .args(["--http-listen", &format!("127.0.0.1:{}", self.http)])
             .args(["--storage", &self.storage])
             .env("RUST_LOG", "info")
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -78,7 +78,11 @@ async fn collector_kill_and_a_20_second_clickhouse_outage_lose_and_double_nothin
     let etcd = EtcdCluster::start(3).expect("etcd");
     let mut ch = ClickHouseServer::start().expect("clickhouse");
     let dir = tempfile::tempdir().expect("tmp");
-    let mut collector = CollectorProc::start(&storage_url(&ch), dir.path());
+    let mut collector = CollectorProc::start_with_env(
+        &storage_url(&ch),
+        dir.path(),
+        &[("ETCDMON_COLLECTOR_INGEST__UNHEALTHY_AFTER", "5s")],
+    );
     let agents = Agents::start("outage", &etcd, &collector.grpc_url(), dir.path());
 
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -87,8 +91,20 @@ async fn collector_kill_and_a_20_second_clickhouse_outage_lose_and_double_nothin
     collector.spawn();
     tokio::time::sleep(Duration::from_secs(3)).await;
 
+    let health = |c: &CollectorProc| {
+        http_get(&c.url("/healthz"), Duration::from_secs(5))
+            .map(|r| r.status)
+            .unwrap_or(0)
+    };
+    assert_eq!(health(&collector), 200);
     ch.stop().expect("stop clickhouse");
     tokio::time::sleep(Duration::from_secs(20)).await;
+    // Writes have failed for longer than unhealthy_after (5 s).
+    assert_eq!(
+        health(&collector),
+        503,
+        "/healthz must report the storage outage"
+    );
     // The collector held back; the agents kept everything.
     assert!(
         agents.metrics.iter().all(|m| m.spool_batches.get() > 0),
@@ -96,6 +112,7 @@ async fn collector_kill_and_a_20_second_clickhouse_outage_lose_and_double_nothin
     );
     ch.start_again().expect("start clickhouse");
     tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(health(&collector), 200, "healthy again once writes succeed");
 
     let (expected, metrics) = agents.stop().await;
     for m in &metrics {

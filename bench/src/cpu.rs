@@ -1,0 +1,116 @@
+//! CPU time of the three parties sharing the machine: the ClickHouse server
+//! (its `/proc/PID/stat`), the in-process collector and the load generator
+//! (this process's threads, told apart by the names of their tokio
+//! runtimes' threads, `/proc/self/task/*/stat`).
+//!
+//! Times are in clock ticks of `USER_HZ`, which is 100 on every Linux
+//! architecture this project targets.
+
+use std::time::Instant;
+
+/// Clock ticks per second in `/proc/*/stat`.
+const USER_HZ: f64 = 100.0;
+/// Thread name of the collector's runtime.
+pub const COLLECTOR_THREADS: &str = "collector";
+/// Thread name of the load generator's runtime.
+pub const LOADGEN_THREADS: &str = "loadgen";
+
+/// CPU ticks used so far.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    at: Instant,
+    clickhouse: u64,
+    collector: u64,
+    loadgen: u64,
+    process: u64,
+}
+
+/// CPU used between two samples, in cores (1.0 = one core busy).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuUsage {
+    /// The ClickHouse server.
+    pub clickhouse: f64,
+    /// The collector's runtime threads.
+    pub collector: f64,
+    /// The load generator's runtime threads.
+    pub loadgen: f64,
+    /// The rest of this process (main thread, exited threads).
+    pub other: f64,
+}
+
+/// Reads the counters now; a missing ClickHouse pid counts as zero.
+pub fn sample(clickhouse_pid: Option<u32>) -> CpuSample {
+    let clickhouse = clickhouse_pid
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .and_then(|s| parse_stat(&s))
+        .map_or(0, |(_, ticks)| ticks);
+    let process = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| parse_stat(&s))
+        .map_or(0, |(_, ticks)| ticks);
+    let (mut collector, mut loadgen) = (0, 0);
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            let Some((name, ticks)) = parse_stat(&stat) else {
+                continue;
+            };
+            if name.starts_with(COLLECTOR_THREADS) {
+                collector += ticks;
+            } else if name.starts_with(LOADGEN_THREADS) {
+                loadgen += ticks;
+            }
+        }
+    }
+    CpuSample {
+        at: Instant::now(),
+        clickhouse,
+        collector,
+        loadgen,
+        process,
+    }
+}
+
+impl CpuSample {
+    /// Usage from `self` to `later`.
+    pub fn until(&self, later: &CpuSample) -> CpuUsage {
+        let secs = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        let cores = |a: u64, b: u64| b.saturating_sub(a) as f64 / USER_HZ / secs;
+        let collector = cores(self.collector, later.collector);
+        let loadgen = cores(self.loadgen, later.loadgen);
+        CpuUsage {
+            clickhouse: cores(self.clickhouse, later.clickhouse),
+            collector,
+            loadgen,
+            other: (cores(self.process, later.process) - collector - loadgen).max(0.0),
+        }
+    }
+}
+
+/// (comm, utime + stime) of a `stat` line. The name is in parentheses and
+/// may itself hold spaces and parentheses, so fields are counted from the
+/// last `)`.
+fn parse_stat(stat: &str) -> Option<(&str, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?;
+    let mut fields = stat.get(close + 1..)?.split_whitespace();
+    // Fields 3.. follow; utime and stime are fields 14 and 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_parse() {
+        let line = "1234 (collector (2)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
+        assert_eq!(parse_stat(line), Some(("collector (2)", 300)));
+        assert!(parse_stat("garbage").is_none());
+    }
+}
