@@ -123,3 +123,40 @@ fn up_against_nothing_fails_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
 }
+
+#[test]
+fn up_works_against_a_tls_cluster_with_client_certificates() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let tls = etcdmon_testkit::generate_tls(dir.path(), 30).expect("certs");
+    let etcd = EtcdCluster::builder()
+        .members(1)
+        .separate_metrics_listener(true)
+        .client_tls(&tls)
+        .start()
+        .expect("etcd");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_etcdmon"))
+        .args(["up", "--etcd", &etcd.member(0).client_url])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--cacert")
+        .arg(&tls.ca_cert)
+        .arg("--cert")
+        .arg(&tls.client_cert)
+        .arg("--key")
+        .arg(&tls.client_key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let url = format!("http://127.0.0.1:{port}/api/v1/clusters");
+    let healthy = poll(Duration::from_secs(30), || {
+        let r = http_get(&url, Duration::from_secs(2)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        (v["clusters"][0]["members"]["m0"]["healthy"] == true).then_some(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(healthy.is_some(), "TLS member never healthy");
+}
