@@ -111,8 +111,12 @@ async fn collector_kill_and_a_20_second_clickhouse_outage_lose_and_double_nothin
         "agents should hold unacknowledged batches while ClickHouse is down"
     );
     ch.start_again().expect("start clickhouse");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(health(&collector), 200, "healthy again once writes succeed");
+    // The writer retries with backoff capped at 5 s; allow a few rounds.
+    let back = common::eventually(Duration::from_secs(20), || {
+        (health(&collector) == 200).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "healthy again once writes succeed");
 
     let (expected, metrics) = agents.stop().await;
     for m in &metrics {
