@@ -172,6 +172,14 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         .context("bind internal gRPC port")?;
     let grpc_url = format!("http://{}", grpc.local_addr().context("gRPC address")?);
     let writer = tokio::spawn(c.writer.run(collector_stop.clone()));
+    let rules = tokio::spawn(etcdmon_collector::rules::run(
+        c.rules,
+        c.state.clone(),
+        ccfg.rules_interval,
+        c.metrics.clone(),
+        None,
+        collector_stop.clone(),
+    ));
     let retention = tokio::spawn(etcdmon_collector::run_retention(
         c.storage.clone(),
         ccfg.storage.retention_interval,
@@ -236,6 +244,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
     }
     collector_stop.cancel();
     writer.await.context("writer task")?;
+    rules.await.context("rules task")?;
     retention.await.context("retention task")?;
     grpc_task
         .await

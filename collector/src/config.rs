@@ -16,7 +16,7 @@ use std::time::Duration;
 pub const ENV_PREFIX: &str = "ETCDMON_COLLECTOR_";
 
 /// The whole collector configuration.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
     /// The agents' gRPC endpoint.
@@ -29,6 +29,26 @@ pub struct CollectorConfig {
     pub ingest: IngestConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Overrides of the built-in rules, by rule name (see docs/alerts.md):
+    /// `[rules.db_near_quota] fire = 0.9`.
+    pub rules: std::collections::BTreeMap<String, crate::rules::config::RuleOverride>,
+    /// How often the rules are evaluated.
+    #[serde(with = "humantime_serde")]
+    pub rules_interval: Duration,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self {
+            grpc: GrpcConfig::default(),
+            http: HttpConfig::default(),
+            storage: StorageConfig::default(),
+            ingest: IngestConfig::default(),
+            log: LogConfig::default(),
+            rules: Default::default(),
+            rules_interval: Duration::from_secs(1),
+        }
+    }
 }
 
 /// gRPC listener.
@@ -244,6 +264,13 @@ impl CollectorConfig {
         if self.ingest.flush_interval.is_zero() {
             return Err(FieldError::new(
                 "ingest.flush_interval",
+                "must be longer than zero",
+            ));
+        }
+        crate::rules::config::resolve(&self.rules)?;
+        if self.rules_interval.is_zero() {
+            return Err(FieldError::new(
+                "rules_interval",
                 "must be longer than zero",
             ));
         }

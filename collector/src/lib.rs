@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod ingest;
 pub mod metrics;
+pub mod rules;
 pub mod state;
 pub mod storage;
 pub mod writer;
@@ -43,13 +44,15 @@ pub struct Collector {
     pub storage: Arc<dyn Storage>,
     /// Self-metrics.
     pub metrics: CollectorMetrics,
+    /// The rule set, ready to run with [`rules::run`].
+    pub rules: rules::Rules,
 }
 
 impl Collector {
     /// Opens the store (running migrations) and builds the parts.
     pub async fn build(cfg: &CollectorConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let storage = storage::open(&cfg.storage).await?;
-        Ok(Self::with_storage(cfg, storage, shutdown))
+        Self::with_storage(cfg, storage, shutdown)
     }
 
     /// Builds the parts over an already opened store.
@@ -57,7 +60,8 @@ impl Collector {
         cfg: &CollectorConfig,
         storage: Arc<dyn Storage>,
         shutdown: CancellationToken,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
+        let settings = rules::config::resolve(&cfg.rules)?;
         let metrics = CollectorMetrics::new();
         let state = LiveState::new(cfg.ingest.agent_timeout);
         let (tx, writer, storage_health) =
@@ -90,14 +94,15 @@ impl Collector {
         });
         let router = etcdmon_core::ops::router(metrics.registry().clone(), health)
             .merge(api::router(storage.clone(), state.clone()));
-        Self {
+        Ok(Self {
             ingest,
             router,
             writer,
             state,
             storage,
             metrics,
-        }
+            rules: rules::Rules::new(settings),
+        })
     }
 }
 

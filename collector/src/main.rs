@@ -47,6 +47,14 @@ async fn run(cfg: etcdmon_collector::config::CollectorConfig) -> anyhow::Result<
     tracing::info!(grpc = %cfg.grpc.listen, http = %cfg.http.listen, backend = c.storage.backend(), "collector started");
 
     let writer = tokio::spawn(c.writer.run(shutdown.clone()));
+    let rules = tokio::spawn(etcdmon_collector::rules::run(
+        c.rules,
+        c.state.clone(),
+        cfg.rules_interval,
+        c.metrics.clone(),
+        None,
+        shutdown.clone(),
+    ));
     let retention = tokio::spawn(run_retention(
         c.storage.clone(),
         cfg.storage.retention_interval,
@@ -64,6 +72,7 @@ async fn run(cfg: etcdmon_collector::config::CollectorConfig) -> anyhow::Result<
         .context("serve gRPC")?;
     // Sessions end on the token; the writer drains what they queued.
     writer.await.context("writer task")?;
+    rules.await.context("rules task")?;
     retention.await.context("retention task")?;
     http_task.await.context("http task")??;
     Ok(())

@@ -32,6 +32,12 @@ pub struct CollectorMetrics {
     pub streams_rejected: IntCounterVec,
     /// Time from a report's timestamp to its rows being stored.
     pub ingest_latency_seconds: Histogram,
+    /// Alert transitions by rule and state (firing, resolved).
+    pub alert_transitions: IntCounterVec,
+    /// Alerts currently firing.
+    pub alerts_firing: IntGauge,
+    /// Duration of one evaluation of all rules.
+    pub rules_seconds: Histogram,
 }
 
 impl CollectorMetrics {
@@ -102,8 +108,29 @@ impl CollectorMetrics {
             ]),
         )
         .expect("valid metric");
+        let alert_transitions = IntCounterVec::new(
+            Opts::new(
+                "alert_transitions_total",
+                "Alert transitions, by rule and state.",
+            ),
+            &["rule", "state"],
+        )
+        .expect("valid metric");
+        let alerts_firing =
+            IntGauge::new("alerts_firing", "Alerts currently firing.").expect("valid metric");
+        let rules_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "rules_evaluation_seconds",
+                "Duration of one evaluation of all rules.",
+            )
+            .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5]),
+        )
+        .expect("valid metric");
         for m in [
-            Box::new(batches_stored.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(alert_transitions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(alerts_firing.clone()),
+            Box::new(rules_seconds.clone()),
+            Box::new(batches_stored.clone()),
             Box::new(batches_duplicate.clone()),
             Box::new(batches_rejected.clone()),
             Box::new(samples_stored.clone()),
@@ -134,6 +161,9 @@ impl CollectorMetrics {
             agents_connected,
             streams_rejected,
             ingest_latency_seconds,
+            alert_transitions,
+            alerts_firing,
+            rules_seconds,
         }
     }
 

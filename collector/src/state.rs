@@ -42,6 +42,13 @@ pub struct ClusterState {
     member_ids: BTreeSet<u64>,
 }
 
+impl ClusterState {
+    /// Members in the cluster's member list (0 until a list was seen).
+    pub fn member_count(&self) -> usize {
+        self.member_ids.len()
+    }
+}
+
 /// One member as the collector currently sees it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct MemberState {
@@ -82,6 +89,40 @@ pub struct MemberState {
     /// The agent's stream is open but it sent nothing for
     /// `ingest.agent_timeout` (a hung agent or a stuck network).
     pub stale: bool,
+    /// etcd's backend quota (`etcd_server_quota_backend_bytes`); 0 if unknown.
+    pub quota_bytes: f64,
+    /// Latest host figures of the member's host, if its agent reports them.
+    pub host: Option<HostFigures>,
+    /// p99 of the agent's last fsync probe round, seconds.
+    pub fsync_p99_seconds: Option<f64>,
+    /// Days left per certificate file the agent watches.
+    pub certificates: Vec<CertFigure>,
+}
+
+/// The host figures rules look at.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostFigures {
+    /// Available bytes on the data-dir filesystem.
+    pub fs_available_bytes: u64,
+    /// Size of that filesystem.
+    pub fs_total_bytes: u64,
+    /// Open file descriptors of the etcd process.
+    pub open_fds: u64,
+    /// Its limit.
+    pub max_fds: u64,
+    /// Available memory.
+    pub memory_available_bytes: u64,
+    /// Total memory.
+    pub memory_total_bytes: u64,
+}
+
+/// Expiry of one certificate.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertFigure {
+    /// File.
+    pub path: String,
+    /// Days until it expires.
+    pub days_left: f64,
 }
 
 /// Name under which a member's rows are stored: its name, or its id.
@@ -158,8 +199,13 @@ impl LiveState {
             if id.member_id != 0 {
                 m.id = format!("{:x}", id.member_id);
             }
-            let Some(Body::Status(s)) = &report.body else {
-                return;
+            let s = match &report.body {
+                Some(Body::Status(s)) => s,
+                Some(other) => {
+                    record_other(m, other);
+                    return;
+                }
+                None => return,
             };
             let was = m.reachable;
             m.reachable = Some(s.reachable);
@@ -275,6 +321,53 @@ impl LiveState {
         m.region = id.region.clone();
         f(cluster, &mut m);
         cluster.members.insert(key, m);
+    }
+}
+
+/// Keeps what the rules need from reports other than status.
+fn record_other(m: &mut MemberState, body: &Body) {
+    match body {
+        Body::Metrics(mx) => {
+            if let Some(q) = mx
+                .families
+                .iter()
+                .find(|f| f.name == "etcd_server_quota_backend_bytes")
+                .and_then(|f| f.samples.first())
+            {
+                m.quota_bytes = q.value;
+            }
+        }
+        Body::Host(h) => {
+            let mut f = m.host.clone().unwrap_or_default();
+            if let Some(fs) = &h.filesystem {
+                f.fs_available_bytes = fs.available_bytes;
+                f.fs_total_bytes = fs.total_bytes;
+            }
+            if let Some(p) = h.process.as_ref().filter(|p| p.pid != 0) {
+                f.open_fds = p.open_fds;
+                f.max_fds = p.max_fds;
+            }
+            if let Some(mem) = &h.memory {
+                f.memory_available_bytes = mem.available_bytes;
+                f.memory_total_bytes = mem.total_bytes;
+            }
+            m.host = Some(f);
+        }
+        Body::Fsync(f) => {
+            m.fsync_p99_seconds = (f.failure.is_none() && f.writes > 0).then_some(f.p99_seconds);
+        }
+        Body::Certs(c) => {
+            m.certificates = c
+                .certificates
+                .iter()
+                .filter(|c| c.failure.is_none())
+                .map(|c| CertFigure {
+                    path: c.path.clone(),
+                    days_left: c.days_left,
+                })
+                .collect();
+        }
+        Body::Status(_) | Body::PeerRtt(_) => {}
     }
 }
 

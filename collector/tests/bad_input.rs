@@ -41,7 +41,7 @@ async fn server(max_batch_bytes: usize) -> Server {
     cfg.ingest.max_batch_bytes = max_batch_bytes;
     cfg.ingest.flush_interval = Duration::from_millis(50);
     let shutdown = CancellationToken::new();
-    let c = Collector::with_storage(&cfg, storage.clone(), shutdown.clone());
+    let c = Collector::with_storage(&cfg, storage.clone(), shutdown.clone()).expect("collector");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

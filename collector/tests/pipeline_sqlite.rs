@@ -118,3 +118,58 @@ async fn killing_the_collector_mid_stream_loses_and_doubles_nothing() {
         "gap or double count after collector restart"
     );
 }
+
+fn transitions(collector: &CollectorProc, rule: &str, state: &str) -> u64 {
+    let body = http_get(&collector.url("/metrics"), Duration::from_secs(2))
+        .map(|r| r.body)
+        .unwrap_or_default();
+    let key =
+        format!("etcdmon_collector_alert_transitions_total{{rule=\"{rule}\",state=\"{state}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_fires_member_unreachable_once_and_resolves_once() {
+    let mut etcd = EtcdCluster::start(3).expect("etcd");
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("etcdmon.sqlite");
+    let collector = CollectorProc::start(&format!("sqlite:{}", db.display()), dir.path());
+    let agents = Agents::start("rules", &etcd, &collector.grpc_url(), dir.path());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        transitions(&collector, "member_unreachable", "firing"),
+        0,
+        "healthy cluster"
+    );
+
+    etcd.kill(2).expect("kill");
+    let fired = common::eventually(Duration::from_secs(10), || {
+        (transitions(&collector, "member_unreachable", "firing") == 1).then_some(())
+    })
+    .await;
+    assert!(
+        fired.is_some(),
+        "member_unreachable did not fire: {}",
+        collector.log_text()
+    );
+    assert_eq!(transitions(&collector, "quorum_at_risk", "firing"), 1);
+    assert_eq!(transitions(&collector, "quorum_lost", "firing"), 0);
+    assert_eq!(
+        transitions(&collector, "agent_silent", "firing"),
+        0,
+        "the agent still talks"
+    );
+
+    etcd.restart(2).expect("restart");
+    let resolved = common::eventually(Duration::from_secs(15), || {
+        (transitions(&collector, "member_unreachable", "resolved") == 1).then_some(())
+    })
+    .await;
+    assert!(resolved.is_some(), "member_unreachable did not resolve");
+    // Exactly one of each: no repeats while down, no flapping.
+    assert_eq!(transitions(&collector, "member_unreachable", "firing"), 1);
+    agents.stop().await;
+}

@@ -1,0 +1,456 @@
+//! The rule engine's state machine: one entry per alert fingerprint.
+//!
+//! Each evaluation, every rule reports [`Observation`]s: "this subject (a
+//! member, a cluster) looks bad / looks fine, with this value". The engine
+//! turns them into transitions:
+//!
+//! ```text
+//! inactive --bad--> pending --bad for `for`--> firing --fine (clear)--> resolved (emitted)
+//!              \--fine--> inactive (nothing emitted)
+//! ```
+//!
+//! Only firing and resolved are emitted, each once, with a transition
+//! number that increases per fingerprint, so the bus can deduplicate
+//! retried publishes and the alerter can tell a new incident from a repeat.
+//! Hysteresis lives in the observation: a threshold rule says `bad` above
+//! its firing threshold and `fine` only below its (lower) clear threshold;
+//! in between it says neither and the state stays as it is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// Severity of a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Someone must act now.
+    Critical,
+    /// Needs attention soon.
+    Warning,
+    /// For context.
+    Info,
+}
+
+impl Severity {
+    /// Lowercase name, as in labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
+/// What a rule sees about one subject in one evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// Identifying labels of the subject (cluster, member, ...); with the
+    /// rule name they make the fingerprint.
+    pub labels: BTreeMap<String, String>,
+    /// `Some(true)`: the condition holds; `Some(false)`: it clearly does
+    /// not (below the clear threshold); `None`: in the hysteresis band.
+    pub bad: Option<bool>,
+    /// The measured value, for the description.
+    pub value: f64,
+    /// One line for people, e.g. "m1 unreachable: refused: connection refused".
+    pub summary: String,
+    /// Detail with the measured value and thresholds.
+    pub description: String,
+}
+
+/// A state change to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// Stable id of the alert: rule + identifying labels.
+    pub fingerprint: String,
+    /// Rule name.
+    pub rule: &'static str,
+    /// Severity.
+    pub severity: Severity,
+    /// True for firing, false for resolved.
+    pub firing: bool,
+    /// The observation that caused it.
+    pub observation: Observation,
+    /// Increases with each emitted transition of this fingerprint.
+    pub transition: u64,
+    /// When the emitted state began, ms since the epoch.
+    pub since_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Pending { since_ms: i64 },
+    Firing,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    rule: &'static str,
+    phase: Phase,
+    last: Observation,
+}
+
+/// State of every alert the engine knows.
+#[derive(Debug, Default)]
+pub struct Engine {
+    entries: HashMap<String, Entry>,
+    /// Transition counters survive an entry going back to inactive, so a
+    /// fingerprint's numbers never repeat within this process.
+    counters: HashMap<String, u64>,
+}
+
+impl Engine {
+    /// Applies one rule's observations at `now_ms` and returns the
+    /// transitions to publish. Subjects of this rule that are firing but no
+    /// longer observed (a member removed) resolve.
+    pub fn apply(
+        &mut self,
+        rule: &'static str,
+        severity: Severity,
+        for_: Duration,
+        observations: Vec<Observation>,
+        now_ms: i64,
+    ) -> Vec<Transition> {
+        let for_ms = i64::try_from(for_.as_millis()).unwrap_or(i64::MAX);
+        let mut out = Vec::new();
+        let mut seen = Vec::with_capacity(observations.len());
+        for obs in observations {
+            let fp = fingerprint(rule, &obs.labels);
+            seen.push(fp.clone());
+            let entry = self.entries.get(&fp).cloned();
+            match (entry, obs.bad) {
+                (None, Some(true)) => {
+                    let phase = Phase::Pending { since_ms: now_ms };
+                    self.entries.insert(
+                        fp.clone(),
+                        Entry {
+                            rule,
+                            phase,
+                            last: obs.clone(),
+                        },
+                    );
+                    // A `for` of zero fires in the same evaluation.
+                    if for_ms == 0 {
+                        out.extend(self.fire(&fp, rule, severity, now_ms, now_ms));
+                    }
+                }
+                (None, _) => {}
+                (Some(e), Some(true)) => {
+                    if let Some(entry) = self.entries.get_mut(&fp) {
+                        entry.last = obs;
+                    }
+                    if let Phase::Pending { since_ms } = e.phase {
+                        if now_ms - since_ms >= for_ms {
+                            out.extend(self.fire(&fp, rule, severity, since_ms, now_ms));
+                        }
+                    }
+                }
+                (Some(e), Some(false)) => match e.phase {
+                    Phase::Pending { .. } => {
+                        self.entries.remove(&fp);
+                    }
+                    Phase::Firing => out.push(self.resolve(&fp, rule, severity, obs, now_ms)),
+                },
+                (Some(_), None) => {
+                    if let Some(entry) = self.entries.get_mut(&fp) {
+                        entry.last = obs;
+                    }
+                }
+            }
+        }
+        // Subjects that disappeared.
+        let gone: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(fp, e)| e.rule == rule && !seen.contains(fp))
+            .map(|(fp, _)| fp.clone())
+            .collect();
+        for fp in gone {
+            let Some(e) = self.entries.get(&fp).cloned() else {
+                continue;
+            };
+            match e.phase {
+                Phase::Pending { .. } => {
+                    self.entries.remove(&fp);
+                }
+                Phase::Firing => {
+                    let mut obs = e.last.clone();
+                    obs.bad = Some(false);
+                    obs.summary = format!("{} (no longer observed)", obs.summary);
+                    out.push(self.resolve(&fp, rule, severity, obs, now_ms));
+                }
+            }
+        }
+        out
+    }
+
+    /// Fingerprints currently firing, for the API and tests.
+    pub fn firing(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| matches!(e.phase, Phase::Firing))
+            .map(|(fp, _)| fp.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn next_transition(&mut self, fp: &str) -> u64 {
+        let c = self.counters.entry(fp.to_string()).or_insert(0);
+        *c += 1;
+        *c
+    }
+
+    fn fire(
+        &mut self,
+        fp: &str,
+        rule: &'static str,
+        severity: Severity,
+        since_ms: i64,
+        _now_ms: i64,
+    ) -> Option<Transition> {
+        let transition = self.next_transition(fp);
+        let e = self.entries.get_mut(fp)?;
+        e.phase = Phase::Firing;
+        Some(Transition {
+            fingerprint: fp.to_string(),
+            rule,
+            severity,
+            firing: true,
+            observation: e.last.clone(),
+            transition,
+            since_ms,
+        })
+    }
+
+    fn resolve(
+        &mut self,
+        fp: &str,
+        rule: &'static str,
+        severity: Severity,
+        obs: Observation,
+        now_ms: i64,
+    ) -> Transition {
+        self.entries.remove(fp);
+        let transition = self.next_transition(fp);
+        Transition {
+            fingerprint: fp.to_string(),
+            rule,
+            severity,
+            firing: false,
+            observation: obs,
+            transition,
+            since_ms: now_ms,
+        }
+    }
+}
+
+/// A stable fingerprint: FNV-1a 64 over the rule name and the sorted
+/// labels, in hex. Stable across processes and Rust versions (unlike
+/// `DefaultHasher`), which the alerter relies on to recognise an alert
+/// after a collector restart.
+pub fn fingerprint(rule: &str, labels: &BTreeMap<String, String>) -> String {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+        // Separator so ("ab","c") and ("a","bc") differ.
+        h ^= 0xff;
+        h = h.wrapping_mul(PRIME);
+    };
+    eat(rule.as_bytes());
+    for (k, v) in labels {
+        eat(k.as_bytes());
+        eat(v.as_bytes());
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(member: &str, bad: Option<bool>) -> Observation {
+        Observation {
+            labels: [
+                ("cluster".to_string(), "c".to_string()),
+                ("member".to_string(), member.to_string()),
+            ]
+            .into_iter()
+            .collect(),
+            bad,
+            value: 1.0,
+            summary: format!("{member} bad"),
+            description: String::new(),
+        }
+    }
+
+    const R: &str = "member_unreachable";
+
+    #[test]
+    fn zero_for_fires_at_once_and_resolves_once() {
+        let mut e = Engine::default();
+        let t = e.apply(
+            R,
+            Severity::Critical,
+            Duration::ZERO,
+            vec![obs("m1", Some(true))],
+            1_000,
+        );
+        assert_eq!(t.len(), 1);
+        assert!(t[0].firing && t[0].transition == 1 && t[0].since_ms == 1_000);
+        // Still bad: nothing new.
+        assert!(e
+            .apply(
+                R,
+                Severity::Critical,
+                Duration::ZERO,
+                vec![obs("m1", Some(true))],
+                2_000
+            )
+            .is_empty());
+        let t = e.apply(
+            R,
+            Severity::Critical,
+            Duration::ZERO,
+            vec![obs("m1", Some(false))],
+            3_000,
+        );
+        assert_eq!(t.len(), 1);
+        assert!(!t[0].firing && t[0].transition == 2);
+        assert!(e
+            .apply(
+                R,
+                Severity::Critical,
+                Duration::ZERO,
+                vec![obs("m1", Some(false))],
+                4_000
+            )
+            .is_empty());
+        // A new incident gets new transition numbers.
+        let t = e.apply(
+            R,
+            Severity::Critical,
+            Duration::ZERO,
+            vec![obs("m1", Some(true))],
+            5_000,
+        );
+        assert_eq!(t[0].transition, 3);
+    }
+
+    #[test]
+    fn for_delays_and_a_short_blip_emits_nothing() {
+        let mut e = Engine::default();
+        let f = Duration::from_secs(30);
+        assert!(e
+            .apply(R, Severity::Warning, f, vec![obs("m1", Some(true))], 0)
+            .is_empty());
+        assert!(e
+            .apply(
+                R,
+                Severity::Warning,
+                f,
+                vec![obs("m1", Some(false))],
+                10_000
+            )
+            .is_empty());
+        assert!(e
+            .apply(R, Severity::Warning, f, vec![obs("m1", Some(true))], 20_000)
+            .is_empty());
+        assert!(e
+            .apply(R, Severity::Warning, f, vec![obs("m1", Some(true))], 40_000)
+            .is_empty());
+        let t = e.apply(R, Severity::Warning, f, vec![obs("m1", Some(true))], 50_000);
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            t[0].since_ms, 20_000,
+            "pending since the start of the bad streak"
+        );
+    }
+
+    #[test]
+    fn hysteresis_band_keeps_the_state() {
+        let mut e = Engine::default();
+        e.apply(
+            R,
+            Severity::Warning,
+            Duration::ZERO,
+            vec![obs("m1", Some(true))],
+            0,
+        );
+        // Between clear and fire thresholds: neither.
+        for t in 1..10 {
+            assert!(e
+                .apply(
+                    R,
+                    Severity::Warning,
+                    Duration::ZERO,
+                    vec![obs("m1", None)],
+                    t * 1_000
+                )
+                .is_empty());
+        }
+        assert_eq!(e.firing().len(), 1);
+    }
+
+    #[test]
+    fn a_firing_subject_that_disappears_resolves() {
+        let mut e = Engine::default();
+        e.apply(
+            R,
+            Severity::Critical,
+            Duration::ZERO,
+            vec![obs("m1", Some(true)), obs("m2", Some(false))],
+            0,
+        );
+        let t = e.apply(
+            R,
+            Severity::Critical,
+            Duration::ZERO,
+            vec![obs("m2", Some(false))],
+            1_000,
+        );
+        assert_eq!(t.len(), 1);
+        assert!(!t[0].firing);
+        assert!(t[0].observation.summary.contains("no longer observed"));
+    }
+
+    #[test]
+    fn rules_do_not_resolve_each_others_alerts() {
+        let mut e = Engine::default();
+        e.apply(
+            "a",
+            Severity::Critical,
+            Duration::ZERO,
+            vec![obs("m1", Some(true))],
+            0,
+        );
+        // Rule b observes nothing: a's alert must stay.
+        assert!(e
+            .apply("b", Severity::Critical, Duration::ZERO, vec![], 1_000)
+            .is_empty());
+        assert_eq!(e.firing().len(), 1);
+    }
+
+    #[test]
+    fn fingerprints_are_stable_and_distinct() {
+        let l = obs("m1", None).labels;
+        assert_eq!(fingerprint("r", &l), fingerprint("r", &l.clone()));
+        assert_ne!(fingerprint("r", &l), fingerprint("s", &l));
+        assert_ne!(
+            fingerprint("r", &l),
+            fingerprint("r", &obs("m2", None).labels)
+        );
+        // A known value, so an accidental change of the hash (which would
+        // orphan every alert across an upgrade) is caught.
+        let kv: BTreeMap<String, String> =
+            [("k".to_string(), "v".to_string())].into_iter().collect();
+        assert_eq!(fingerprint("r", &kv), "71b47e396f9de8b7");
+    }
+}

@@ -1,0 +1,104 @@
+//! Rules, evaluated every second on the live state.
+//!
+//! [`builtin`] rules turn the snapshot of every cluster into observations;
+//! the [`engine`] turns observations into firing/resolved transitions,
+//! applying each rule's `for` duration and hysteresis. Transitions become
+//! alert candidates (published for the alerter).
+
+pub mod builtin;
+pub mod config;
+pub mod engine;
+
+use crate::metrics::CollectorMetrics;
+use crate::state::{ClusterState, LiveState};
+use config::RuleSettings;
+use engine::{Engine, Transition};
+use std::collections::BTreeMap;
+
+/// The built-in rule set with its settings.
+pub struct Rules {
+    settings: BTreeMap<&'static str, RuleSettings>,
+    engine: Engine,
+}
+
+impl Rules {
+    /// Rules with resolved settings (see [`config::resolve`]).
+    pub fn new(settings: BTreeMap<&'static str, RuleSettings>) -> Self {
+        Self {
+            settings,
+            engine: Engine::default(),
+        }
+    }
+
+    /// Evaluates every enabled rule on `clusters` at `now_ms`.
+    pub fn evaluate(&mut self, clusters: &[ClusterState], now_ms: i64) -> Vec<Transition> {
+        let mut out = Vec::new();
+        for rule in builtin::RULES {
+            let Some(s) = self.settings.get(rule.name) else {
+                continue;
+            };
+            if !s.enabled {
+                continue;
+            }
+            let observations = clusters.iter().flat_map(|c| (rule.check)(c, s)).collect();
+            out.extend(
+                self.engine
+                    .apply(rule.name, s.severity, s.for_, observations, now_ms),
+            );
+        }
+        out
+    }
+
+    /// Fingerprints currently firing.
+    pub fn firing(&self) -> Vec<String> {
+        self.engine.firing()
+    }
+}
+
+/// Evaluates the rules on the live state every `interval` until
+/// `shutdown`, logging and counting each transition and handing it to
+/// `sink` when there is one (the alert publisher).
+pub async fn run(
+    mut rules: Rules,
+    state: LiveState,
+    interval: std::time::Duration,
+    metrics: CollectorMetrics,
+    sink: Option<tokio::sync::mpsc::Sender<Transition>>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let started = std::time::Instant::now();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let transitions = rules.evaluate(&state.snapshot_at(now), now);
+        metrics
+            .rules_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.alerts_firing.set(rules.firing().len() as i64);
+        for t in transitions {
+            let state_name = if t.firing { "firing" } else { "resolved" };
+            metrics
+                .alert_transitions
+                .with_label_values(&[t.rule, state_name])
+                .inc();
+            tracing::info!(rule = t.rule, state = state_name, fingerprint = %t.fingerprint,
+                summary = %t.observation.summary, "alert transition");
+            if let Some(sink) = &sink {
+                if sink.send(t).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,270 @@
+use super::config::{defaults, resolve, RuleOverride};
+use super::*;
+use crate::state::LiveState;
+use etcdmon_proto::v1::{
+    report::Body, ErrorKind, EtcdStatus, Failure, Identity, Label, Member, MetricFamily,
+    MetricsScrape, Report, Sample,
+};
+
+const T0: i64 = 1_000_000;
+
+fn id(name: &str, n: u64) -> Identity {
+    Identity {
+        cluster: "c".into(),
+        member_name: name.into(),
+        member_id: n,
+        node: format!("node-{name}"),
+        ..Default::default()
+    }
+}
+
+fn members() -> Vec<Member> {
+    (1..=3)
+        .map(|i| Member {
+            id: i,
+            name: format!("m{i}"),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn up(n: u64, leader: u64, term: u64, index: u64) -> EtcdStatus {
+    EtcdStatus {
+        reachable: true,
+        member_id: n,
+        leader_id: leader,
+        raft_term: term,
+        raft_index: index,
+        db_size_bytes: 1_000,
+        db_size_in_use_bytes: 1_000,
+        members: members(),
+        ..Default::default()
+    }
+}
+
+fn down() -> EtcdStatus {
+    EtcdStatus {
+        failures: vec![Failure::new(
+            "status",
+            ErrorKind::Refused,
+            "connection refused",
+        )],
+        ..Default::default()
+    }
+}
+
+fn report(ts: i64, body: Body) -> Report {
+    Report {
+        timestamp_unix_ms: ts,
+        body: Some(body),
+        ..Default::default()
+    }
+}
+
+fn rules() -> Rules {
+    Rules::new(defaults())
+}
+
+/// Applies one status per member and evaluates at `ts`.
+fn step(
+    st: &LiveState,
+    r: &mut Rules,
+    ts: i64,
+    statuses: [Option<EtcdStatus>; 3],
+) -> Vec<(String, bool)> {
+    for (i, s) in statuses.into_iter().enumerate() {
+        if let Some(s) = s {
+            let n = i as u64 + 1;
+            st.apply(&id(&format!("m{n}"), n), &report(ts, Body::Status(s)));
+        }
+    }
+    r.evaluate(&st.snapshot_at(ts), ts)
+        .into_iter()
+        .map(|t| (t.rule.to_string(), t.firing))
+        .collect()
+}
+
+fn healthy(term: u64) -> [Option<EtcdStatus>; 3] {
+    [
+        Some(up(1, 1, term, 10)),
+        Some(up(2, 1, term, 10)),
+        Some(up(3, 1, term, 10)),
+    ]
+}
+
+#[test]
+fn healthy_cluster_fires_nothing() {
+    let (st, mut r) = (LiveState::default(), rules());
+    assert!(step(&st, &mut r, T0, healthy(2)).is_empty());
+    assert!(step(&st, &mut r, T0 + 1_000, healthy(2)).is_empty());
+}
+
+#[test]
+fn a_dead_member_pages_at_once_and_puts_quorum_at_risk() {
+    let (st, mut r) = (LiveState::default(), rules());
+    step(&st, &mut r, T0, healthy(2));
+    let t = step(
+        &st,
+        &mut r,
+        T0 + 1_000,
+        [Some(up(1, 1, 2, 11)), Some(down()), Some(up(3, 1, 2, 11))],
+    );
+    assert!(t.contains(&("member_unreachable".into(), true)), "{t:?}");
+    assert!(t.contains(&("quorum_at_risk".into(), true)), "{t:?}");
+    assert!(
+        !t.iter()
+            .any(|(r, _)| r == "quorum_lost" || r == "agent_silent"),
+        "{t:?}"
+    );
+    // A second one down: quorum lost.
+    let t = step(
+        &st,
+        &mut r,
+        T0 + 2_000,
+        [Some(up(1, 1, 2, 11)), Some(down()), Some(down())],
+    );
+    assert!(t.contains(&("quorum_lost".into(), true)), "{t:?}");
+    // Both back: everything resolves exactly once.
+    let t = step(&st, &mut r, T0 + 3_000, healthy(2));
+    let resolved: Vec<&str> = t
+        .iter()
+        .filter(|(_, f)| !f)
+        .map(|(r, _)| r.as_str())
+        .collect();
+    assert_eq!(
+        resolved
+            .iter()
+            .filter(|r| **r == "member_unreachable")
+            .count(),
+        2,
+        "{t:?}"
+    );
+    assert!(
+        resolved.contains(&"quorum_lost") && resolved.contains(&"quorum_at_risk"),
+        "{t:?}"
+    );
+    assert!(r.firing().is_empty());
+}
+
+#[test]
+fn a_silent_agent_is_not_a_dead_member() {
+    let (st, mut r) = (LiveState::default(), rules());
+    step(&st, &mut r, T0, healthy(2));
+    st.disconnected(&id("m2", 2), T0 + 500, "stream reset");
+    let t = step(
+        &st,
+        &mut r,
+        T0 + 1_000,
+        [Some(up(1, 1, 2, 10)), None, Some(up(3, 1, 2, 10))],
+    );
+    assert!(!t.iter().any(|(r, _)| r == "member_unreachable"), "{t:?}");
+    // agent_silent waits its 15 s.
+    assert!(!t.iter().any(|(r, _)| r == "agent_silent"), "{t:?}");
+    let t = step(
+        &st,
+        &mut r,
+        T0 + 17_000,
+        [Some(up(1, 1, 2, 10)), None, Some(up(3, 1, 2, 10))],
+    );
+    assert!(t.contains(&("agent_silent".into(), true)), "{t:?}");
+}
+
+#[test]
+fn no_leader_and_disagreement() {
+    let (st, mut r) = (LiveState::default(), rules());
+    step(&st, &mut r, T0, healthy(2));
+    let t = step(
+        &st,
+        &mut r,
+        T0 + 1_000,
+        [
+            Some(up(1, 0, 3, 10)),
+            Some(up(2, 0, 3, 10)),
+            Some(up(3, 0, 3, 10)),
+        ],
+    );
+    assert!(t.contains(&("no_leader".into(), true)), "{t:?}");
+    // A partition: m3 follows an old leader at an old term, for longer than 10 s.
+    let split = || {
+        [
+            Some(up(1, 2, 4, 20)),
+            Some(up(2, 2, 4, 20)),
+            Some(up(3, 1, 3, 15)),
+        ]
+    };
+    step(&st, &mut r, T0 + 2_000, split());
+    let t = step(&st, &mut r, T0 + 13_000, split());
+    assert!(t.contains(&("members_disagree".into(), true)), "{t:?}");
+}
+
+fn quota_report(ts: i64, quota: f64) -> Report {
+    report(
+        ts,
+        Body::Metrics(MetricsScrape {
+            families: vec![MetricFamily {
+                name: "etcd_server_quota_backend_bytes".into(),
+                r#type: 2,
+                samples: vec![Sample {
+                    name: "etcd_server_quota_backend_bytes".into(),
+                    labels: Vec::<Label>::new(),
+                    value: quota,
+                    timestamp_unix_ms: 0,
+                }],
+            }],
+            ..Default::default()
+        }),
+    )
+}
+
+#[test]
+fn db_near_quota_has_hysteresis() {
+    let (st, mut r) = (LiveState::default(), rules());
+    let with_db = |size: i64| {
+        let mut s = up(1, 1, 2, 10);
+        s.db_size_bytes = size;
+        [Some(s), Some(up(2, 1, 2, 10)), Some(up(3, 1, 2, 10))]
+    };
+    st.apply(&id("m1", 1), &quota_report(T0, 1_000_000.0));
+    assert!(step(&st, &mut r, T0, with_db(700_000)).is_empty());
+    let t = step(&st, &mut r, T0 + 1_000, with_db(810_000));
+    assert_eq!(t, vec![("db_near_quota".to_string(), true)]);
+    // Between 75% and 80%: no change, no flapping.
+    assert!(step(&st, &mut r, T0 + 2_000, with_db(790_000)).is_empty());
+    assert!(step(&st, &mut r, T0 + 3_000, with_db(805_000)).is_empty());
+    let t = step(&st, &mut r, T0 + 4_000, with_db(700_000));
+    assert_eq!(t, vec![("db_near_quota".to_string(), false)]);
+}
+
+#[test]
+fn settings_validate_and_override() {
+    let mut o = BTreeMap::new();
+    o.insert(
+        "db_near_quota".to_string(),
+        RuleOverride {
+            fire: Some(0.9),
+            ..Default::default()
+        },
+    );
+    assert_eq!(resolve(&o).expect("valid")["db_near_quota"].fire, 0.9);
+    o.insert(
+        "db_near_quota".to_string(),
+        RuleOverride {
+            clear: Some(0.95),
+            ..Default::default()
+        },
+    );
+    assert!(resolve(&o)
+        .expect_err("clear above fire")
+        .reason
+        .contains("db_near_quota"));
+    let mut o = BTreeMap::new();
+    o.insert("no_such_rule".to_string(), RuleOverride::default());
+    assert!(resolve(&o)
+        .expect_err("unknown")
+        .reason
+        .contains("no_such_rule"));
+    // Every built-in rule has defaults, and every default a rule.
+    let d = defaults();
+    assert_eq!(d.len(), builtin::RULES.len());
+    assert!(builtin::RULES.iter().all(|r| d.contains_key(r.name)));
+}
