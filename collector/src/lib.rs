@@ -13,6 +13,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod derive;
 pub mod ingest;
 pub mod metrics;
 pub mod rules;

@@ -40,12 +40,37 @@ pub struct ClusterState {
     /// Member ids (hex) in the last member list seen.
     #[serde(skip)]
     member_ids: BTreeSet<u64>,
+    /// When the leader changed, ms since the epoch, within the last hour.
+    #[serde(skip)]
+    leader_changes: std::collections::VecDeque<i64>,
 }
+
+/// Window of the leader-change count.
+const LEADER_CHANGE_WINDOW_MS: i64 = 3_600_000;
 
 impl ClusterState {
     /// Members in the cluster's member list (0 until a list was seen).
     pub fn member_count(&self) -> usize {
         self.member_ids.len()
+    }
+
+    /// Leader changes seen in the hour before `now_ms`.
+    pub fn leader_changes_last_hour(&self, now_ms: i64) -> usize {
+        self.leader_changes
+            .iter()
+            .filter(|t| now_ms - **t <= LEADER_CHANGE_WINDOW_MS)
+            .count()
+    }
+
+    fn record_leader_change(&mut self, ts: i64) {
+        self.leader_changes.push_back(ts);
+        while self
+            .leader_changes
+            .front()
+            .is_some_and(|t| ts - t > LEADER_CHANGE_WINDOW_MS)
+        {
+            self.leader_changes.pop_front();
+        }
     }
 }
 
@@ -97,6 +122,8 @@ pub struct MemberState {
     pub fsync_p99_seconds: Option<f64>,
     /// Days left per certificate file the agent watches.
     pub certificates: Vec<CertFigure>,
+    /// Quantiles and rates from etcd's own metrics, between scrapes.
+    pub derived: crate::derive::Derived,
 }
 
 /// The host figures rules look at.
@@ -202,7 +229,7 @@ impl LiveState {
             let s = match &report.body {
                 Some(Body::Status(s)) => s,
                 Some(other) => {
-                    record_other(m, other);
+                    record_other(m, other, ts);
                     return;
                 }
                 None => return,
@@ -228,6 +255,7 @@ impl LiveState {
                     let leader = format!("{:x}", s.leader_id);
                     if cluster.leader_id != leader && s.raft_term >= cluster.raft_term {
                         if !cluster.leader_id.is_empty() {
+                            cluster.record_leader_change(ts);
                             events.push(ev(
                                 "",
                                 "leader_changed",
@@ -325,9 +353,12 @@ impl LiveState {
 }
 
 /// Keeps what the rules need from reports other than status.
-fn record_other(m: &mut MemberState, body: &Body) {
+fn record_other(m: &mut MemberState, body: &Body, ts_ms: i64) {
     match body {
         Body::Metrics(mx) => {
+            if mx.failure.is_none() {
+                m.derived.update(&mx.families, ts_ms);
+            }
             if let Some(q) = mx
                 .families
                 .iter()

@@ -78,6 +78,42 @@ pub const RULES: &[Rule] = &[
         name: "cert_expiring",
         check: cert_expiring,
     },
+    Rule {
+        name: "wal_fsync_slow",
+        check: wal_fsync_slow,
+    },
+    Rule {
+        name: "backend_commit_slow",
+        check: backend_commit_slow,
+    },
+    Rule {
+        name: "peer_rtt_high",
+        check: peer_rtt_high,
+    },
+    Rule {
+        name: "grpc_errors",
+        check: grpc_errors,
+    },
+    Rule {
+        name: "grpc_slow_unary",
+        check: grpc_slow_unary,
+    },
+    Rule {
+        name: "proposals_failing",
+        check: proposals_failing,
+    },
+    Rule {
+        name: "proposals_pending",
+        check: proposals_pending,
+    },
+    Rule {
+        name: "db_quota_exhaustion",
+        check: db_quota_exhaustion,
+    },
+    Rule {
+        name: "frequent_leader_changes",
+        check: frequent_leader_changes,
+    },
 ];
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -507,4 +543,157 @@ fn cert_expiring(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
             })
         })
         .collect()
+}
+
+/// A per-member figure from etcd's own metrics against a threshold.
+fn derived(
+    c: &ClusterState,
+    s: &RuleSettings,
+    figure: impl Fn(&MemberState) -> Option<f64>,
+    what: &str,
+    unit: impl Fn(f64) -> String,
+) -> Vec<Observation> {
+    c.members
+        .values()
+        .filter(|m| watched(m))
+        .filter_map(|m| {
+            let v = figure(m)?;
+            Some(member_obs(
+                c,
+                m,
+                band(v, s.fire, s.clear),
+                v,
+                format!("{what} on {} is {}", m.name, unit(v)),
+                format!(
+                    "Measured {} (fires above {}, clears below {}).",
+                    unit(v),
+                    unit(s.fire),
+                    unit(s.clear)
+                ),
+            ))
+        })
+        .collect()
+}
+
+fn ms(v: f64) -> String {
+    format!("{:.1} ms", v * 1000.0)
+}
+
+/// WAL fsync p99 over the last scrape interval (etcd: under 10 ms).
+fn wal_fsync_slow(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
+    derived(c, s, |m| m.derived.wal_fsync_p99, "WAL fsync p99", ms)
+}
+
+/// Backend commit p99 (etcd: under 25 ms).
+fn backend_commit_slow(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
+    derived(
+        c,
+        s,
+        |m| m.derived.backend_commit_p99,
+        "backend commit p99",
+        ms,
+    )
+}
+
+/// Peer round-trip p99.
+fn peer_rtt_high(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
+    derived(c, s, |m| m.derived.peer_rtt_p99, "peer round-trip p99", ms)
+}
+
+/// Server-side gRPC errors, without cancelled Watch/LeaseKeepAlive streams.
+fn grpc_errors(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
+    derived(
+        c,
+        s,
+        |m| m.derived.grpc_error_ratio,
+        "gRPC error ratio",
+        |v| format!("{:.2}%", v * 100.0),
+    )
+}
+
+/// Slow unary gRPC calls, without Defragment (which is slow by nature).
+fn grpc_slow_unary(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
+    derived(c, s, |m| m.derived.grpc_unary_p99, "unary gRPC p99", ms)
+}
+
+/// Raft proposals failing.
+fn proposals_failing(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
+    derived(
+        c,
+        s,
+        |m| m.derived.proposals_failed_rate,
+        "failed proposals",
+        |v| format!("{v:.3}/s"),
+    )
+}
+
+/// Raft proposals piling up.
+fn proposals_pending(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
+    derived(
+        c,
+        s,
+        |m| m.derived.proposals_pending,
+        "pending proposals",
+        |v| format!("{v:.0}"),
+    )
+}
+
+/// At the current growth, the db reaches its quota within the horizon.
+fn db_quota_exhaustion(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
+    c.members
+        .values()
+        .filter(|m| watched(m) && m.reachable == Some(true) && m.quota_bytes > 0.0)
+        .filter_map(|m| {
+            let growth = m.derived.db_growth_bytes_per_second?;
+            let hours = if growth > 0.0 {
+                (m.quota_bytes - m.db_size_bytes as f64).max(0.0) / growth / 3600.0
+            } else {
+                f64::INFINITY
+            };
+            // Counts down: fires below `fire` hours, clears above `clear`.
+            let bad = if hours < s.fire {
+                Some(true)
+            } else if hours > s.clear {
+                Some(false)
+            } else {
+                None
+            };
+            Some(member_obs(
+                c,
+                m,
+                bad,
+                hours,
+                format!(
+                    "db of {} reaches its quota in {hours:.1} h at the current growth",
+                    m.name
+                ),
+                format!(
+                    "Growing {growth:.0} B/s over the last hour; {} of {} used (fires below {} h).",
+                    m.db_size_bytes, m.quota_bytes, s.fire
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// Leader elections happen too often (unstable network or disk, or
+/// planned maintenance: silence it then).
+fn frequent_leader_changes(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
+    let now = c
+        .members
+        .values()
+        .map(|m| m.last_seen_ms)
+        .max()
+        .unwrap_or(0);
+    let n = c.leader_changes_last_hour(now) as f64;
+    vec![cluster_obs(
+        c,
+        band(n, s.fire, s.clear),
+        n,
+        format!("{n} leader changes in {} in the last hour", c.name),
+        format!(
+            "Fires above {} changes per hour, clears below {}.",
+            s.fire, s.clear
+        ),
+    )]
 }

@@ -75,10 +75,23 @@ pub fn defaults() -> BTreeMap<&'static str, RuleSettings> {
         // etcd's guidance: WAL fsync p99 under 10 ms.
         ("fsync_probe_slow", s(60, 0.010, 0.008, Warning)),
         ("cert_expiring", s(0, 14.0, 15.0, Warning)),
+        ("wal_fsync_slow", s(60, 0.010, 0.008, Warning)),
+        ("backend_commit_slow", s(60, 0.025, 0.020, Warning)),
+        ("peer_rtt_high", s(60, 0.050, 0.040, Warning)),
+        ("grpc_errors", s(120, 0.01, 0.005, Warning)),
+        ("grpc_slow_unary", s(120, 0.15, 0.10, Warning)),
+        ("proposals_failing", s(120, 0.01, 0.001, Warning)),
+        ("proposals_pending", s(60, 5.0, 2.0, Warning)),
+        // Counts down, in hours: fires when the quota is less than a day away.
+        ("db_quota_exhaustion", s(300, 24.0, 36.0, Warning)),
+        ("frequent_leader_changes", s(0, 3.0, 2.0, Warning)),
     ]
     .into_iter()
     .collect()
 }
+
+/// Rules whose value counts down (days, hours left): they fire below.
+pub const COUNTDOWN: &[&str] = &["cert_expiring", "db_quota_exhaustion"];
 
 /// Applies overrides to the defaults; an unknown rule name or a clear
 /// threshold on the wrong side of the fire threshold is an error naming
@@ -110,9 +123,9 @@ pub fn resolve(
             r.severity = v;
         }
     }
-    // cert_expiring counts down (fires below); the rest fire above.
+    // Count-down rules fire below their threshold; the rest fire above.
     for (name, r) in &all {
-        let ok = if *name == "cert_expiring" {
+        let ok = if COUNTDOWN.contains(name) {
             r.clear >= r.fire
         } else {
             r.clear <= r.fire

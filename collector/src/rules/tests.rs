@@ -268,3 +268,80 @@ fn settings_validate_and_override() {
     assert_eq!(d.len(), builtin::RULES.len());
     assert!(builtin::RULES.iter().all(|r| d.contains_key(r.name)));
 }
+
+fn wal_scrape(ts: i64, counts: [f64; 3]) -> Report {
+    let n = "etcd_disk_wal_fsync_duration_seconds_bucket";
+    let b = |le: &str, v: f64| Sample {
+        name: n.into(),
+        labels: vec![Label {
+            name: "le".into(),
+            value: le.into(),
+        }],
+        value: v,
+        timestamp_unix_ms: 0,
+    };
+    report(
+        ts,
+        Body::Metrics(MetricsScrape {
+            families: vec![MetricFamily {
+                name: "etcd_disk_wal_fsync_duration_seconds".into(),
+                r#type: 3,
+                samples: vec![
+                    b("0.008", counts[0]),
+                    b("0.064", counts[1]),
+                    b("+Inf", counts[2]),
+                ],
+            }],
+            ..Default::default()
+        }),
+    )
+}
+
+#[test]
+fn slow_wal_fsync_fires_after_its_for_duration() {
+    let (st, mut r) = (LiveState::default(), rules());
+    let m1 = id("m1", 1);
+    step(&st, &mut r, T0, healthy(2));
+    st.apply(&m1, &wal_scrape(T0, [100.0, 100.0, 100.0]));
+    // Every fsync of each following interval takes 8..64 ms: p99 ~ 63 ms.
+    let mut fired = Vec::new();
+    for i in 1..=14 {
+        let ts = T0 + i * 5_000;
+        let n = 100.0 + 10.0 * i as f64;
+        st.apply(&m1, &wal_scrape(ts, [100.0, n, n]));
+        fired.extend(step(&st, &mut r, ts, healthy(2)));
+    }
+    assert_eq!(
+        fired
+            .iter()
+            .filter(|(r, f)| r == "wal_fsync_slow" && *f)
+            .count(),
+        1,
+        "{fired:?}"
+    );
+}
+
+#[test]
+fn frequent_leader_changes_counts_elections() {
+    let (st, mut r) = (LiveState::default(), rules());
+    let mut all = Vec::new();
+    for i in 0..6u64 {
+        // Leadership moves between m1 and m2 with a new term each time.
+        let leader = 1 + i % 2;
+        let term = 2 + i;
+        all.extend(step(
+            &st,
+            &mut r,
+            T0 + i as i64 * 60_000,
+            [
+                Some(up(1, leader, term, 10)),
+                Some(up(2, leader, term, 10)),
+                Some(up(3, leader, term, 10)),
+            ],
+        ));
+    }
+    assert!(
+        all.contains(&("frequent_leader_changes".into(), true)),
+        "{all:?}"
+    );
+}
