@@ -6,7 +6,7 @@
 //! for a commented example (a test parses it) and `docs/agent.md`.
 
 use etcdmon_core::config::FieldError;
-use etcdmon_core::telemetry::LogFormat;
+use etcdmon_core::telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -208,25 +208,6 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 9479)),
-        }
-    }
-}
-
-/// Logging.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// Level or tracing filter directive, e.g. `info` or `etcdmon_agent=debug`.
-    pub level: String,
-    /// `text` or `json`.
-    pub format: LogFormat,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: LogFormat::Text,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! `docs/storage.md`.
 
 use etcdmon_core::config::FieldError;
-use etcdmon_core::telemetry::LogFormat;
+use etcdmon_core::telemetry::LogConfig;
 use etcdmon_storage::clickhouse::ClickHouseConfig;
 use etcdmon_storage::Retention;
 use serde::{Deserialize, Serialize};
@@ -222,25 +222,6 @@ impl Default for IngestConfig {
             queue_batches: 256,
             agent_timeout: Duration::from_secs(30),
             unhealthy_after: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Logging.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// Level or tracing filter.
-    pub level: String,
-    /// `text` or `json`.
-    pub format: LogFormat,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: LogFormat::Text,
         }
     }
 }

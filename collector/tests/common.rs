@@ -222,6 +222,20 @@ impl Agents {
     }
 }
 
+/// Distinct stored samples per member of `cluster`, whatever the store.
+pub async fn stored_counts(
+    storage: &dyn etcdmon_storage::Storage,
+    cluster: &str,
+) -> BTreeMap<String, usize> {
+    storage
+        .count_samples(cluster, 0, i64::MAX)
+        .await
+        .expect("count stored samples")
+        .into_iter()
+        .map(|c| (c.member, c.samples as usize))
+        .collect()
+}
+
 /// Polls `f` until it returns Some or `timeout` passes.
 pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

@@ -7,7 +7,6 @@ mod common;
 
 use common::{Agents, CollectorProc};
 use etcdmon_storage::clickhouse::{ClickHouseConfig, ClickHouseStorage};
-use etcdmon_storage::Storage;
 use etcdmon_testkit::{http_get, ClickHouseServer, EtcdCluster};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,12 +22,7 @@ async fn stored_counts(ch: &ClickHouseServer, cluster: &str) -> BTreeMap<String,
         ..Default::default()
     };
     let s = ClickHouseStorage::new(cfg).expect("clickhouse storage");
-    s.count_samples(cluster, 0, i64::MAX)
-        .await
-        .expect("count")
-        .into_iter()
-        .map(|c| (c.member, c.samples as usize))
-        .collect()
+    common::stored_counts(&s, cluster).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ mod common;
 
 use common::{Agents, CollectorProc};
 use etcdmon_storage::sqlite::SqliteStorage;
-use etcdmon_storage::{Retention, Storage};
+use etcdmon_storage::Retention;
 use etcdmon_testkit::{http_get, EtcdCluster};
 use std::time::Duration;
 
@@ -16,12 +16,7 @@ async fn stored_counts(
     cluster: &str,
 ) -> std::collections::BTreeMap<String, usize> {
     let s = SqliteStorage::open(db, Retention::default()).expect("open db");
-    s.count_samples(cluster, 0, i64::MAX)
-        .await
-        .expect("count")
-        .into_iter()
-        .map(|c| (c.member, c.samples as usize))
-        .collect()
+    common::stored_counts(&s, cluster).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,6 +166,12 @@ fn available(m: &MemberState) -> bool {
     watched(m) && m.reachable == Some(true)
 }
 
+/// Count-down threshold with hysteresis: bad below `fire`, fine above
+/// `clear` (days or hours left).
+fn countdown(value: f64, fire: f64, clear: f64) -> Option<bool> {
+    band(-value, -fire, -clear)
+}
+
 /// Threshold with hysteresis: bad above `fire`, fine below `clear`.
 fn band(value: f64, fire: f64, clear: f64) -> Option<bool> {
     if value > fire {
@@ -515,14 +521,7 @@ fn cert_expiring(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
         .filter(|m| watched(m))
         .flat_map(|m| {
             m.certificates.iter().map(move |cert| {
-                // Fires when fewer than `fire` days are left; clears above `clear`.
-                let bad = if cert.days_left < s.fire {
-                    Some(true)
-                } else if cert.days_left > s.clear {
-                    Some(false)
-                } else {
-                    None
-                };
+                let bad = countdown(cert.days_left, s.fire, s.clear);
                 Observation {
                     labels: labels(&[
                         ("cluster", &c.name),
@@ -650,14 +649,7 @@ fn db_quota_exhaustion(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
             } else {
                 f64::INFINITY
             };
-            // Counts down: fires below `fire` hours, clears above `clear`.
-            let bad = if hours < s.fire {
-                Some(true)
-            } else if hours > s.clear {
-                Some(false)
-            } else {
-                None
-            };
+            let bad = countdown(hours, s.fire, s.clear);
             Some(member_obs(
                 c,
                 m,

@@ -13,6 +13,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `[log]` section every service's config has.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Level or tracing filter directive, e.g. `info` or `etcdmon_agent=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `level`
 /// so an operator can raise one module's verbosity without a config change.
 /// Logs go to stderr so stdout stays clean for command output.
