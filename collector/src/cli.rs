@@ -22,6 +22,9 @@ pub struct Cli {
     /// sqlite:PATH or clickhouse://HOST:PORT/DATABASE [storage.url].
     #[arg(long)]
     pub storage: Option<String>,
+    /// Publish alert candidates to this NATS server [alerting.jetstream.url].
+    #[arg(long)]
+    pub nats: Option<String>,
     /// Log level or filter [log.level].
     #[arg(long)]
     pub log_level: Option<String>,
@@ -50,6 +53,9 @@ impl Cli {
         }
         if let Some(l) = &self.log_level {
             set("log", "level", json!(l));
+        }
+        if let Some(n) = &self.nats {
+            root.insert("alerting".into(), json!({ "jetstream": { "url": n } }));
         }
         Value::Object(root)
     }

@@ -35,6 +35,8 @@ pub struct CollectorConfig {
     /// How often the rules are evaluated.
     #[serde(with = "humantime_serde")]
     pub rules_interval: Duration,
+    /// Where alert candidates are published.
+    pub alerting: crate::alerts::AlertingConfig,
 }
 
 impl Default for CollectorConfig {
@@ -47,6 +49,7 @@ impl Default for CollectorConfig {
             log: LogConfig::default(),
             rules: Default::default(),
             rules_interval: Duration::from_secs(1),
+            alerting: Default::default(),
         }
     }
 }
@@ -249,6 +252,16 @@ impl CollectorConfig {
             ));
         }
         crate::rules::config::resolve(&self.rules)?;
+        if let Some(js) = &self.alerting.jetstream {
+            js.validate()
+                .map_err(|e| FieldError::new("alerting.jetstream", e.to_string()))?;
+        }
+        if self.alerting.outbox_bytes < 4096 {
+            return Err(FieldError::new(
+                "alerting.outbox_bytes",
+                "must be at least 4096",
+            ));
+        }
         if self.rules_interval.is_zero() {
             return Err(FieldError::new(
                 "rules_interval",

@@ -10,6 +10,7 @@
 //! writer and retention tasks) for a binary to compose: the standalone
 //! `etcdmon-collector` and the all-in-one `etcdmon up` both do.
 
+pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod config;

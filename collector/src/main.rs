@@ -47,12 +47,33 @@ async fn run(cfg: etcdmon_collector::config::CollectorConfig) -> anyhow::Result<
     tracing::info!(grpc = %cfg.grpc.listen, http = %cfg.http.listen, backend = c.storage.backend(), "collector started");
 
     let writer = tokio::spawn(c.writer.run(shutdown.clone()));
+    // Rules -> candidates -> outbox -> JetStream, when configured.
+    let (sink, alert_tasks) = match etcdmon_collector::alerts::outbox(&cfg.alerting) {
+        Some((sender, task)) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            let publish = tokio::spawn(task.run(shutdown.clone()));
+            let convert = tokio::spawn(etcdmon_collector::alerts::run(
+                rx,
+                sender,
+                cfg.alerting.runbook_url_prefix.clone(),
+                c.metrics.clone(),
+                shutdown.clone(),
+            ));
+            (Some(tx), vec![publish, convert])
+        }
+        None => {
+            tracing::info!(
+                "alerting.jetstream not set: alert transitions are logged and counted only"
+            );
+            (None, Vec::new())
+        }
+    };
     let rules = tokio::spawn(etcdmon_collector::rules::run(
         c.rules,
         c.state.clone(),
         cfg.rules_interval,
         c.metrics.clone(),
-        None,
+        sink,
         shutdown.clone(),
     ));
     let retention = tokio::spawn(run_retention(
@@ -73,6 +94,9 @@ async fn run(cfg: etcdmon_collector::config::CollectorConfig) -> anyhow::Result<
     // Sessions end on the token; the writer drains what they queued.
     writer.await.context("writer task")?;
     rules.await.context("rules task")?;
+    for t in alert_tasks {
+        t.await.context("alert publishing task")?;
+    }
     retention.await.context("retention task")?;
     http_task.await.context("http task")??;
     Ok(())

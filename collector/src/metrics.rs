@@ -38,6 +38,12 @@ pub struct CollectorMetrics {
     pub alerts_firing: IntGauge,
     /// Duration of one evaluation of all rules.
     pub rules_seconds: Histogram,
+    /// Alert candidates waiting in the outbox (NATS slow or down).
+    pub alerts_outbox_pending: IntGauge,
+    /// Alert candidates published since start.
+    pub alerts_published: IntGauge,
+    /// Alert candidates dropped since start (outbox full or refused).
+    pub alerts_dropped: IntGauge,
 }
 
 impl CollectorMetrics {
@@ -126,8 +132,26 @@ impl CollectorMetrics {
             .buckets(vec![0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5]),
         )
         .expect("valid metric");
+        let alerts_outbox_pending = IntGauge::new(
+            "alerts_outbox_pending",
+            "Alert candidates waiting in the outbox (NATS slow or down).",
+        )
+        .expect("valid metric");
+        let alerts_published = IntGauge::new(
+            "alerts_published",
+            "Alert candidates published since start.",
+        )
+        .expect("valid metric");
+        let alerts_dropped = IntGauge::new(
+            "alerts_dropped",
+            "Alert candidates dropped since start (outbox full or refused by NATS).",
+        )
+        .expect("valid metric");
         for m in [
-            Box::new(alert_transitions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(alerts_outbox_pending.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(alerts_published.clone()),
+            Box::new(alerts_dropped.clone()),
+            Box::new(alert_transitions.clone()),
             Box::new(alerts_firing.clone()),
             Box::new(rules_seconds.clone()),
             Box::new(batches_stored.clone()),
@@ -164,6 +188,9 @@ impl CollectorMetrics {
             alert_transitions,
             alerts_firing,
             rules_seconds,
+            alerts_outbox_pending,
+            alerts_published,
+            alerts_dropped,
         }
     }
 

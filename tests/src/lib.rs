@@ -11,6 +11,9 @@
 //!   readiness and cleanup work.
 //! * [`ClickHouseServer`] ([`clickhouse`]) runs Debian's `clickhouse-server` 18.16 with a
 //!   generated config; it can be stopped and started again on the same ports and data.
+//! * [`NatsServer`] ([`nats`]) runs Debian's `nats-server` 2.9 with JetStream; it can be
+//!   stopped and started again on the same port and store, and answers raw requests
+//!   (JetStream's JSON API) without a client library.
 //! * [`generate_tls`] ([`tls`]) writes a throwaway CA, server and client certificate.
 //! * [`http_get`] and [`http_post`] ([`http`]) are the tiny HTTP/1.0 client the harness
 //!   probes with.
@@ -31,6 +34,7 @@
 pub mod clickhouse;
 pub mod etcd;
 pub mod http;
+pub mod nats;
 pub mod ports;
 pub mod process;
 pub mod tls;
@@ -38,6 +42,7 @@ pub mod tls;
 pub use clickhouse::ClickHouseServer;
 pub use etcd::{EtcdCluster, EtcdClusterBuilder, EtcdMember};
 pub use http::{http_get, http_post, HttpResponse};
+pub use nats::NatsServer;
 pub use ports::free_port;
 pub use process::{require_binary, ChildProcess};
 pub use tls::{generate_tls, TlsFiles};

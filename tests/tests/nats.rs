@@ -1,0 +1,98 @@
+//! End-to-end tests of the NATS harness: every test starts a real `nats-server -js`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use etcdmon_testkit::{http_get, NatsServer};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn pid_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Creates a file-backed stream `name` on subjects `<name>.>` through the JetStream API.
+fn create_stream(server: &NatsServer, name: &str) -> Result<String> {
+    let config = format!(
+        r#"{{"name":"{name}","subjects":["{name}.>"],"storage":"file","retention":"limits","max_consumers":-1,"max_msgs":-1,"max_bytes":-1,"max_age":0,"discard":"old","num_replicas":1}}"#
+    );
+    let reply = server.request(
+        &format!("$JS.API.STREAM.CREATE.{name}"),
+        config.as_bytes(),
+        TIMEOUT,
+    )?;
+    ensure!(
+        !reply.contains("\"error\""),
+        "create stream {name}: {reply}"
+    );
+    Ok(reply)
+}
+
+#[test]
+fn starts_with_jetstream_inside_its_temp_dir() -> Result<()> {
+    let server = NatsServer::start()?;
+    assert!(server.pid().is_some_and(pid_exists));
+    assert_eq!(server.url(), format!("nats://127.0.0.1:{}", server.port()));
+    assert_ne!(server.port(), server.monitor_port());
+
+    let varz = http_get(&format!("{}/varz", server.monitor_url()), TIMEOUT)?;
+    assert_eq!(varz.status, 200);
+    assert!(varz.body.contains("\"version\": \"2."), "{}", varz.body);
+    assert!(varz.body.contains("\"jetstream\""), "{}", varz.body);
+
+    let info = server.request("$JS.API.INFO", b"", TIMEOUT)?;
+    assert!(info.contains("account_info_response"), "{info}");
+    create_stream(&server, "HARNESS")?;
+    assert!(server.store_dir().starts_with(server.dir()));
+    assert!(server.store_dir().is_dir());
+    Ok(())
+}
+
+#[test]
+fn stream_and_messages_survive_stop_and_start_again() -> Result<()> {
+    let mut server = NatsServer::start()?;
+    let (port, monitor) = (server.port(), server.monitor_port());
+    create_stream(&server, "KEEP")?;
+    // A request to a stream subject is answered with a PubAck by JetStream.
+    let ack = server.request("KEEP.a", b"hello", TIMEOUT)?;
+    assert!(ack.contains("\"seq\":1"), "{ack}");
+
+    let old_pid = server.pid().context("running server has a pid")?;
+    server.stop()?;
+    assert!(!server.is_running());
+    assert!(!pid_exists(old_pid));
+    assert!(server
+        .request("$JS.API.INFO", b"", Duration::from_millis(300))
+        .is_err());
+    server.stop()?; // idempotent
+
+    server.start_again()?;
+    assert_eq!((server.port(), server.monitor_port()), (port, monitor));
+    let info = server.request("$JS.API.STREAM.INFO.KEEP", b"", TIMEOUT)?;
+    assert!(info.contains("\"messages\":1"), "{info}");
+    Ok(())
+}
+
+#[test]
+fn frozen_server_does_not_answer_until_thawed() -> Result<()> {
+    let server = NatsServer::start()?;
+    server.freeze()?;
+    assert!(server
+        .request("$JS.API.INFO", b"", Duration::from_millis(300))
+        .is_err());
+    server.thaw()?;
+    server.request("$JS.API.INFO", b"", TIMEOUT)?;
+    Ok(())
+}
+
+#[test]
+fn drop_kills_the_server_and_removes_the_temp_dir() -> Result<()> {
+    let server = NatsServer::start()?;
+    let pid = server.pid().context("running server has a pid")?;
+    let dir = server.dir().to_owned();
+    drop(server);
+    assert!(!pid_exists(pid), "nats-server {pid} survived drop");
+    assert!(!dir.exists(), "{} survived drop", dir.display());
+    Ok(())
+}
