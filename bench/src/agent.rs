@@ -40,10 +40,10 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for the collector to end the stream after ours closed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Called once with (report timestamp, sequence) right after the ack of
-/// that batch arrived; runs on a blocking thread and returns what it
+/// Called once with (agent id, report timestamp, sequence) right after the
+/// ack of that batch arrived; runs on a blocking thread and returns what it
 /// checked.
-pub type Verify = Box<dyn FnOnce(i64, u64) -> anyhow::Result<String> + Send>;
+pub type Verify = Box<dyn FnOnce(&str, i64, u64) -> anyhow::Result<String> + Send>;
 
 /// What every agent of a step shares.
 pub struct AgentContext {
@@ -86,7 +86,10 @@ pub async fn run(ctx: Arc<AgentContext>, mut spec: AgentSpec) -> anyhow::Result<
     let body = ctx.payload.for_agent(&identity(spec.index));
     let samples = ctx.payload.samples_per_batch() as u64;
     let hello = StreamRequest {
-        kind: Some(stream_request::Kind::Hello(hello(spec.index, &spec.agent_id))),
+        kind: Some(stream_request::Kind::Hello(hello(
+            spec.index,
+            &spec.agent_id,
+        ))),
     }
     .encode_to_vec();
     tokio::time::sleep_until(spec.first_tick).await;
@@ -108,9 +111,7 @@ pub async fn run(ctx: Arc<AgentContext>, mut spec: AgentSpec) -> anyhow::Result<
             };
             let mut bytes = Vec::new();
             encode(&body, sequence, ts, &mut bytes);
-            tx.send(bytes)
-                .await
-                .context("send batch: stream closed")?;
+            tx.send(bytes).await.context("send batch: stream closed")?;
             in_flight.push_back((sequence, ts));
         }
         if stopping && in_flight.is_empty() {
@@ -139,7 +140,8 @@ pub async fn run(ctx: Arc<AgentContext>, mut spec: AgentSpec) -> anyhow::Result<
                     }
                     ctx.recorder.acked(samples, u64::try_from(now - ts).unwrap_or(0));
                     if let Some(verify) = spec.verify.take() {
-                        let checked = tokio::task::spawn_blocking(move || verify(ts, sequence))
+                        let agent_id = spec.agent_id.clone();
+                        let checked = tokio::task::spawn_blocking(move || verify(&agent_id, ts, sequence))
                             .await
                             .context("verify task")??;
                         outcome.verified = Some(checked);
@@ -189,7 +191,9 @@ async fn open_with_retry(ctx: &AgentContext, hello: Vec<u8>) -> anyhow::Result<O
         match open(&ctx.url, hello.clone()).await {
             Ok(opened) => return Ok(opened),
             Err(e) if attempt < CONNECT_ATTEMPTS && !ctx.stop.is_cancelled() => {
-                eprintln!("ingest-load: opening a stream failed (attempt {attempt}), retrying: {e:#}");
+                eprintln!(
+                    "ingest-load: opening a stream failed (attempt {attempt}), retrying: {e:#}"
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(3));
                 attempt += 1;

@@ -22,7 +22,6 @@ pub struct CpuSample {
     clickhouse: u64,
     collector: u64,
     loadgen: u64,
-    process: u64,
 }
 
 /// CPU used between two samples, in cores (1.0 = one core busy).
@@ -34,20 +33,14 @@ pub struct CpuUsage {
     pub collector: f64,
     /// The load generator's runtime threads.
     pub loadgen: f64,
-    /// The rest of this process (main thread, exited threads).
-    pub other: f64,
 }
 
 /// Reads the counters now; a missing ClickHouse pid counts as zero.
 pub fn sample(clickhouse_pid: Option<u32>) -> CpuSample {
     let clickhouse = clickhouse_pid
         .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .and_then(|s| parse_stat(&s))
-        .map_or(0, |(_, ticks)| ticks);
-    let process = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| parse_stat(&s))
-        .map_or(0, |(_, ticks)| ticks);
+        .and_then(|s| parse_stat(&s).map(|(_, ticks)| ticks))
+        .unwrap_or(0);
     let (mut collector, mut loadgen) = (0, 0);
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
@@ -69,7 +62,6 @@ pub fn sample(clickhouse_pid: Option<u32>) -> CpuSample {
         clickhouse,
         collector,
         loadgen,
-        process,
     }
 }
 
@@ -78,13 +70,10 @@ impl CpuSample {
     pub fn until(&self, later: &CpuSample) -> CpuUsage {
         let secs = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
         let cores = |a: u64, b: u64| b.saturating_sub(a) as f64 / USER_HZ / secs;
-        let collector = cores(self.collector, later.collector);
-        let loadgen = cores(self.loadgen, later.loadgen);
         CpuUsage {
             clickhouse: cores(self.clickhouse, later.clickhouse),
-            collector,
-            loadgen,
-            other: (cores(self.process, later.process) - collector - loadgen).max(0.0),
+            collector: cores(self.collector, later.collector),
+            loadgen: cores(self.loadgen, later.loadgen),
         }
     }
 }

@@ -16,6 +16,16 @@
 //! is timed from spawn to exit. The insert goes into the real table, so the
 //! rollup materialized views fire for it exactly as for the collector's
 //! inserts. The cluster name keeps these rows apart from the collector's.
+//!
+//! A second reference explains the gap between the two: the same file cut
+//! into INSERTs of the collector's write size (the writer writes once
+//! `ingest.flush_rows` rows are gathered, 50,000 by default, i.e. 39 whole
+//! batches here), posted one after the other to the HTTP interface as
+//! plain `RowBinary`, with nothing else running. That is what ClickHouse
+//! itself does with inserts of that size: each becomes a part in `samples`
+//! and in both rollups, and parts are merged in the background, whereas
+//! `clickhouse-client` squashes its input into blocks of about a million
+//! rows.
 
 use crate::cpu::{self, CpuUsage};
 use crate::payload::{identity, Payload};
@@ -53,6 +63,21 @@ pub struct NativeRun {
     pub cpu: CpuUsage,
 }
 
+/// The same rows in sequential HTTP INSERTs of the collector's write size.
+#[derive(Debug, Clone)]
+pub struct ChunkedRun {
+    /// Rows per INSERT (whole batches).
+    pub rows_per_insert: u64,
+    /// INSERTs sent.
+    pub inserts: usize,
+    /// First request to last answer.
+    pub elapsed: Duration,
+    /// Rows per second.
+    pub rows_per_second: f64,
+    /// CPU during the inserts.
+    pub cpu: CpuUsage,
+}
+
 /// The reference measurement.
 #[derive(Debug, Clone)]
 pub struct NativeResult {
@@ -62,6 +87,8 @@ pub struct NativeResult {
     pub bytes: u64,
     /// Every timed run.
     pub runs: Vec<NativeRun>,
+    /// The same rows in INSERTs of the collector's size.
+    pub chunked: ChunkedRun,
 }
 
 impl NativeResult {
@@ -97,12 +124,15 @@ pub fn check_schema(server: &ClickHouseServer) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes about `rows` rows (whole batches) and inserts them `runs` times.
+/// Writes about `rows` rows (whole batches), inserts them `runs` times with
+/// `clickhouse-client`, then once more in HTTP INSERTs of about
+/// `flush_rows` rows.
 pub fn measure(
     server: &ClickHouseServer,
     payload: &Payload,
     rows: u64,
     runs: usize,
+    flush_rows: usize,
 ) -> anyhow::Result<NativeResult> {
     let file = write_file(payload, rows)?;
     let written = file.rows;
@@ -112,12 +142,9 @@ pub fn measure(
         bytes as f64 / 1e6,
         file.file.path().display()
     );
-    let mut out = NativeResult {
-        rows: written,
-        bytes,
-        runs: Vec::new(),
-    };
+    let mut runs_done = Vec::new();
     for run in 1..=runs {
+        wait_for_merges(server)?;
         let input = std::fs::File::open(file.file.path())?;
         let before = cpu::sample(server.pid());
         let started = Instant::now();
@@ -150,8 +177,16 @@ pub fn measure(
             r.rows_per_second,
             r.cpu.clickhouse
         );
-        out.runs.push(r);
+        runs_done.push(r);
     }
+    wait_for_merges(server)?;
+    let chunked = insert_chunked(server, &file, payload.samples_per_batch(), flush_rows)?;
+    let out = NativeResult {
+        rows: written,
+        bytes,
+        runs: runs_done,
+        chunked,
+    };
     // Every run inserted every row (copies share their key; count() sees
     // them all until merges collapse them, so count distinct keys instead).
     let stored: u64 = server
@@ -179,9 +214,78 @@ pub fn measure(
     Ok(out)
 }
 
+/// Waits (two minutes at most) until ClickHouse runs no merge, so that one
+/// measurement does not pay for the parts of the previous one.
+pub fn wait_for_merges(server: &ClickHouseServer) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.query("SELECT count() FROM system.merges")?.trim() != "0" {
+        if Instant::now() >= deadline {
+            eprintln!("ingest-load: merges still running after 2 minutes; going on");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}
+
+/// Posts the file in INSERTs of the whole batches that first reach
+/// `flush_rows` rows, one after the other.
+fn insert_chunked(
+    server: &ClickHouseServer,
+    file: &RowFile,
+    per_batch: usize,
+    flush_rows: usize,
+) -> anyhow::Result<ChunkedRun> {
+    let batches_per_insert = flush_rows.div_ceil(per_batch).max(1);
+    let data = std::fs::read(file.file.path())?;
+    let url = format!(
+        "{}/?query=INSERT%20INTO%20etcdmon.samples%20FORMAT%20RowBinary",
+        server.http_url()
+    );
+    let before = cpu::sample(server.pid());
+    let started = Instant::now();
+    let mut inserts = 0;
+    for bounds in file.batch_offsets.chunks(batches_per_insert) {
+        let from = bounds[0] as usize;
+        let to = file
+            .batch_offsets
+            .get(inserts * batches_per_insert + bounds.len())
+            .map_or(data.len(), |&o| o as usize);
+        let response = etcdmon_testkit::http_post(&url, &data[from..to], Duration::from_secs(60))?;
+        if response.status != 200 {
+            bail!(
+                "chunked INSERT answered {}: {}",
+                response.status,
+                response.body.trim()
+            );
+        }
+        inserts += 1;
+    }
+    let elapsed = started.elapsed();
+    let cpu = before.until(&cpu::sample(server.pid()));
+    let r = ChunkedRun {
+        rows_per_insert: (batches_per_insert * per_batch) as u64,
+        inserts,
+        elapsed,
+        rows_per_second: file.rows as f64 / elapsed.as_secs_f64(),
+        cpu,
+    };
+    eprintln!(
+        "ingest-load: chunked reference: {inserts} HTTP INSERTs of {} rows: {:.2} s, {:.0} rows/s, \
+         ClickHouse {:.2} cores",
+        r.rows_per_insert,
+        elapsed.as_secs_f64(),
+        r.rows_per_second,
+        cpu.clickhouse
+    );
+    Ok(r)
+}
+
 struct RowFile {
     file: tempfile::NamedTempFile,
     rows: u64,
+    /// Byte offset where each batch (one member, one second) starts.
+    batch_offsets: Vec<u64>,
 }
 
 fn write_file(payload: &Payload, rows: u64) -> anyhow::Result<RowFile> {
@@ -212,13 +316,18 @@ fn write_file(payload: &Payload, rows: u64) -> anyhow::Result<RowFile> {
                 .collect()
         })
         .collect();
-    let mut w = BufWriter::with_capacity(1 << 20, file.reopen()?);
+    let mut w = CountingWriter {
+        inner: BufWriter::with_capacity(1 << 20, file.reopen()?),
+        bytes: 0,
+    };
     let mut written = 0u64;
+    let mut batch_offsets = Vec::new();
     'out: for second in 0..seconds {
         for (member, rows_of_member) in templates.iter().enumerate() {
             if written / per_batch >= batches {
                 break 'out;
             }
+            batch_offsets.push(w.bytes);
             let shift = second * 1000 + member as i64;
             for row in rows_of_member {
                 write_row(&mut w, row, row.ts_ms + shift)?;
@@ -226,11 +335,30 @@ fn write_file(payload: &Payload, rows: u64) -> anyhow::Result<RowFile> {
             written += rows_of_member.len() as u64;
         }
     }
-    w.flush()?;
+    w.inner.flush()?;
     Ok(RowFile {
         file,
         rows: written,
+        batch_offsets,
     })
+}
+
+/// A writer that counts what went through it.
+struct CountingWriter<W> {
+    inner: W,
+    bytes: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for CountingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// One row of `etcdmon.samples` in RowBinary.

@@ -17,18 +17,15 @@ const MAX_LATENCY_MS: u64 = 600_000;
 pub struct WindowStats {
     /// Length of the window in seconds.
     pub seconds: f64,
-    /// Batches produced (due) in the window.
-    pub produced_batches: u64,
-    /// Samples in those batches.
+    /// Samples in the batches produced (due) in the window.
     pub produced_samples: u64,
-    /// Acks that arrived in the window.
-    pub acked_batches: u64,
-    /// Samples of the acknowledged batches.
+    /// Samples of the batches whose acks arrived in the window.
     pub acked_samples: u64,
-    /// Batches produced but not yet acknowledged, at the window's start.
-    pub backlog_start: u64,
-    /// The same at the window's end.
-    pub backlog_end: u64,
+    /// Batches due but not yet acknowledged, mean over the first quarter
+    /// of the window (sampled by [`Recorder::sample_backlog`]).
+    pub backlog_first_quarter: f64,
+    /// The same over the last quarter.
+    pub backlog_last_quarter: f64,
     /// Latency of the acks in the window, ms.
     pub latency: Histogram<u64>,
     /// Acks with `rejected_reason` and agent stream errors in the window.
@@ -39,11 +36,6 @@ impl WindowStats {
     /// Acknowledged samples per second.
     pub fn acked_rate(&self) -> f64 {
         self.acked_samples as f64 / self.seconds
-    }
-
-    /// Produced samples per second.
-    pub fn produced_rate(&self) -> f64 {
-        self.produced_samples as f64 / self.seconds
     }
 
     /// A latency quantile in ms (0 without acks).
@@ -61,18 +53,15 @@ struct Inner {
     total_produced: u64,
     total_acked: u64,
     total_acked_samples: u64,
-    total_errors: u64,
     window: Option<Window>,
 }
 
 #[derive(Debug)]
 struct Window {
     started: Instant,
-    produced_batches: u64,
     produced_samples: u64,
-    acked_batches: u64,
     acked_samples: u64,
-    backlog_start: u64,
+    backlog: Vec<u64>,
     latency: Histogram<u64>,
     errors: u64,
 }
@@ -97,7 +86,6 @@ impl Recorder {
                 total_produced: 0,
                 total_acked: 0,
                 total_acked_samples: 0,
-                total_errors: 0,
                 window: None,
             }),
         }
@@ -112,7 +100,6 @@ impl Recorder {
         let mut g = self.lock();
         g.total_produced += 1;
         if let Some(w) = &mut g.window {
-            w.produced_batches += 1;
             w.produced_samples += samples;
         }
     }
@@ -124,16 +111,15 @@ impl Recorder {
         g.total_acked += 1;
         g.total_acked_samples += samples;
         if let Some(w) = &mut g.window {
-            w.acked_batches += 1;
             w.acked_samples += samples;
-            w.latency.saturating_record(latency_ms.clamp(1, MAX_LATENCY_MS));
+            w.latency
+                .saturating_record(latency_ms.clamp(1, MAX_LATENCY_MS));
         }
     }
 
     /// A rejected batch or a failed stream.
     pub fn error(&self) {
         let mut g = self.lock();
-        g.total_errors += 1;
         if let Some(w) = &mut g.window {
             w.errors += 1;
         }
@@ -149,14 +135,11 @@ impl Recorder {
     /// Starts a window (ending any open one).
     pub fn begin(&self) {
         let mut g = self.lock();
-        let backlog = g.total_produced.saturating_sub(g.total_acked);
         g.window = Some(Window {
             started: Instant::now(),
-            produced_batches: 0,
             produced_samples: 0,
-            acked_batches: 0,
             acked_samples: 0,
-            backlog_start: backlog,
+            backlog: Vec::new(),
             latency: Histogram::new_with_bounds(1, MAX_LATENCY_MS, 3)
                 .expect("valid histogram bounds"),
             errors: 0,
@@ -165,29 +148,50 @@ impl Recorder {
 
     /// Ends the window and returns what it saw (`None` without one).
     pub fn end(&self) -> Option<WindowStats> {
-        let mut g = self.lock();
-        let backlog_end = g.total_produced.saturating_sub(g.total_acked);
-        let w = g.window.take()?;
+        let w = self.lock().window.take()?;
+        let quarter = w.backlog.len().div_ceil(4).max(1);
+        let mean = |v: &[u64]| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v.iter().sum::<u64>() as f64 / v.len() as f64
+            }
+        };
+        let first = &w.backlog[..quarter.min(w.backlog.len())];
+        let last = &w.backlog[w.backlog.len().saturating_sub(quarter)..];
         Some(WindowStats {
             seconds: w.started.elapsed().as_secs_f64(),
-            produced_batches: w.produced_batches,
             produced_samples: w.produced_samples,
-            acked_batches: w.acked_batches,
             acked_samples: w.acked_samples,
-            backlog_start: w.backlog_start,
-            backlog_end,
+            backlog_first_quarter: mean(first),
+            backlog_last_quarter: mean(last),
             latency: w.latency,
             errors: w.errors,
         })
     }
 
+    /// Records the current backlog in the open window. Called often (every
+    /// 100 ms), so that the quarter means average over many writer flushes:
+    /// a single reading depends on where in its flush cycle it falls.
+    pub fn sample_backlog(&self) {
+        let mut g = self.lock();
+        let backlog = g.total_produced.saturating_sub(g.total_acked);
+        if let Some(w) = &mut g.window {
+            w.backlog.push(backlog);
+        }
+    }
+
+    /// Seconds, acknowledged samples and backlog of the open window so far.
+    pub fn peek(&self) -> Option<(f64, u64, u64)> {
+        let g = self.lock();
+        let backlog = g.total_produced.saturating_sub(g.total_acked);
+        g.window
+            .as_ref()
+            .map(|w| (w.started.elapsed().as_secs_f64(), w.acked_samples, backlog))
+    }
+
     /// All acknowledged samples since the start.
     pub fn total_acked_samples(&self) -> u64 {
         self.lock().total_acked_samples
-    }
-
-    /// All errors since the start.
-    pub fn total_errors(&self) -> u64 {
-        self.lock().total_errors
     }
 }

@@ -150,23 +150,39 @@ impl Writer {
     }
 
     async fn write(&self, pending: Vec<WriteRequest>, shutdown: &CancellationToken) {
-        let mut merged = WriteSet::default();
-        for r in &pending {
-            merged.extend(r.set.clone());
+        // The batches' rows are moved, not copied, into one set: copying
+        // every string of every row cost as much as converting them. Each
+        // batch's share is remembered, so the rare refusal below can still
+        // write batch by batch.
+        let mut merged = WriteSet {
+            samples: Vec::with_capacity(pending.iter().map(|r| r.set.samples.len()).sum()),
+            series: Vec::with_capacity(pending.iter().map(|r| r.set.series.len()).sum()),
+            events: Vec::with_capacity(pending.iter().map(|r| r.set.events.len()).sum()),
+            marks: Vec::with_capacity(pending.iter().map(|r| r.set.marks.len()).sum()),
+        };
+        let mut parts = Vec::with_capacity(pending.len());
+        for r in pending {
+            parts.push(Part {
+                shares: Shares::of(&r.set),
+                oldest_ms: r.oldest_ms,
+                done: r.done,
+            });
+            merged.extend(r.set);
         }
         match self.write_with_retry(&merged, shutdown).await {
-            Ok(()) => self.finish(pending, &merged),
+            Ok(()) => self.finish(parts, &merged),
             Err(StorageError::Unavailable(_)) => {
-                for r in pending {
-                    let _ = r.done.send(Err(WriteError::ShuttingDown));
+                for p in parts {
+                    let _ = p.done.send(Err(WriteError::ShuttingDown));
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, batches = pending.len(), "write refused; retrying batch by batch");
-                for r in pending {
-                    let outcome = match self.write_with_retry(&r.set, shutdown).await {
+                tracing::warn!(error = %e, batches = parts.len(), "write refused; retrying batch by batch");
+                let sets = split(merged, parts.iter().map(|p| p.shares));
+                for (p, set) in parts.into_iter().zip(sets) {
+                    let outcome = match self.write_with_retry(&set, shutdown).await {
                         Ok(()) => {
-                            self.count(&r.set, r.oldest_ms);
+                            self.count(&set, p.oldest_ms);
                             Ok(())
                         }
                         Err(StorageError::Unavailable(_)) => Err(WriteError::ShuttingDown),
@@ -176,23 +192,23 @@ impl Writer {
                             Err(WriteError::Rejected(e.to_string()))
                         }
                     };
-                    let _ = r.done.send(outcome);
+                    let _ = p.done.send(outcome);
                 }
             }
         }
     }
 
-    fn finish(&self, pending: Vec<WriteRequest>, merged: &WriteSet) {
+    fn finish(&self, parts: Vec<Part>, merged: &WriteSet) {
         self.metrics
             .samples_stored
             .inc_by(merged.samples.len() as u64);
         self.metrics
             .events_stored
             .inc_by(merged.events.len() as u64);
-        for r in pending {
+        for p in parts {
             self.metrics.batches_stored.inc();
-            observe_latency(&self.metrics, r.oldest_ms);
-            let _ = r.done.send(Ok(()));
+            observe_latency(&self.metrics, p.oldest_ms);
+            let _ = p.done.send(Ok(()));
         }
     }
 
@@ -263,6 +279,104 @@ fn observe_latency(m: &CollectorMetrics, oldest_ms: i64) {
     }
 }
 
+/// One batch of a merged write: its share of the rows and its outcome.
+struct Part {
+    shares: Shares,
+    oldest_ms: i64,
+    done: oneshot::Sender<Result<(), WriteError>>,
+}
+
+/// How many rows of each kind one batch put into a merged set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shares {
+    samples: usize,
+    series: usize,
+    events: usize,
+    marks: usize,
+}
+
+impl Shares {
+    fn of(set: &WriteSet) -> Self {
+        Self {
+            samples: set.samples.len(),
+            series: set.series.len(),
+            events: set.events.len(),
+            marks: set.marks.len(),
+        }
+    }
+}
+
+/// Cuts a merged set back into the sets it was made of, in order.
+fn split(mut merged: WriteSet, shares: impl DoubleEndedIterator<Item = Shares>) -> Vec<WriteSet> {
+    // From the back, so each cut is a `split_off` of the tail.
+    let mut sets: Vec<WriteSet> = shares
+        .rev()
+        .map(|s| WriteSet {
+            samples: merged.samples.split_off(merged.samples.len() - s.samples),
+            series: merged.series.split_off(merged.series.len() - s.series),
+            events: merged.events.split_off(merged.events.len() - s.events),
+            marks: merged.marks.split_off(merged.marks.len() - s.marks),
+        })
+        .collect();
+    sets.reverse();
+    sets
+}
+
 fn rows_of(s: &WriteSet) -> usize {
     s.samples.len() + s.events.len() + s.series.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdmon_storage::{BatchMark, EventRow, SampleRow};
+
+    fn set(tag: &str, samples: usize, events: usize) -> WriteSet {
+        WriteSet {
+            samples: (0..samples)
+                .map(|i| SampleRow {
+                    cluster: "c".into(),
+                    member: tag.into(),
+                    name: format!("m{i}"),
+                    labels: String::new(),
+                    ts_ms: i as i64,
+                    value: 1.0,
+                })
+                .collect(),
+            series: Vec::new(),
+            events: (0..events)
+                .map(|i| EventRow {
+                    cluster: "c".into(),
+                    member: tag.into(),
+                    ts_ms: i as i64,
+                    kind: "member_up".into(),
+                    message: String::new(),
+                })
+                .collect(),
+            marks: vec![BatchMark {
+                agent_id: tag.into(),
+                sequence: 1,
+                samples: samples as u64,
+                stored_ms: 1,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_merged_set_splits_back_into_its_batches() {
+        let sets = [set("a", 3, 0), set("b", 0, 2), set("c", 5, 1)];
+        let mut merged = WriteSet::default();
+        let shares: Vec<Shares> = sets.iter().map(Shares::of).collect();
+        for s in sets.clone() {
+            merged.extend(s);
+        }
+        let back = split(merged, shares.into_iter());
+        assert_eq!(back.len(), 3);
+        for (orig, got) in sets.iter().zip(&back) {
+            assert_eq!(orig.samples, got.samples);
+            assert_eq!(orig.series, got.series);
+            assert_eq!(orig.events, got.events);
+            assert_eq!(orig.marks, got.marks);
+        }
+    }
 }

@@ -14,8 +14,8 @@
 //! | every report | `etcdmon_probe_failures{collector,call,kind}` per failure |
 
 use etcdmon_proto::v1::{
-    report::Body, CertExpiry, ErrorKind, EtcdStatus, Failure, FsyncProbe, HostMetrics, MetricType,
-    MetricsScrape, PeerRtt, Report,
+    report::Body, CertExpiry, ErrorKind, EtcdStatus, Failure, FsyncProbe, HostMetrics, Label,
+    MetricType, MetricsScrape, PeerRtt, Report,
 };
 use etcdmon_storage::{canonical_labels, SampleRow, SeriesRow};
 
@@ -125,23 +125,18 @@ fn metrics(out: &mut Out<'_>, m: &MetricsScrape, series: &mut Vec<SeriesRow>) {
     for f in &m.families {
         let ty = type_name(f.r#type);
         for s in &f.samples {
-            let labels: Vec<(&str, &str)> = s
-                .labels
-                .iter()
-                .map(|l| (l.name.as_str(), l.value.as_str()))
-                .collect();
-            let ts = if s.timestamp_unix_ms != 0 {
-                s.timestamp_unix_ms
-            } else {
-                out.ts
-            };
-            let labels = canonical_labels(labels);
             // NaN is "no value" in the exposition (a summary quantile with
             // no observations); storing it would mean something else to
             // SQLite (NULL) than to ClickHouse, so neither stores it.
             if s.value.is_nan() {
                 continue;
             }
+            let ts = if s.timestamp_unix_ms != 0 {
+                s.timestamp_unix_ms
+            } else {
+                out.ts
+            };
+            let labels = sample_labels(&s.labels);
             series.push(SeriesRow {
                 cluster: out.t.cluster.to_string(),
                 member: out.t.member.to_string(),
@@ -160,6 +155,50 @@ fn metrics(out: &mut Out<'_>, m: &MetricsScrape, series: &mut Vec<SeriesRow>) {
             });
         }
     }
+}
+
+/// [`canonical_labels`] of a sample's labels, built in one allocation.
+///
+/// This runs for every sample of every scrape, so the usual case takes a
+/// shortcut: the agent keeps the exposition's label order, which etcd (like
+/// every Prometheus Go client) writes sorted by name, and values seldom hold
+/// a character that needs escaping. Labels not strictly sorted by name go
+/// through [`canonical_labels`] itself; the output is the same either way.
+fn sample_labels(labels: &[Label]) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    if !labels.windows(2).all(|w| w[0].name < w[1].name) {
+        return canonical_labels(labels.iter().map(|l| (l.name.as_str(), l.value.as_str())));
+    }
+    // name="value" per label, commas between.
+    let len = labels
+        .iter()
+        .map(|l| l.name.len() + l.value.len() + 4)
+        .sum::<usize>()
+        - 1;
+    let mut out = String::with_capacity(len);
+    for (i, l) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&l.name);
+        out.push_str("=\"");
+        if l.value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+            for c in l.value.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+        } else {
+            out.push_str(&l.value);
+        }
+        out.push('"');
+    }
+    out
 }
 
 fn type_name(t: i32) -> &'static str {
@@ -379,7 +418,7 @@ fn certs(out: &mut Out<'_>, c: &CertExpiry) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etcdmon_proto::v1::{Label, MetricFamily, Sample};
+    use etcdmon_proto::v1::{MetricFamily, Sample};
 
     fn report(body: Body) -> Report {
         Report {
@@ -447,5 +486,37 @@ mod tests {
             "call=\"status\",collector=\"status\",kind=\"refused\""
         );
         assert!(!rows.iter().any(|s| s.name == "etcdmon_status_raft_term"));
+    }
+
+    #[test]
+    fn sample_labels_are_the_canonical_labels() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[],
+            &[("le", "+Inf")],
+            &[
+                ("grpc_code", "OK"),
+                ("grpc_method", "Range"),
+                ("le", "0.005"),
+            ],
+            // Unsorted, duplicate names, and values that need escaping.
+            &[("method", "GET"), ("le", "0.1")],
+            &[("a", "2"), ("a", "1"), ("b", "x")],
+            &[("path", "C:\\etcd\"x\"\nnext"), ("z", "ü\\")],
+            &[("b", "q\"uote"), ("a", "new\nline")],
+        ];
+        for pairs in cases {
+            let labels: Vec<Label> = pairs
+                .iter()
+                .map(|(name, value)| Label {
+                    name: (*name).into(),
+                    value: (*value).into(),
+                })
+                .collect();
+            assert_eq!(
+                sample_labels(&labels),
+                canonical_labels(pairs.iter().copied()),
+                "{pairs:?}"
+            );
+        }
     }
 }
