@@ -207,7 +207,7 @@ fn pseudo_random_text(len: usize, mut seed: u64) -> String {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let c = if seed % 5 == 0 {
+        let c = if seed.is_multiple_of(5) {
             char::from_u32((seed >> 8) as u32 % 0x11_0000).unwrap_or('?')
         } else {
             ALPHABET[(seed >> 8) as usize % ALPHABET.len()]
