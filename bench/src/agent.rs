@@ -13,7 +13,7 @@
 //! -> ack received" is "sample produced -> queryable". [`Verify`] lets the
 //! caller check that claim with a SELECT right after one ack.
 
-use crate::payload::{hello, identity, AgentPayload, Payload};
+use crate::payload::{hello, identity, Payload};
 use crate::stats::Recorder;
 use anyhow::{bail, Context as _};
 use etcdmon_proto::v1::{stream_request, stream_response, StreamRequest, StreamResponse};
@@ -110,7 +110,7 @@ pub async fn run(ctx: Arc<AgentContext>, mut spec: AgentSpec) -> anyhow::Result<
                 break;
             };
             let mut bytes = Vec::new();
-            encode(&body, sequence, ts, &mut bytes);
+            body.encode_batch(sequence, ts, &mut bytes);
             tx.send(bytes).await.context("send batch: stream closed")?;
             in_flight.push_back((sequence, ts));
         }
@@ -176,10 +176,6 @@ pub async fn run(ctx: Arc<AgentContext>, mut spec: AgentSpec) -> anyhow::Result<
     })
     .await;
     Ok(outcome)
-}
-
-fn encode(body: &AgentPayload, sequence: u64, ts: i64, out: &mut Vec<u8>) {
-    body.encode_batch(sequence, ts, out);
 }
 
 type Opened = (mpsc::Sender<Vec<u8>>, Streaming<StreamResponse>, u64);

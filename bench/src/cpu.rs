@@ -1,7 +1,9 @@
 //! CPU time of the three parties sharing the machine: the ClickHouse server
 //! (its `/proc/PID/stat`), the in-process collector and the load generator
 //! (this process's threads, told apart by the names of their tokio
-//! runtimes' threads, `/proc/self/task/*/stat`).
+//! runtimes' threads, `/proc/self/task/*/stat`); and of everything else
+//! (the machine's busy time from `/proc/stat` minus those three), which
+//! shows when something else competed for the cores during a measurement.
 //!
 //! Times are in clock ticks of `USER_HZ`, which is 100 on every Linux
 //! architecture this project targets.
@@ -22,6 +24,7 @@ pub struct CpuSample {
     clickhouse: u64,
     collector: u64,
     loadgen: u64,
+    machine: u64,
 }
 
 /// CPU used between two samples, in cores (1.0 = one core busy).
@@ -33,6 +36,8 @@ pub struct CpuUsage {
     pub collector: f64,
     /// The load generator's runtime threads.
     pub loadgen: f64,
+    /// Everything else on the machine.
+    pub other: f64,
 }
 
 /// Reads the counters now; a missing ClickHouse pid counts as zero.
@@ -62,6 +67,7 @@ pub fn sample(clickhouse_pid: Option<u32>) -> CpuSample {
         clickhouse,
         collector,
         loadgen,
+        machine: machine_busy().unwrap_or(0),
     }
 }
 
@@ -70,12 +76,34 @@ impl CpuSample {
     pub fn until(&self, later: &CpuSample) -> CpuUsage {
         let secs = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
         let cores = |a: u64, b: u64| b.saturating_sub(a) as f64 / USER_HZ / secs;
+        let clickhouse = cores(self.clickhouse, later.clickhouse);
+        let collector = cores(self.collector, later.collector);
+        let loadgen = cores(self.loadgen, later.loadgen);
         CpuUsage {
-            clickhouse: cores(self.clickhouse, later.clickhouse),
-            collector: cores(self.collector, later.collector),
-            loadgen: cores(self.loadgen, later.loadgen),
+            clickhouse,
+            collector,
+            loadgen,
+            other: (cores(self.machine, later.machine) - clickhouse - collector - loadgen).max(0.0),
         }
     }
+}
+
+/// Busy ticks of all CPUs: the first line of `/proc/stat` without idle and
+/// iowait.
+fn machine_busy() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine(stat.lines().next()?)
+}
+
+fn parse_machine(line: &str) -> Option<u64> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let ticks: Vec<u64> = fields.map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user]
+    let total: u64 = ticks.iter().take(8).sum();
+    Some(total - ticks.get(3)? - ticks.get(4).copied().unwrap_or(0))
 }
 
 /// (comm, utime + stime) of a `stat` line. The name is in parentheses and
@@ -101,5 +129,10 @@ mod tests {
         let line = "1234 (collector (2)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0";
         assert_eq!(parse_stat(line), Some(("collector (2)", 300)));
         assert!(parse_stat("garbage").is_none());
+        assert_eq!(
+            parse_machine("cpu  100 5 50 1000 20 1 2 3 0 0"),
+            Some(100 + 5 + 50 + 1 + 2 + 3)
+        );
+        assert!(parse_machine("cpu0 1 2 3 4").is_none());
     }
 }

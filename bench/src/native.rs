@@ -172,10 +172,12 @@ pub fn measure(
             cpu: before.until(&after),
         };
         eprintln!(
-            "ingest-load: native run {run}/{runs}: {:.2} s, {:.0} rows/s, ClickHouse {:.2} cores",
+            "ingest-load: native run {run}/{runs}: {:.2} s, {:.0} rows/s, ClickHouse {:.2} cores, \
+             other {:.2}",
             elapsed.as_secs_f64(),
             r.rows_per_second,
-            r.cpu.clickhouse
+            r.cpu.clickhouse,
+            r.cpu.other
         );
         runs_done.push(r);
     }

@@ -301,7 +301,7 @@ impl Ramp {
             && r.lag_growth() <= MAX_LAG_GROWTH;
         eprintln!(
             "ingest-load:   -> acked {:.0} samples/s ({:.1}% of produced), latency p50 {} ms p99 {} ms max {} ms, \
-             lag growth {:+.2} s, writer busy {:.0}%, {} failed writes, CPU ClickHouse {:.2} collector {:.2} loadgen {:.2}: {}",
+             lag growth {:+.2} s, writer busy {:.0}%, {} failed writes, CPU ClickHouse {:.2} collector {:.2} loadgen {:.2} other {:.2}: {}",
             r.stats.acked_rate(),
             100.0 * r.stats.acked_samples as f64 / (r.stats.produced_samples.max(1) as f64),
             r.stats.latency_ms(0.5),
@@ -313,6 +313,7 @@ impl Ramp {
             r.cpu.clickhouse,
             r.cpu.collector,
             r.cpu.loadgen,
+            r.cpu.other,
             if r.kept_up { "kept up" } else { "did NOT keep up" }
         );
         tokio::time::sleep(PAUSE).await;

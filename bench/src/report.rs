@@ -45,11 +45,11 @@ pub fn print(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
         out,
         "| phase | agents | offered samples/s | acked samples/s | acked/produced | \
          p50 ms | p99 ms | max ms | lag growth s | inserts/s | rows/insert | writer busy | \
-         CPU ClickHouse | CPU collector | CPU loadgen | kept up |"
+         CPU ClickHouse | CPU collector | CPU loadgen | CPU other | kept up |"
     )?;
     writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     )?;
     for r in s.steps.iter().chain(s.at_80.iter()) {
         step_row(out, r)?;
@@ -62,16 +62,20 @@ pub fn print(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
         s.native.rows,
         s.native.bytes as f64 / 1e6
     )?;
-    writeln!(out, "| run | seconds | rows/s | CPU ClickHouse |")?;
-    writeln!(out, "|---:|---:|---:|---:|")?;
+    writeln!(
+        out,
+        "| run | seconds | rows/s | CPU ClickHouse | CPU other |"
+    )?;
+    writeln!(out, "|---:|---:|---:|---:|---:|")?;
     for (i, r) in s.native.runs.iter().enumerate() {
         writeln!(
             out,
-            "| {} | {:.2} | {} | {:.2} |",
+            "| {} | {:.2} | {} | {:.2} | {:.2} |",
             i + 1,
             r.elapsed.as_secs_f64(),
             thousands(r.rows_per_second),
-            r.cpu.clickhouse
+            r.cpu.clickhouse,
+            r.cpu.other
         )?;
     }
 
@@ -79,12 +83,13 @@ pub fn print(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
     writeln!(
         out,
         "\nClickHouse alone at the collector's write size: the same rows in {} sequential HTTP \
-         INSERTs (RowBinary) of {} rows: {:.2} s, {} rows/s, CPU ClickHouse {:.2}.",
+         INSERTs (RowBinary) of {} rows: {:.2} s, {} rows/s, CPU ClickHouse {:.2}, other {:.2}.",
         c.inserts,
         thousands(c.rows_per_insert as f64),
         c.elapsed.as_secs_f64(),
         thousands(c.rows_per_second),
-        c.cpu.clickhouse
+        c.cpu.clickhouse,
+        c.cpu.other
     )?;
     writeln!(
         out,
@@ -171,7 +176,7 @@ fn step_row(out: &mut impl Write, r: &StepResult) -> std::io::Result<()> {
     let s = &r.stats;
     writeln!(
         out,
-        "| {} | {} | {} | {} | {:.1}% | {} | {} | {} | {:+.2} | {:.1} | {} | {:.0}% | {:.2} | {:.2} | {:.2} | {}{} |",
+        "| {} | {} | {} | {} | {:.1}% | {} | {} | {} | {:+.2} | {:.1} | {} | {:.0}% | {:.2} | {:.2} | {:.2} | {:.2} | {}{} |",
         r.phase,
         r.agents,
         thousands(r.offered_rate),
@@ -187,6 +192,7 @@ fn step_row(out: &mut impl Write, r: &StepResult) -> std::io::Result<()> {
         r.cpu.clickhouse,
         r.cpu.collector,
         r.cpu.loadgen,
+        r.cpu.other,
         yes_no(r.kept_up),
         notes(r)
     )

@@ -18,10 +18,9 @@
 //! ```
 //!
 //! `write` sends each non-empty kind of row as ONE `INSERT` (RowBinary, LZ4-compressed,
-//! encoded into one buffer and handed to the client in one piece; see `rowbinary.rs` for
-//! why not streamed), so a batch of thousands of samples is one part per day it touches
-//! rather than thousands of tiny ones. The batch marks go last: a stored mark therefore
-//! always means its rows are stored.
+//! streamed), so a batch of thousands of samples is one part per day it touches rather
+//! than thousands of tiny ones. The batch marks go last: a stored mark therefore always
+//! means its rows are stored.
 //!
 //! # Resends and deduplication
 //!
@@ -56,8 +55,7 @@
 //! server-side parameter: values are bound on the client (`?` and `bind`), retention drops
 //! partitions, strings are plain `String`. The client runs with `with_validation(false)`
 //! (18.16 cannot produce `RowBinaryWithNamesAndTypes`), so the private row structs below
-//! (and their encoding in `rowbinary.rs`) must list their fields in the order and with the
-//! types of the table's columns. LZ4
+//! must list their fields in the order and with the types of the table's columns. LZ4
 //! compression of INSERT bodies (`decompress=1`) works on 18.16. Timestamps must fall
 //! between 1970-01-01 and 2105-12-31, where 18.16's calendar functions end (writes
 //! outside are rejected; query ranges are clamped). `migrate` reads `SELECT
@@ -75,7 +73,6 @@
 mod config;
 mod query;
 mod retention;
-mod rowbinary;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -87,7 +84,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clickhouse::{Client, Compression};
+use clickhouse::{Client, Compression, RowWrite};
 
 use crate::{
     PointQuery, Result, RetentionOutcome, SampleCount, SeriesPoints, Storage, StorageError,
@@ -95,7 +92,6 @@ use crate::{
 };
 use query::{Arg, Sql};
 use retention::{date_column, partition_expired, Granularity, BATCH_MARKS_RETENTION};
-use rowbinary::RowBinary;
 
 /// ClickHouse error codes that mean "overloaded or interrupted, the same request may
 /// succeed later"; any other server error is a rejection.
@@ -123,7 +119,8 @@ const RETAINED_TABLES: &[(&str, Granularity)] = &[
     ("batch_marks", Granularity::Day),
 ];
 
-/// A row of `samples`, in column order (RowBinary is positional; see `rowbinary.rs`).
+/// A row of `samples`, in column order (validation is off, RowBinary is positional).
+#[derive(clickhouse::Row, serde::Serialize)]
 struct SampleInsert<'a> {
     date: u16,
     cluster: &'a str,
@@ -135,6 +132,7 @@ struct SampleInsert<'a> {
 }
 
 /// A row of `series`, in column order.
+#[derive(clickhouse::Row, serde::Serialize)]
 struct SeriesInsert<'a> {
     cluster: &'a str,
     member: &'a str,
@@ -145,6 +143,7 @@ struct SeriesInsert<'a> {
 }
 
 /// A row of `events`, in column order.
+#[derive(clickhouse::Row, serde::Serialize)]
 struct EventInsert<'a> {
     date: u16,
     cluster: &'a str,
@@ -155,6 +154,7 @@ struct EventInsert<'a> {
 }
 
 /// A row of `batch_marks`, in column order.
+#[derive(clickhouse::Row, serde::Serialize)]
 struct MarkInsert<'a> {
     date: u16,
     agent_id: &'a str,
@@ -292,22 +292,21 @@ impl ClickHouseStorage {
         }
     }
 
-    /// Sends one INSERT with all `rows` (nothing for an empty slice), encoded into one
-    /// buffer first (see `rowbinary.rs`).
-    async fn insert_rows<R: RowBinary>(&self, table: &str, rows: &[R]) -> Result<()> {
+    /// Sends one INSERT with all `rows` (nothing for an empty slice). `R` names the row
+    /// type; `rows` may borrow with any lifetime.
+    async fn insert_rows<R: RowWrite>(&self, table: &str, rows: &[R::Value<'_>]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
         let what = format!("INSERT INTO {table}");
-        let body = rowbinary::encode_all(rows);
-        let mut insert = self.client.insert_formatted_with(format!(
-            "INSERT INTO {table}({}) FORMAT RowBinary",
-            R::COLUMNS
-        ));
-        insert
-            .send(body.into())
+        let mut insert = self
+            .client
+            .insert::<R>(table)
             .await
             .map_err(|e| classify(&what, e))?;
+        for row in rows {
+            insert.write(row).await.map_err(|e| classify(&what, e))?;
+        }
         insert.end().await.map_err(|e| classify(&what, e))
     }
 
@@ -367,11 +366,15 @@ impl ClickHouseStorage {
             })
             .collect::<Result<Vec<_>>>()?;
 
-        self.insert_rows("samples", &samples).await?;
-        self.insert_rows("series", &series).await?;
-        self.insert_rows("events", &events).await?;
+        self.insert_rows::<SampleInsert<'static>>("samples", &samples)
+            .await?;
+        self.insert_rows::<SeriesInsert<'static>>("series", &series)
+            .await?;
+        self.insert_rows::<EventInsert<'static>>("events", &events)
+            .await?;
         // Last, so that a stored mark always means the rows above are stored.
-        self.insert_rows("batch_marks", &marks).await
+        self.insert_rows::<MarkInsert<'static>>("batch_marks", &marks)
+            .await
     }
 
     /// A client query for `sql` with its arguments bound.
