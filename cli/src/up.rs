@@ -7,6 +7,8 @@ use clap::Args;
 use etcdmon_agent::runner::Agent;
 use etcdmon_agent::selfmetrics::AgentMetrics;
 use etcdmon_agent::AgentConfig;
+use etcdmon_alerter::config::{AlerterConfig, ReceiverConfig};
+use etcdmon_alerter::route::RouteConfig;
 use etcdmon_collector::config::CollectorConfig;
 use etcdmon_collector::Collector;
 use std::net::SocketAddr;
@@ -39,6 +41,15 @@ pub struct UpArgs {
     /// Client key for etcd.
     #[arg(long)]
     pub key: Option<PathBuf>,
+    /// Send every alert to this webhook (Alertmanager-compatible JSON); without it and
+    /// without --alerter-config, alerts are written to the log.
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// Alerter config file (routes, receivers, inhibition; see
+    /// deploy/config/alerter.example.toml). Its `nats` and `storage` sections are not
+    /// used: `up` runs the alerter in-process on its own store.
+    #[arg(long)]
+    pub alerter_config: Option<PathBuf>,
 }
 
 /// A member found through the member list.
@@ -163,9 +174,15 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
     ccfg.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     ccfg.validate()?;
 
-    // Agents stop first so their last batches reach a running collector.
+    let acfg = alerter_config(&args)?;
+
+    // Agents stop first so their last batches reach a running collector, whose last
+    // alert candidates reach a running alerter.
     let collector_stop = CancellationToken::new();
-    let c = Collector::build(&ccfg, collector_stop.clone()).await?;
+    let alerter_stop = CancellationToken::new();
+    let mut c = Collector::build(&ccfg, collector_stop.clone()).await?;
+    c.restore_alerts(ccfg.ingest.agent_timeout).await;
+    let alerting = start_alerting(&ccfg, &acfg, &c, &collector_stop, &alerter_stop)?;
     let http = etcdmon_core::ops::bind(args.listen).await?;
     let grpc = tokio::net::TcpListener::bind(ccfg.grpc.listen)
         .await
@@ -177,7 +194,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         c.state.clone(),
         ccfg.rules_interval,
         c.metrics.clone(),
-        None,
+        Some(alerting.transitions),
         collector_stop.clone(),
     ));
     let retention = tokio::spawn(etcdmon_collector::run_retention(
@@ -233,6 +250,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         args.listen,
         data_dir.display()
     );
+    println!("etcdmon up: {}", alerting.describe);
 
     shutdown.cancelled().await;
     println!("etcdmon up: stopping (agents flush, then the collector drains)");
@@ -245,6 +263,13 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
     collector_stop.cancel();
     writer.await.context("writer task")?;
     rules.await.context("rules task")?;
+    for t in alerting.collector_tasks {
+        t.await.context("alert publishing task")?;
+    }
+    alerter_stop.cancel();
+    for t in alerting.alerter_tasks {
+        t.await.context("alerter task")?;
+    }
     retention.await.context("retention task")?;
     grpc_task
         .await
@@ -252,4 +277,114 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         .context("serve gRPC")?;
     http_task.await.context("HTTP task")??;
     Ok(())
+}
+
+/// The alerter's config for `up`: the file given, plus `--webhook`, else a log receiver.
+pub fn alerter_config(args: &UpArgs) -> anyhow::Result<AlerterConfig> {
+    let mut cfg: AlerterConfig = match &args.alerter_config {
+        Some(path) => etcdmon_core::config::load(
+            Some(path),
+            etcdmon_alerter::config::ENV_PREFIX,
+            &serde_json::json!({}),
+        )?,
+        None => AlerterConfig::default(),
+    };
+    if let Some(url) = &args.webhook {
+        const NAME: &str = "up-webhook";
+        anyhow::ensure!(
+            cfg.receivers.iter().all(|r| r.name != NAME),
+            "--webhook adds a receiver named {NAME:?}; the alerter config already has one"
+        );
+        let webhook =
+            serde_json::from_value(serde_json::json!({ "url": url })).context("--webhook")?;
+        cfg.receivers.push(ReceiverConfig {
+            name: NAME.into(),
+            webhook: Some(webhook),
+            ..ReceiverConfig::default()
+        });
+        cfg.route = if args.alerter_config.is_some() {
+            // Every alert goes to the webhook and, as before, wherever the
+            // configured tree sends it (the old root becomes a catch-all child).
+            let old_root = std::mem::take(&mut cfg.route);
+            RouteConfig {
+                receiver: Some(NAME.into()),
+                routes: vec![
+                    RouteConfig {
+                        receiver: Some(NAME.into()),
+                        continue_matching: true,
+                        ..RouteConfig::default()
+                    },
+                    old_root,
+                ],
+                ..RouteConfig::default()
+            }
+        } else {
+            RouteConfig {
+                receiver: Some(NAME.into()),
+                ..RouteConfig::default()
+            }
+        };
+    }
+    if cfg.receivers.is_empty() {
+        cfg.receivers.push(ReceiverConfig {
+            name: "log".into(),
+            log: Some(Default::default()),
+            ..ReceiverConfig::default()
+        });
+        cfg.route.receiver = Some("log".into());
+    }
+    cfg.external_url = format!("http://{}", args.listen);
+    Ok(cfg)
+}
+
+/// The running alert pipeline of `up`.
+struct Alerting {
+    /// Where the rules send transitions.
+    transitions: tokio::sync::mpsc::Sender<etcdmon_collector::rules::engine::Transition>,
+    /// Candidate conversion and publishing; they end with the collector.
+    collector_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The alerter and its delivery workers; they end after the collector's.
+    alerter_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// One line for the start-up banner.
+    describe: String,
+}
+
+/// Rules -> outbox -> in-process channel -> alerter, on the collector's own store.
+fn start_alerting(
+    ccfg: &CollectorConfig,
+    acfg: &AlerterConfig,
+    c: &Collector,
+    collector_stop: &CancellationToken,
+    alerter_stop: &CancellationToken,
+) -> anyhow::Result<Alerting> {
+    let (publisher, subscriber) = etcdmon_bus::memory::channel(1024);
+    let (sender, outbox) =
+        etcdmon_bus::Outbox::new(std::sync::Arc::new(publisher), ccfg.alerting.outbox_bytes);
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let collector_tasks = vec![
+        tokio::spawn(outbox.run(collector_stop.clone())),
+        tokio::spawn(etcdmon_collector::alerts::run(
+            rx,
+            sender,
+            ccfg.alerting.runbook_url_prefix.clone(),
+            c.metrics.clone(),
+            collector_stop.clone(),
+        )),
+    ];
+    let parts = etcdmon_alerter::build(acfg, c.alert_store.clone(), alerter_stop.clone())
+        .context("alerter config")?;
+    let mut alerter_tasks = parts.workers;
+    alerter_tasks.push(tokio::spawn(
+        parts
+            .alerter
+            .run(Box::new(subscriber), alerter_stop.clone()),
+    ));
+    let mut names: Vec<&str> = acfg.receivers.iter().map(|r| r.name.as_str()).collect();
+    names.sort_unstable();
+    Ok(Alerting {
+        transitions: tx,
+        collector_tasks,
+        alerter_tasks,
+        describe: format!("alerts go to receiver(s) {}", names.join(", ")),
+    })
 }

@@ -160,3 +160,79 @@ fn up_works_against_a_tls_cluster_with_client_certificates() {
     let _ = child.wait();
     assert!(healthy.is_some(), "TLS member never healthy");
 }
+
+/// `etcdmon up --webhook URL`: the embedded alerter (in-process channel, same store)
+/// sends a killed member's alert to the webhook once, its recovery once, and the
+/// alert and its deliveries show in the API.
+#[test]
+fn up_with_a_webhook_notifies_a_killed_member_once_and_its_recovery_once() {
+    let mut etcd = EtcdCluster::start(3).expect("etcd");
+    let sink = etcdmon_testkit::HttpSink::start().expect("sink");
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("up.log")).expect("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_etcdmon"))
+        .args(["up", "--etcd", &etcd.member(0).client_url])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--webhook", &sink.url("/hook")])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn etcdmon up");
+    let log_text = || std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default();
+    let api = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let healthy = poll(Duration::from_secs(30), || {
+        let r = http_get(&api("/api/v1/clusters"), Duration::from_secs(2)).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        let members = v["clusters"][0]["members"].as_object()?.clone();
+        (members.len() == 3 && members.values().all(|m| m["healthy"] == true)).then_some(())
+    });
+    assert!(healthy.is_some(), "{}", log_text());
+
+    let victim = etcd.member(2).name.clone();
+    let states = |requests: &[etcdmon_testkit::SinkRequest]| -> Vec<String> {
+        requests
+            .iter()
+            .flat_map(|r| r.json()["alerts"].as_array().cloned().unwrap_or_default())
+            .filter(|a| {
+                a["labels"]["rule"] == "member_unreachable"
+                    && a["labels"]["member"] == victim.as_str()
+            })
+            .map(|a| a["status"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    etcd.kill(2).expect("kill");
+    let got = sink.wait_for("/hook", Duration::from_secs(20), |r| !states(r).is_empty());
+    assert_eq!(states(&got), ["firing"], "{}", log_text());
+    etcd.restart(2).expect("restart");
+    sink.wait_for("/hook", Duration::from_secs(30), |r| states(r).len() >= 2);
+    // Nothing more comes (no duplicate, no repeat).
+    std::thread::sleep(Duration::from_secs(2));
+    let got = sink.requests("/hook");
+    assert_eq!(states(&got), ["firing", "resolved"], "{}", log_text());
+
+    let r = http_get(&api("/api/v1/alerts/history"), Duration::from_secs(2)).expect("history");
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    let delivered = v["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .filter(|d| d["receiver"] == "up-webhook" && d["outcome"] == "ok")
+        .count();
+    assert!(delivered >= 2, "{v}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = poll(Duration::from_secs(30), || child.try_wait().expect("wait"))
+        .unwrap_or_else(|| panic!("etcdmon up ignored SIGTERM\n{}", log_text()));
+    assert!(status.success(), "{status:?}\n{}", log_text());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
+        .expect("read");
+    assert!(out.contains("receiver(s) up-webhook"), "{out}");
+}

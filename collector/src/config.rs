@@ -5,11 +5,9 @@
 
 use etcdmon_core::config::FieldError;
 use etcdmon_core::telemetry::LogConfig;
-use etcdmon_storage::clickhouse::ClickHouseConfig;
-use etcdmon_storage::Retention;
+pub use etcdmon_storage::open::{StorageConfig, StorageTarget};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Environment prefix: `ETCDMON_COLLECTOR_GRPC__LISTEN` sets `grpc.listen`.
@@ -83,111 +81,6 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
         }
-    }
-}
-
-/// Which store, and how long data is kept.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageConfig {
-    /// `sqlite:PATH` or `clickhouse://HOST:PORT/DATABASE`; user, password
-    /// and timeouts of ClickHouse are in `[storage.clickhouse]`.
-    pub url: String,
-    /// ClickHouse connection settings beyond the URL.
-    pub clickhouse: ClickHouseConfig,
-    /// How long each kind of data is kept.
-    pub retention: Retention,
-    /// How often retention runs.
-    #[serde(with = "humantime_serde")]
-    pub retention_interval: Duration,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            url: "sqlite:etcdmon.sqlite".into(),
-            clickhouse: ClickHouseConfig::default(),
-            retention: Retention::default(),
-            retention_interval: Duration::from_secs(3600),
-        }
-    }
-}
-
-/// The parsed form of `storage.url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StorageTarget {
-    /// A SQLite file.
-    Sqlite(PathBuf),
-    /// A ClickHouse server: HTTP URL and database.
-    ClickHouse {
-        /// `http://HOST:PORT`.
-        url: String,
-        /// Database name.
-        database: String,
-    },
-}
-
-impl StorageConfig {
-    /// Parses `url`; the error names the field. The ClickHouse section's
-    /// own server, database and retention fields must stay unset: the
-    /// collector takes them from `storage.url` and `storage.retention`, and
-    /// a value silently overridden would mislead.
-    pub fn target(&self) -> Result<StorageTarget, FieldError> {
-        let defaults = ClickHouseConfig::default();
-        if self.clickhouse.url != defaults.url {
-            return Err(FieldError::new(
-                "storage.clickhouse.url",
-                "is set from storage.url; write clickhouse://HOST:PORT/DATABASE there",
-            ));
-        }
-        if self.clickhouse.database != defaults.database {
-            return Err(FieldError::new(
-                "storage.clickhouse.database",
-                "is set from storage.url; write clickhouse://HOST:PORT/DATABASE there",
-            ));
-        }
-        if format!("{:?}", self.clickhouse.retention) != format!("{:?}", defaults.retention) {
-            return Err(FieldError::new(
-                "storage.clickhouse.retention",
-                "is set from storage.retention; configure retention there",
-            ));
-        }
-        if let Some(path) = self.url.strip_prefix("sqlite:") {
-            if path.is_empty() {
-                return Err(FieldError::new(
-                    "storage.url",
-                    "sqlite: needs a path, e.g. sqlite:/var/lib/etcdmon/etcdmon.sqlite",
-                ));
-            }
-            return Ok(StorageTarget::Sqlite(PathBuf::from(path)));
-        }
-        if let Some(rest) = self.url.strip_prefix("clickhouse://") {
-            let (hostport, db) = rest.split_once('/').unwrap_or((rest, "etcdmon"));
-            if hostport.is_empty() {
-                return Err(FieldError::new(
-                    "storage.url",
-                    "clickhouse:// needs HOST:PORT",
-                ));
-            }
-            let db = if db.is_empty() { "etcdmon" } else { db };
-            if !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(FieldError::new(
-                    "storage.url",
-                    format!("database name {db:?} may only hold letters, digits and _"),
-                ));
-            }
-            return Ok(StorageTarget::ClickHouse {
-                url: format!("http://{hostport}"),
-                database: db.to_string(),
-            });
-        }
-        Err(FieldError::new(
-            "storage.url",
-            format!(
-                "must be sqlite:PATH or clickhouse://HOST:PORT/DATABASE, got {:?}",
-                self.url
-            ),
-        ))
     }
 }
 

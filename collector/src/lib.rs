@@ -28,8 +28,9 @@ use crate::metrics::CollectorMetrics;
 use crate::state::LiveState;
 use etcdmon_core::ops::{Health, HealthFn};
 use etcdmon_proto::v1::ingest_service_server::IngestServiceServer;
-use etcdmon_storage::Storage;
+use etcdmon_storage::{AlertStore, Storage};
 use std::sync::Arc;
+use storage::Stores;
 use tokio_util::sync::CancellationToken;
 
 /// The collector's parts, ready to run.
@@ -44,6 +45,9 @@ pub struct Collector {
     pub state: LiveState,
     /// The store.
     pub storage: Arc<dyn Storage>,
+    /// Alert state and history in the same store (written by the alerter, read by the
+    /// API and by the rules at start-up).
+    pub alert_store: Arc<dyn AlertStore>,
     /// Self-metrics.
     pub metrics: CollectorMetrics,
     /// The rule set, ready to run with [`rules::run`].
@@ -53,16 +57,20 @@ pub struct Collector {
 impl Collector {
     /// Opens the store (running migrations) and builds the parts.
     pub async fn build(cfg: &CollectorConfig, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let storage = storage::open(&cfg.storage).await?;
-        Self::with_storage(cfg, storage, shutdown)
+        let stores = storage::open(&cfg.storage).await?;
+        Self::with_storage(cfg, stores, shutdown)
     }
 
     /// Builds the parts over an already opened store.
     pub fn with_storage(
         cfg: &CollectorConfig,
-        storage: Arc<dyn Storage>,
+        stores: Stores,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
+        let Stores {
+            storage,
+            alerts: alert_store,
+        } = stores;
         let settings = rules::config::resolve(&cfg.rules)?;
         let metrics = CollectorMetrics::new();
         let state = LiveState::new(cfg.ingest.agent_timeout);
@@ -94,17 +102,42 @@ impl Collector {
                 detail: "serving".into(),
             },
         });
-        let router = etcdmon_core::ops::router(metrics.registry().clone(), health)
-            .merge(api::router(storage.clone(), state.clone()));
+        let router = etcdmon_core::ops::router(metrics.registry().clone(), health).merge(
+            api::router(storage.clone(), alert_store.clone(), state.clone()),
+        );
         Ok(Self {
             ingest,
             router,
             writer,
             state,
             storage,
+            alert_store,
             metrics,
             rules: rules::Rules::new(settings),
         })
+    }
+}
+
+impl Collector {
+    /// Hands the alerts that were firing before this start to the rules (see
+    /// [`rules::Rules::restore`]); `grace` is how long agents get to reconnect (the
+    /// config's `ingest.agent_timeout` is a good value). A store that does not answer is logged and skipped:
+    /// ingest must not wait for it.
+    pub async fn restore_alerts(&mut self, grace: std::time::Duration) {
+        const WINDOW_MS: i64 = 30 * 24 * 3_600_000;
+        let now = now_ms();
+        match self.alert_store.latest_transitions(now - WINDOW_MS).await {
+            Ok(rows) => {
+                let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+                let n = self.rules.restore(&rows, now, grace_ms);
+                if n > 0 {
+                    tracing::info!(alerts = n, "took over alerts firing before the restart");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "read firing alerts at start-up; rules start empty")
+            }
+        }
     }
 }
 

@@ -39,7 +39,8 @@ fn main() -> ExitCode {
 
 async fn run(cfg: etcdmon_collector::config::CollectorConfig) -> anyhow::Result<()> {
     let shutdown = etcdmon_core::shutdown::token_on_signals();
-    let c = Collector::build(&cfg, shutdown.clone()).await?;
+    let mut c = Collector::build(&cfg, shutdown.clone()).await?;
+    c.restore_alerts(cfg.ingest.agent_timeout).await;
     let http = etcdmon_core::ops::bind(cfg.http.listen).await?;
     let grpc = tokio::net::TcpListener::bind(cfg.grpc.listen)
         .await

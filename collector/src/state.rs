@@ -18,6 +18,10 @@ pub struct LiveState {
     inner: Arc<RwLock<BTreeMap<String, ClusterState>>>,
     /// A member whose agent sent nothing for this long is stale.
     stale_after_ms: i64,
+    /// Signalled when something happened that the rules should judge now (a member
+    /// went down or came back, a new leader, an alarm, an agent's stream ended)
+    /// rather than at their next tick.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Default for LiveState {
@@ -169,7 +173,14 @@ impl LiveState {
         Self {
             inner: Arc::default(),
             stale_after_ms: i64::try_from(agent_timeout.as_millis()).unwrap_or(i64::MAX),
+            changed: Arc::default(),
         }
+    }
+
+    /// Resolves when the state changed in a way the rules should judge at once
+    /// (see [`LiveState::apply`]); changes while nobody waits are kept (one permit).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// An agent opened its stream. An identity without member name or id
@@ -192,6 +203,7 @@ impl LiveState {
                 m.agent_connected = false;
                 m.healthy = false;
             });
+            self.changed.notify_one();
         }
         EventRow {
             cluster: id.cluster.clone(),
@@ -307,6 +319,11 @@ impl LiveState {
             }
             m.healthy = m.agent_connected && m.reachable == Some(true) && !m.leader_id.is_empty();
         });
+        // Every event (member down or up, leader change, alarm, membership) is
+        // something a rule may fire or resolve on: evaluate now, not at the next tick.
+        if !events.is_empty() {
+            self.changed.notify_one();
+        }
         events
     }
 

@@ -10,6 +10,7 @@ use etcdmon_proto::v1::{
     report, stream_request, stream_response, Batch, EtcdStatus, Hello, Identity, Report,
     StreamRequest, StreamResponse,
 };
+use etcdmon_storage::open::Stores;
 use etcdmon_storage::sqlite::SqliteStorage;
 use etcdmon_storage::{Retention, Storage};
 use std::sync::Arc;
@@ -33,15 +34,20 @@ impl Drop for Server {
 
 async fn server(max_batch_bytes: usize) -> Server {
     let dir = tempfile::tempdir().expect("tmp");
-    let storage: Arc<dyn Storage> = Arc::new(
+    let sqlite = Arc::new(
         SqliteStorage::open(dir.path().join("db.sqlite"), Retention::default()).expect("open"),
     );
+    let storage: Arc<dyn Storage> = sqlite.clone();
     storage.migrate().await.expect("migrate");
+    let stores = Stores {
+        storage: storage.clone(),
+        alerts: sqlite,
+    };
     let mut cfg = CollectorConfig::default();
     cfg.ingest.max_batch_bytes = max_batch_bytes;
     cfg.ingest.flush_interval = Duration::from_millis(50);
     let shutdown = CancellationToken::new();
-    let c = Collector::with_storage(&cfg, storage.clone(), shutdown.clone()).expect("collector");
+    let c = Collector::with_storage(&cfg, stores, shutdown.clone()).expect("collector");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

@@ -35,13 +35,33 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<HttpResponse> {
 /// Sends `POST` with `body` (as `text/plain`) to a plain `http://host:port/path?query` URL
 /// and reads the whole response. `timeout` bounds the whole exchange, as for [`http_get`].
 pub fn http_post(url: &str, body: &[u8], timeout: Duration) -> Result<HttpResponse> {
-    request("POST", url, Some(body), timeout)
+    request(
+        "POST",
+        url,
+        Some(("text/plain; charset=utf-8", body)),
+        timeout,
+    )
+}
+
+/// Sends `POST` with a JSON `body` (`application/json`), as REST APIs expect.
+pub fn http_post_json(url: &str, body: &str, timeout: Duration) -> Result<HttpResponse> {
+    request(
+        "POST",
+        url,
+        Some(("application/json", body.as_bytes())),
+        timeout,
+    )
+}
+
+/// Sends `DELETE` without a body.
+pub fn http_delete(url: &str, timeout: Duration) -> Result<HttpResponse> {
+    request("DELETE", url, None, timeout)
 }
 
 fn request(
     method: &str,
     url: &str,
-    body: Option<&[u8]>,
+    body: Option<(&str, &[u8])>,
     timeout: Duration,
 ) -> Result<HttpResponse> {
     let deadline = Instant::now() + timeout;
@@ -65,17 +85,17 @@ fn request(
         "{method} {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: etcdmon-testkit\r\nAccept: */*\r\n"
     )
     .into_bytes();
-    if let Some(body) = body {
+    if let Some((content_type, body)) = body {
         request.extend_from_slice(
             format!(
-                "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
                 body.len()
             )
             .as_bytes(),
         );
     }
     request.extend_from_slice(b"\r\n");
-    request.extend_from_slice(body.unwrap_or_default());
+    request.extend_from_slice(body.map(|(_, b)| b).unwrap_or_default());
     stream
         .write_all(&request)
         .with_context(|| format!("send {method} {url}"))?;

@@ -31,17 +31,22 @@
 //! # anyhow::Ok(())
 //! ```
 
+pub mod bins;
 pub mod clickhouse;
 pub mod etcd;
 pub mod http;
+pub mod http_sink;
 pub mod nats;
 pub mod ports;
 pub mod process;
+pub mod smtp;
 pub mod tls;
 
+pub use bins::workspace_bin;
 pub use clickhouse::ClickHouseServer;
 pub use etcd::{EtcdCluster, EtcdClusterBuilder, EtcdMember};
-pub use http::{http_get, http_post, HttpResponse};
+pub use http::{http_delete, http_get, http_post, http_post_json, HttpResponse};
+pub use http_sink::{HttpSink, SinkAnswer, SinkRequest};
 pub use nats::NatsServer;
 pub use ports::free_port;
 pub use process::{require_binary, ChildProcess};

@@ -251,24 +251,34 @@ fn no_leader(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
     )]
 }
 
-fn quorum(c: &ClusterState) -> Option<(usize, usize)> {
+/// (available, total) members, and whether every connected agent has reported a
+/// status yet. Until then (a collector or agent just started) the count is not
+/// judged either way: counting those members as unavailable would page "quorum
+/// lost" for the first second after every start.
+fn quorum(c: &ClusterState) -> Option<(usize, usize, bool)> {
     let n = c.member_count().max(c.members.len());
     if n == 0 {
         return None;
     }
     let ok = c.members.values().filter(|m| available(m)).count();
-    Some((ok, n))
+    // Connected but no status yet; such an agent is also "stale" until it sends
+    // something, so `watched` would not catch it.
+    let settled = !c
+        .members
+        .values()
+        .any(|m| m.agent_connected && m.reachable.is_none());
+    Some((ok, n, settled))
 }
 
 /// Fewer available members than a majority: the cluster cannot write.
 fn quorum_lost(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
-    let Some((ok, n)) = quorum(c) else {
+    let Some((ok, n, settled)) = quorum(c) else {
         return Vec::new();
     };
     let majority = n / 2 + 1;
     vec![cluster_obs(
         c,
-        Some(ok < majority),
+        settled.then_some(ok < majority),
         ok as f64,
         format!("cluster {} lost quorum ({ok} of {n} members available)", c.name),
         format!("{ok} of {n} members answer; {majority} are needed for a quorum. Members without an agent count as unavailable."),
@@ -280,7 +290,7 @@ fn quorum_lost(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
 /// never "resolves" as things get worse; the alerter's inhibition lets
 /// `quorum_lost` silence it.
 fn quorum_at_risk(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
-    let Some((ok, n)) = quorum(c) else {
+    let Some((ok, n, settled)) = quorum(c) else {
         return Vec::new();
     };
     let majority = n / 2 + 1;
@@ -289,7 +299,7 @@ fn quorum_at_risk(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
     }
     vec![cluster_obs(
         c,
-        Some(ok <= majority),
+        settled.then_some(ok <= majority),
         ok as f64,
         format!("cluster {} has no failure margin ({ok} of {n} members available)", c.name),
         format!("{ok} of {n} members answer, exactly the {majority} needed: one more failure loses quorum."),

@@ -89,6 +89,9 @@ struct Entry {
     rule: &'static str,
     phase: Phase,
     last: Observation,
+    /// A restored alert whose subject is not observed yet is not resolved before
+    /// this time: after a collector restart the agents need a moment to reconnect.
+    hold_until_ms: i64,
 }
 
 /// State of every alert the engine knows.
@@ -128,6 +131,7 @@ impl Engine {
                             rule,
                             phase,
                             last: obs.clone(),
+                            hold_until_ms: 0,
                         },
                     );
                     // A `for` of zero fires in the same evaluation.
@@ -174,6 +178,7 @@ impl Engine {
                 Phase::Pending { .. } => {
                     self.entries.remove(&fp);
                 }
+                Phase::Firing if now_ms < e.hold_until_ms => {}
                 Phase::Firing => {
                     let mut obs = e.last.clone();
                     obs.bad = Some(false);
@@ -197,10 +202,38 @@ impl Engine {
         v
     }
 
-    fn next_transition(&mut self, fp: &str) -> u64 {
+    /// The next transition number of `fp`: above every earlier one and at least
+    /// `now_ms`, so numbers keep increasing across collector restarts (the alerter
+    /// treats a lower number as a stale redelivery) without being stored anywhere.
+    fn next_transition(&mut self, fp: &str, now_ms: i64) -> u64 {
         let c = self.counters.entry(fp.to_string()).or_insert(0);
-        *c += 1;
+        *c = (*c + 1).max(u64::try_from(now_ms).unwrap_or(0));
         *c
+    }
+
+    /// Takes over an alert that was firing before a restart (from the alert store):
+    /// it is firing without a new transition, so it is not announced twice, and it
+    /// resolves when its condition clears, or when its subject is still not observed
+    /// at `hold_until_ms`.
+    pub fn restore_firing(
+        &mut self,
+        fingerprint: &str,
+        rule: &'static str,
+        observation: Observation,
+        transition: u64,
+        hold_until_ms: i64,
+    ) {
+        let c = self.counters.entry(fingerprint.to_string()).or_insert(0);
+        *c = (*c).max(transition);
+        self.entries.insert(
+            fingerprint.to_string(),
+            Entry {
+                rule,
+                phase: Phase::Firing,
+                last: observation,
+                hold_until_ms,
+            },
+        );
     }
 
     fn fire(
@@ -209,9 +242,9 @@ impl Engine {
         rule: &'static str,
         severity: Severity,
         since_ms: i64,
-        _now_ms: i64,
+        now_ms: i64,
     ) -> Option<Transition> {
-        let transition = self.next_transition(fp);
+        let transition = self.next_transition(fp, now_ms);
         let e = self.entries.get_mut(fp)?;
         e.phase = Phase::Firing;
         Some(Transition {
@@ -234,7 +267,7 @@ impl Engine {
         now_ms: i64,
     ) -> Transition {
         self.entries.remove(fp);
-        let transition = self.next_transition(fp);
+        let transition = self.next_transition(fp, now_ms);
         Transition {
             fingerprint: fp.to_string(),
             rule,
@@ -304,7 +337,8 @@ mod tests {
             1_000,
         );
         assert_eq!(t.len(), 1);
-        assert!(t[0].firing && t[0].transition == 1 && t[0].since_ms == 1_000);
+        // Transition numbers are at least the evaluation time (restart-safe).
+        assert!(t[0].firing && t[0].transition == 1_000 && t[0].since_ms == 1_000);
         // Still bad: nothing new.
         assert!(e
             .apply(
@@ -323,7 +357,7 @@ mod tests {
             3_000,
         );
         assert_eq!(t.len(), 1);
-        assert!(!t[0].firing && t[0].transition == 2);
+        assert!(!t[0].firing && t[0].transition == 3_000);
         assert!(e
             .apply(
                 R,
@@ -333,15 +367,47 @@ mod tests {
                 4_000
             )
             .is_empty());
-        // A new incident gets new transition numbers.
+        // A new incident gets new transition numbers, increasing even if the clock
+        // stepped back.
         let t = e.apply(
             R,
             Severity::Critical,
             Duration::ZERO,
             vec![obs("m1", Some(true))],
-            5_000,
+            2_500,
         );
-        assert_eq!(t[0].transition, 3);
+        assert_eq!(t[0].transition, 3_001);
+    }
+
+    #[test]
+    fn a_restored_alert_is_not_fired_again_and_resolves_after_the_grace() {
+        let fp = fingerprint(R, &obs("m1", Some(true)).labels);
+        // Still bad after the restart: no transition.
+        let mut e = Engine::default();
+        e.restore_firing(&fp, R, obs("m1", Some(true)), 7_000, 20_000);
+        let bad = || vec![obs("m1", Some(true))];
+        assert!(e
+            .apply(R, Severity::Critical, Duration::ZERO, bad(), 10_000)
+            .is_empty());
+        assert_eq!(e.firing(), std::slice::from_ref(&fp));
+        // Condition clear: resolves at once, with a higher number.
+        let t = e.apply(
+            R,
+            Severity::Critical,
+            Duration::ZERO,
+            vec![obs("m1", Some(false))],
+            11_000,
+        );
+        assert_eq!((t[0].firing, t[0].transition), (false, 11_000));
+
+        // Not observed (agents reconnecting): held until the grace ends, then resolved.
+        let mut e = Engine::default();
+        e.restore_firing(&fp, R, obs("m1", Some(true)), 50_000, 20_000);
+        assert!(e
+            .apply(R, Severity::Critical, Duration::ZERO, vec![], 19_999)
+            .is_empty());
+        let t = e.apply(R, Severity::Critical, Duration::ZERO, vec![], 20_000);
+        assert_eq!((t[0].firing, t[0].transition), (false, 50_001));
     }
 
     #[test]

@@ -53,10 +53,59 @@ impl Rules {
     pub fn firing(&self) -> Vec<String> {
         self.engine.firing()
     }
+
+    /// Takes over the alerts that were firing before a restart, as the alert store
+    /// has them (latest transition per fingerprint); returns how many. Without this a
+    /// collector restarted during an incident would fire the alert again under a new
+    /// number and, worse, never resolve one whose condition cleared while it was down.
+    ///
+    /// A restored alert whose subject is not observed resolves only after `grace_ms`
+    /// from `now_ms` (agents reconnecting to the restarted collector); one whose
+    /// condition is observed clear resolves at once.
+    pub fn restore(
+        &mut self,
+        latest: &[etcdmon_storage::AlertTransitionRow],
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> usize {
+        let mut restored = 0;
+        for row in latest.iter().filter(|r| r.state == "firing") {
+            let Some(rule) = builtin::RULES.iter().find(|r| r.name == row.rule) else {
+                continue;
+            };
+            let mut labels: BTreeMap<String, String> =
+                serde_json::from_str(&row.labels_json).unwrap_or_default();
+            labels.remove("rule");
+            labels.remove("severity");
+            // Only alerts this rule set would compute the same fingerprint for.
+            if engine::fingerprint(rule.name, &labels) != row.fingerprint {
+                continue;
+            }
+            let annotations: BTreeMap<String, String> =
+                serde_json::from_str(&row.annotations_json).unwrap_or_default();
+            let text = |k: &str| annotations.get(k).cloned().unwrap_or_default();
+            let observation = engine::Observation {
+                labels,
+                bad: Some(true),
+                value: row.value,
+                summary: text("summary"),
+                description: text("description"),
+            };
+            self.engine.restore_firing(
+                &row.fingerprint,
+                rule.name,
+                observation,
+                row.transition,
+                now_ms + grace_ms,
+            );
+            restored += 1;
+        }
+        restored
+    }
 }
 
-/// Evaluates the rules on the live state every `interval` until
-/// `shutdown`, logging and counting each transition and handing it to
+/// Evaluates the rules on the live state every `interval`, and at once when the
+/// state reports a change, until `shutdown`, logging and counting each transition and handing it to
 /// `sink` when there is one (the alert publisher).
 pub async fn run(
     mut rules: Rules,
@@ -72,6 +121,9 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+            // A member went down or up, a leader changed...: judge it now. This is
+            // what makes a dead member page within milliseconds of its agent noticing.
+            _ = state.changed() => {}
         }
         let started = std::time::Instant::now();
         let now = std::time::SystemTime::now()

@@ -345,3 +345,30 @@ fn frequent_leader_changes_counts_elections() {
         "{all:?}"
     );
 }
+
+#[test]
+fn agents_that_have_not_reported_a_status_yet_do_not_count_as_lost_quorum() {
+    let (st, mut r) = (LiveState::default(), rules());
+    // Just connected (the first second after a collector or agent start): two agents
+    // opened their streams, one also sent metrics; no status yet.
+    for n in 1..=3u64 {
+        st.connected(&id(&format!("m{n}"), n));
+    }
+    let scrape = Body::Metrics(MetricsScrape::default());
+    st.apply(&id("m3", 3), &report(T0, scrape));
+    let t: Vec<(String, bool)> = r
+        .evaluate(&st.snapshot_at(T0), T0)
+        .into_iter()
+        .map(|t| (t.rule.to_string(), t.firing))
+        .collect();
+    assert!(t.is_empty(), "no judgement before the first status: {t:?}");
+    assert!(step(&st, &mut r, T0 + 1_000, healthy(2)).is_empty());
+    // With statuses in, a real loss still fires.
+    let t = step(
+        &st,
+        &mut r,
+        T0 + 2_000,
+        [Some(up(1, 1, 2, 11)), Some(down()), Some(down())],
+    );
+    assert!(t.contains(&("quorum_lost".into(), true)), "{t:?}");
+}

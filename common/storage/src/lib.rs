@@ -16,10 +16,13 @@
 //! identical rows; every row has a natural key (series + timestamp) and
 //! every query deduplicates on it, so nothing is counted twice either way.
 
+pub mod alerts;
 pub mod clickhouse;
 pub mod model;
+pub mod open;
 pub mod sqlite;
 
+pub use alerts::*;
 pub use model::*;
 
 use std::time::Duration;
@@ -103,6 +106,12 @@ pub struct Retention {
     /// Events (member up/down, leader changes, alarms).
     #[serde(with = "humantime_serde")]
     pub events: Duration,
+    /// Alert history: transitions, delivery attempts and acknowledgements older than
+    /// this, and silences that ended before it. The latest transition of an alert that
+    /// is still firing (and its acknowledgement) is kept whatever its age, because the
+    /// alerter restores its state from it.
+    #[serde(with = "humantime_serde")]
+    pub alerts: Duration,
 }
 
 impl Default for Retention {
@@ -113,6 +122,30 @@ impl Default for Retention {
             rollup_1m: Duration::from_secs(30 * DAY),
             rollup_1h: Duration::from_secs(365 * DAY),
             events: Duration::from_secs(90 * DAY),
+            alerts: Duration::from_secs(90 * DAY),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::value::{Error as DeError, MapDeserializer};
+    use serde::Deserialize as _;
+
+    fn retention(fields: &[(&'static str, &'static str)]) -> Retention {
+        Retention::deserialize(MapDeserializer::<_, DeError>::new(fields.iter().copied()))
+            .expect("valid retention")
+    }
+
+    #[test]
+    fn retention_configs_written_before_alerts_existed_still_parse() {
+        const DAY: u64 = 86_400;
+        let old = retention(&[("samples", "3d"), ("events", "30d")]);
+        assert_eq!(old.samples, Duration::from_secs(3 * DAY));
+        assert_eq!(old.alerts, Duration::from_secs(90 * DAY));
+        let new = retention(&[("alerts", "14d")]);
+        assert_eq!(new.alerts, Duration::from_secs(14 * DAY));
+        assert_eq!(new.events, Duration::from_secs(90 * DAY));
     }
 }

@@ -187,15 +187,16 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
         .unwrap();
     assert_eq!(
         tables,
-        "batch_marks\nevents\nsamples\nsamples_1h\nsamples_1h_mv\nsamples_1m\nsamples_1m_mv\n\
-         schema_migrations\nseries\n"
+        "alert_acks\nalert_deliveries\nalert_transitions\nbatch_marks\nevents\nsamples\n\
+         samples_1h\nsamples_1h_mv\nsamples_1m\nsamples_1m_mv\nschema_migrations\nseries\n\
+         silences\n"
     );
     let versions = server
         .query(&format!(
             "SELECT DISTINCT version FROM {DB}.schema_migrations ORDER BY version"
         ))
         .unwrap();
-    assert_eq!(versions, "1\n2\n3\n");
+    assert_eq!(versions, "1\n2\n3\n4\n");
 
     // Two "processes" (separate storages, separate connection pools) migrating a fresh
     // database at the same moment, twice over.
@@ -213,7 +214,7 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
     let count = server
         .query("SELECT count() FROM system.tables WHERE database = 'etcdmon_race'")
         .unwrap();
-    assert_eq!(count, "9\n");
+    assert_eq!(count, "13\n");
 }
 
 #[tokio::test]
@@ -506,6 +507,7 @@ async fn retention_drops_old_partitions_and_keeps_recent_ones() {
         rollup_1m: Duration::from_secs(30 * 86_400),
         rollup_1h: Duration::from_secs(365 * 86_400),
         events: Duration::from_secs(7 * 86_400),
+        ..Retention::default()
     };
     let storage = ClickHouseStorage::new(ClickHouseConfig {
         retention,

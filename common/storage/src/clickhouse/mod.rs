@@ -14,8 +14,13 @@
 //! query(step k*1m / k*1h)  <── samples_1m / samples_1h for whole buckets, samples for the edges
 //! count_samples            <── samples, deduplicated
 //! stored_through           <── max(sequence) of batch_marks
-//! apply_retention          ──> ALTER TABLE ... DROP PARTITION (daily, monthly for 1h)
+//! apply_retention          ──> ALTER TABLE ... DROP PARTITION (daily, monthly for 1h
+//!                               and the alert tables)
 //! ```
+//!
+//! The alert state and history ([`crate::AlertStore`]: `alert_transitions`,
+//! `alert_deliveries`, `silences`, `alert_acks`) follow the same rules; `alerts.rs`
+//! describes their keys, deduplication and retention.
 //!
 //! `write` sends each non-empty kind of row as ONE `INSERT` (RowBinary, LZ4-compressed,
 //! streamed), so a batch of thousands of samples is one part per day it touches rather
@@ -70,6 +75,8 @@
 //! collector keeps the batch and the agent resends it. Every other server error (bad SQL,
 //! type mismatch, unknown table, authentication) is [`StorageError::Rejected`].
 
+mod alert_sql;
+mod alerts;
 mod config;
 mod query;
 mod retention;
@@ -117,6 +124,9 @@ const RETAINED_TABLES: &[(&str, Granularity)] = &[
     ("samples_1h", Granularity::Month),
     ("events", Granularity::Day),
     ("batch_marks", Granularity::Day),
+    ("alert_transitions", Granularity::Month),
+    ("alert_deliveries", Granularity::Month),
+    ("alert_acks", Granularity::Month),
 ];
 
 /// A row of `samples`, in column order (validation is off, RowBinary is positional).
@@ -573,6 +583,8 @@ impl Storage for ClickHouseStorage {
             )
             .await?;
         let retention = &self.config.retention;
+        // Before any alert partition goes: copy out what a firing alert still needs.
+        self.keep_firing_alerts(&partitions, now_ms).await?;
         let mut outcome = RetentionOutcome::default();
         for &(table, granularity) in RETAINED_TABLES {
             let keep = match table {
@@ -580,6 +592,7 @@ impl Storage for ClickHouseStorage {
                 "samples_1m" => retention.rollup_1m,
                 "samples_1h" => retention.rollup_1h,
                 "events" => retention.events,
+                "alert_transitions" | "alert_deliveries" | "alert_acks" => retention.alerts,
                 _ => BATCH_MARKS_RETENTION,
             };
             let mut removed = 0;
@@ -618,6 +631,11 @@ impl Storage for ClickHouseStorage {
             }
             outcome.removed.push((table.to_owned(), removed));
         }
+        let alerts_ms = i64::try_from(retention.alerts.as_millis()).unwrap_or(i64::MAX);
+        let silences = self
+            .expire_silences(now_ms.saturating_sub(alerts_ms))
+            .await?;
+        outcome.removed.push(("silences".to_owned(), silences));
         Ok(outcome)
     }
 }

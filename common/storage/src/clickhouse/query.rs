@@ -64,18 +64,21 @@ pub(super) struct Sql {
 }
 
 impl Sql {
-    fn push(&mut self, text: &str) -> &mut Self {
+    /// Appends SQL text.
+    pub(super) fn push(&mut self, text: &str) -> &mut Self {
         self.text.push_str(text);
         self
     }
 
-    fn str(&mut self, value: &str) -> &mut Self {
+    /// Appends a `?` bound to a string.
+    pub(super) fn str(&mut self, value: &str) -> &mut Self {
         self.text.push('?');
         self.args.push(Arg::Str(value.to_owned()));
         self
     }
 
-    fn int(&mut self, value: i64) -> &mut Self {
+    /// Appends a `?` bound to an integer.
+    pub(super) fn int(&mut self, value: i64) -> &mut Self {
         self.text.push('?');
         self.args.push(Arg::Int(value));
         self
@@ -142,7 +145,9 @@ fn series_filter(sql: &mut Sql, q: &PointQuery, from_ms: i64, to_ms: i64) {
     day_filter(sql, from_ms, to_ms);
 }
 
-fn day_filter(sql: &mut Sql, from_ms: i64, to_ms: i64) {
+/// ` AND date >= toDate('from day') AND date <= toDate('to day')`, so ClickHouse skips
+/// whole partitions.
+pub(super) fn day_filter(sql: &mut Sql, from_ms: i64, to_ms: i64) {
     sql.push(" AND date >= toDate(")
         .str(&date_literal(day_of_ms(from_ms)))
         .push(") AND date <= toDate(")

@@ -1,7 +1,8 @@
 //! Calendar arithmetic for the `date` columns and for retention by partition.
 //!
 //! Every table with a retention is partitioned by the UTC day (`toYYYYMMDD(date)`) or,
-//! for the 1-hour rollup, the UTC month (`toYYYYMM(date)`) of its rows, and `date` is
+//! for the 1-hour rollup and the alert history, the UTC month (`toYYYYMM(date)`) of its
+//! rows (`silences` is the exception, see `alerts.rs`), and `date` is
 //! computed here, on the client, from the row's millisecond timestamp. Doing it on the
 //! client keeps partitions independent of the server's time zone, which differs between
 //! installations. Retention then reads the partition ids from `system.parts` and drops a
@@ -78,6 +79,13 @@ pub(super) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+/// The first day of the month holding `day`. Rows dated before the month of a
+/// retention horizon lie in exactly the monthly partitions [`partition_expired`] drops.
+pub(super) fn month_start(day: i64) -> i64 {
+    let (y, m, _) = civil_from_days(day);
+    days_from_civil(y, m, 1)
 }
 
 /// The first day after the partition whose id is `partition` (`20240105` for a day,

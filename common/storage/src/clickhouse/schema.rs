@@ -172,6 +172,78 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             GROUP BY date, cluster, member, name, labels, bucket_ms",
         ],
     },
+    Migration {
+        version: 4,
+        description: "alert state and history: alert_transitions, alert_deliveries, silences, \
+                      alert_acks",
+        statements: &[
+            // Sorted by the natural key. `date` is the UTC day of received_ms (or of the
+            // retention run that carried a still-firing transition forward; see
+            // alerts.rs), so monthly partitions expire like the other tables. The first
+            // copy of a key (earliest received_ms) is the one that counts: `first_wins` is
+            // the merge version, and ReplacingMergeTree keeps the highest version.
+            "CREATE TABLE IF NOT EXISTS {db}.alert_transitions (
+                date Date,
+                fingerprint String,
+                transition UInt64,
+                state String,
+                cluster String,
+                rule String,
+                severity String,
+                labels_json String,
+                annotations_json String,
+                value Float64,
+                active_since_ms Int64,
+                received_ms Int64,
+                first_wins Int64 MATERIALIZED -received_ms
+            ) ENGINE = ReplacingMergeTree(first_wins)
+            PARTITION BY toYYYYMM(date)
+            ORDER BY (fingerprint, transition)",
+            // A key names one attempt, so copies are identical and need no version.
+            // Fingerprint first: the per-alert history reads a range of the index.
+            "CREATE TABLE IF NOT EXISTS {db}.alert_deliveries (
+                date Date,
+                receiver String,
+                fingerprint String,
+                transition UInt64,
+                state String,
+                group_key String,
+                reason String,
+                attempt_ms Int64,
+                attempt UInt32,
+                outcome String,
+                detail String
+            ) ENGINE = ReplacingMergeTree()
+            PARTITION BY toYYYYMM(date)
+            ORDER BY (fingerprint, transition, receiver, state, attempt_ms, attempt)",
+            // Not partitioned: the versions of one silence can have any ends_ms, and
+            // dropping the partition that holds the latest version would bring an older
+            // one back to life. Retention deletes whole silences with a mutation instead
+            // (few rows).
+            "CREATE TABLE IF NOT EXISTS {db}.silences (
+                id String,
+                matchers_json String,
+                starts_ms Int64,
+                ends_ms Int64,
+                created_by String,
+                comment String,
+                updated_ms Int64
+            ) ENGINE = ReplacingMergeTree(updated_ms)
+            ORDER BY id",
+            // The earliest acknowledgement of a transition counts, as for transitions.
+            "CREATE TABLE IF NOT EXISTS {db}.alert_acks (
+                date Date,
+                fingerprint String,
+                transition UInt64,
+                acked_by String,
+                comment String,
+                ts_ms Int64,
+                first_wins Int64 MATERIALIZED -ts_ms
+            ) ENGINE = ReplacingMergeTree(first_wins)
+            PARTITION BY toYYYYMM(date)
+            ORDER BY (fingerprint, transition)",
+        ],
+    },
 ];
 
 /// `statement` with `{db}` replaced by the backquoted database name. The name is

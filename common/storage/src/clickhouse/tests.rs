@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use super::alert_sql;
 use super::query::{self, inner_buckets, Arg, Source, HOUR_MS, MINUTE_MS};
 use super::retention::{
-    civil_from_days, date_column, date_literal, days_from_civil, partition_end_day,
+    civil_from_days, date_column, date_literal, days_from_civil, month_start, partition_end_day,
     partition_expired, Granularity, DAY_MS, MAX_DAY,
 };
 use super::*;
@@ -84,6 +85,85 @@ fn partition_ends_and_expiry() {
     assert_eq!(
         partition_expired(Granularity::Day, "junk", jan13, week),
         None
+    );
+}
+
+#[test]
+fn rows_before_the_horizons_month_are_exactly_the_expired_partitions() {
+    assert_eq!(
+        month_start(days_from_civil(2024, 3, 17)),
+        days_from_civil(2024, 3, 1)
+    );
+    assert_eq!(
+        month_start(days_from_civil(2024, 3, 1)),
+        days_from_civil(2024, 3, 1)
+    );
+    assert_eq!(
+        month_start(days_from_civil(2024, 2, 29)),
+        days_from_civil(2024, 2, 1)
+    );
+    // With the horizon anywhere in March, February expires and March does not.
+    let keep = Duration::from_secs(30 * 86_400);
+    for horizon_day in [days_from_civil(2024, 3, 1), days_from_civil(2024, 3, 31)] {
+        let now = horizon_day * DAY_MS + 30 * DAY_MS + 5;
+        let cutoff = month_start(horizon_day);
+        assert_eq!(cutoff, days_from_civil(2024, 3, 1));
+        assert_eq!(
+            partition_expired(Granularity::Month, "202402", now, keep),
+            Some(true)
+        );
+        assert_eq!(
+            partition_expired(Granularity::Month, "202403", now, keep),
+            Some(false)
+        );
+    }
+}
+
+#[test]
+fn alert_history_filters_the_copy_that_counts() {
+    let q = crate::AlertHistoryQuery {
+        from_ms: 5,
+        to_ms: 9,
+        cluster: Some("prod".into()),
+        fingerprint: Some("fp".into()),
+        limit: 3,
+    };
+    let sql = alert_sql::history_sql(&q);
+    let grouped = sql.text.find("GROUP BY fingerprint, transition").unwrap();
+    // The key column narrows the scan; received time and cluster may differ between
+    // copies, so they filter the deduplicated row.
+    assert!(
+        sql.text.find("WHERE fingerprint = ?").unwrap() < grouped,
+        "{}",
+        sql.text
+    );
+    for outer in ["d_received_ms >= ?", "d_received_ms <= ?", "d_cluster = ?"] {
+        assert!(
+            sql.text.find(outer).unwrap() > grouped,
+            "{outer}: {}",
+            sql.text
+        );
+    }
+    assert!(
+        sql.text.contains("argMin(state, received_ms) AS d_state"),
+        "{}",
+        sql.text
+    );
+    assert_eq!(
+        sql.args,
+        vec![
+            Arg::Str("fp".into()),
+            Arg::Int(5),
+            Arg::Int(9),
+            Arg::Str("prod".into()),
+            Arg::Int(3),
+        ]
+    );
+    let delete = alert_sql::delete_silences_sql([("a", 1), ("b", 2)]);
+    assert_eq!(
+        delete.text,
+        "ALTER TABLE silences DELETE WHERE (id = ? AND updated_ms <= ?) OR \
+         (id = ? AND updated_ms <= ?)"
     );
 }
 

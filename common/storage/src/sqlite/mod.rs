@@ -14,7 +14,11 @@
 //!
 //! rusqlite is synchronous: calls run on tokio's blocking pool, with one
 //! connection for writes and one for reads (WAL lets them run at once).
+//!
+//! Alert state and history ([`crate::AlertStore`]) live in four more tables of
+//! the same file; see `alerts.rs`.
 
+mod alerts;
 mod schema;
 
 use crate::{
@@ -335,7 +339,8 @@ impl Storage for SqliteStorage {
     async fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
         let r = self.retention.clone();
         let ms = |d: Duration| now_ms - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2);
-        let (samples_before, events_before) = (ms(r.samples), ms(r.events));
+        let (samples_before, events_before, alerts_before) =
+            (ms(r.samples), ms(r.events), ms(r.alerts));
         // Batch marks are only needed while an agent may still resend.
         let marks_before = now_ms - 7 * 86_400_000;
         let series_ids: Vec<i64> = self
@@ -389,13 +394,13 @@ impl Storage for SqliteStorage {
                 Ok((e as u64, m as u64))
             })
             .await?;
-        Ok(RetentionOutcome {
-            removed: vec![
-                ("samples".into(), removed_samples),
-                ("events".into(), events),
-                ("batch_marks".into(), marks),
-            ],
-        })
+        let mut removed = vec![
+            ("samples".into(), removed_samples),
+            ("events".into(), events),
+            ("batch_marks".into(), marks),
+        ];
+        removed.extend(self.alert_retention(alerts_before).await?);
+        Ok(RetentionOutcome { removed })
     }
 }
 

@@ -7,9 +7,10 @@ use crate::{Result, StorageError};
 use rusqlite::{params, Connection};
 
 /// (version, SQL) in order. Never edit a released migration: add one.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE series (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE series (
         id INTEGER PRIMARY KEY,
         cluster TEXT NOT NULL,
         member TEXT NOT NULL,
@@ -40,7 +41,64 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         stored_ms INTEGER NOT NULL,
         PRIMARY KEY (agent_id, sequence)
     ) WITHOUT ROWID;",
-)];
+    ),
+    (
+        2,
+        // Alert state and history (see `crate::alerts`). Ordinary rowid tables: rows carry
+        // JSON text, too wide for WITHOUT ROWID to pay off, and retention deletes by rowid.
+        // `value` may be NULL because SQLite stores a NaN as NULL.
+        "CREATE TABLE alert_transitions (
+        fingerprint TEXT NOT NULL,
+        transition INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        cluster TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        labels_json TEXT NOT NULL,
+        annotations_json TEXT NOT NULL,
+        value REAL,
+        active_since_ms INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL,
+        PRIMARY KEY (fingerprint, transition)
+    );
+    CREATE INDEX alert_transitions_received ON alert_transitions (received_ms);
+    CREATE INDEX alert_transitions_cluster ON alert_transitions (cluster, received_ms);
+    -- Fingerprint first, so the per-alert history uses the key's index.
+    CREATE TABLE alert_deliveries (
+        receiver TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        transition INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        group_key TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        attempt_ms INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        PRIMARY KEY (fingerprint, transition, receiver, state, attempt_ms, attempt)
+    );
+    CREATE INDEX alert_deliveries_attempt ON alert_deliveries (attempt_ms);
+    CREATE TABLE silences (
+        id TEXT NOT NULL PRIMARY KEY,
+        matchers_json TEXT NOT NULL,
+        starts_ms INTEGER NOT NULL,
+        ends_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        comment TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE INDEX silences_ends ON silences (ends_ms);
+    CREATE TABLE alert_acks (
+        fingerprint TEXT NOT NULL,
+        transition INTEGER NOT NULL,
+        acked_by TEXT NOT NULL,
+        comment TEXT NOT NULL,
+        ts_ms INTEGER NOT NULL,
+        PRIMARY KEY (fingerprint, transition)
+    );
+    CREATE INDEX alert_acks_ts ON alert_acks (ts_ms);",
+    ),
+];
 
 /// Applies the migrations not yet recorded.
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

@@ -3,6 +3,9 @@
 //!
 //! - `GET /api/v1/clusters`
 //! - `GET /api/v1/clusters/{cluster}/metrics/history?metric=NAME&member=M&labels=L&from=T&to=T&step=S`
+//! - alerts, their history, acknowledgements and silences: see [`alerts`].
+
+pub mod alerts;
 
 use crate::state::LiveState;
 use axum::extract::{Path, Query, State};
@@ -10,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use etcdmon_storage::{PointQuery, Storage, StorageError};
+use etcdmon_storage::{AlertStore, PointQuery, Storage, StorageError};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -28,15 +31,20 @@ struct Api {
 }
 
 /// The API routes.
-pub fn router(storage: Arc<dyn Storage>, state: LiveState) -> Router {
+pub fn router(
+    storage: Arc<dyn Storage>,
+    alert_store: Arc<dyn AlertStore>,
+    state: LiveState,
+) -> Router {
     Router::new()
         .route("/api/v1/clusters", get(clusters))
         .route("/api/v1/clusters/{cluster}/metrics/history", get(history))
         .with_state(Api { storage, state })
+        .merge(alerts::router(alert_store))
 }
 
 /// An API error: status plus a one-sentence message.
-pub struct ApiError(StatusCode, String);
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -44,7 +52,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn bad(msg: impl Into<String>) -> ApiError {
+pub(crate) fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
@@ -173,7 +181,7 @@ fn humantime_like(d: Duration) -> String {
 
 /// Accepts RFC 3339 (`2026-11-27T15:00:00Z`), Unix seconds (`1795000000`,
 /// fractions allowed), `now`, or `now-DURATION` (`now-15m`).
-fn parse_time(field: &str, s: &str, now_ms: i64) -> Result<i64, ApiError> {
+pub(crate) fn parse_time(field: &str, s: &str, now_ms: i64) -> Result<i64, ApiError> {
     if s == "now" {
         return Ok(now_ms);
     }
@@ -215,7 +223,7 @@ fn parse_step(s: &str) -> Result<i64, ApiError> {
     Ok(ms)
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
