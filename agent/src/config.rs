@@ -254,6 +254,10 @@ pub struct StatusConfig {
     /// Key read by the linearizable and serializable health reads (read only;
     /// it need not exist).
     pub health_key: String,
+    /// Keep a watch on `health_key` open so that a member that exits is noticed
+    /// the moment its connection closes, not at the next round (see
+    /// docs/agent.md, "Event-driven detection").
+    pub liveness_watch: bool,
 }
 
 impl Default for StatusConfig {
@@ -263,6 +267,7 @@ impl Default for StatusConfig {
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(800),
             health_key: "health".into(),
+            liveness_watch: true,
         }
     }
 }

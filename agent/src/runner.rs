@@ -184,10 +184,15 @@ async fn run_loop(
     }
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let wake = c.wake();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
+            // An event (a broken liveness watch): run now, then resume the rhythm.
+            _ = async { match &wake { Some(w) => w.notified().await, None => std::future::pending().await } } => {
+                tick.reset();
+            }
         }
         let report = tokio::select! {
             r = run_one(c.as_mut(), &shared, &metrics) => r,

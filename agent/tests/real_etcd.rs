@@ -308,3 +308,64 @@ async fn stopped_member_times_out_within_the_probe_timeout() {
         assert!(alive.last().expect("r").1.reachable);
     }
 }
+
+/// With a status interval far longer than the test, only the liveness watch can
+/// produce a prompt status round: a killed member's exit and its return are both
+/// reported long before the next tick (and with the watch disabled, neither is).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_liveness_watch_reports_an_exit_and_a_return_without_waiting_for_the_tick() {
+    let mut cluster = EtcdCluster::start(3).expect("start etcd");
+    let (tx, mut rx) = mpsc::channel(1024);
+    let shutdown = CancellationToken::new();
+    let agent_for = |i: usize, watch: bool| {
+        let mut cfg = config_for(cluster.member(i));
+        cfg.status.interval = Duration::from_secs(300);
+        cfg.status.liveness_watch = watch;
+        cfg.metrics.enabled = false;
+        cfg.host.enabled = false;
+        cfg.fsync.enabled = false;
+        cfg.peers.enabled = false;
+        cfg.certs.enabled = false;
+        Agent::new(&cfg, AgentMetrics::new()).expect("agent")
+    };
+    agent_for(1, true).spawn(tx.clone(), shutdown.clone());
+    agent_for(2, false).spawn(tx.clone(), shutdown.clone());
+    // First rounds (at start), then quiet: the next tick is 5 minutes away.
+    let first = drain(&mut rx, Duration::from_secs(2)).await;
+    let (watched, unwatched) = (
+        cluster.member(1).name.clone(),
+        cluster.member(2).name.clone(),
+    );
+    assert_eq!(status_of(&first, &watched).len(), 1, "one round at start");
+
+    cluster.kill(1).expect("kill");
+    cluster.kill(2).expect("kill");
+    let reports = drain(&mut rx, Duration::from_secs(5)).await;
+    let down = status_of(&reports, &watched);
+    assert_eq!(down.len(), 1, "one extra round, woken by the broken watch");
+    assert!(!down[0].1.reachable);
+    assert!(
+        status_of(&reports, &unwatched).is_empty(),
+        "without the watch nothing is reported before the tick"
+    );
+
+    cluster.restart(1).expect("restart");
+    let reports = drain(&mut rx, Duration::from_secs(8)).await;
+    let back = status_of(&reports, &watched);
+    assert!(
+        back.last().is_some_and(|(_, s)| s.reachable),
+        "the return is reported when the watch re-opens: {:?}",
+        back.iter().map(|(_, s)| s.reachable).collect::<Vec<_>>()
+    );
+    shutdown.cancel();
+}
+
+/// Reports received within `d`.
+async fn drain(rx: &mut mpsc::Receiver<Report>, d: Duration) -> Vec<Report> {
+    let until = Instant::now() + d;
+    let mut out = Vec::new();
+    while let Ok(Some(r)) = tokio::time::timeout_at(until.into(), rx.recv()).await {
+        out.push(r);
+    }
+    out
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 pub mod certs;
 pub mod fsync;
 pub mod host;
+pub mod liveness;
 pub mod metrics;
 pub mod peers;
 pub mod status;
@@ -28,6 +29,11 @@ pub trait Collector: Send {
     /// Takes one measurement. Failures are part of the result, never a
     /// panic or an endless wait.
     fn collect(&mut self) -> BoxFuture<'_, Body>;
+    /// Signalled when something happened that makes a round due before the
+    /// next tick (the status collector's liveness watch broke or came back).
+    fn wake(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// Builds the collectors enabled in `cfg`, in the order `collect --once`

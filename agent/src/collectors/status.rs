@@ -19,7 +19,9 @@ use etcd_client::{AlarmAction, AlarmType, Client, ConnectOptions, GetOptions};
 use etcdmon_proto::v1::{report::Body, Alarm, EtcdStatus, Failure, Member, ReadProbe};
 use futures::future::BoxFuture;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// Collects [`EtcdStatus`] from one member.
 pub struct StatusCollector {
@@ -33,6 +35,18 @@ pub struct StatusCollector {
     timeout: Duration,
     health_key: String,
     shared: Shared,
+    /// Woken by the liveness watch (see [`super::liveness`]); `None` when disabled.
+    wake: Option<Arc<Notify>>,
+    /// The liveness watch task, started with the client and aborted on drop.
+    liveness: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for StatusCollector {
+    fn drop(&mut self) {
+        if let Some(task) = &self.liveness {
+            task.abort();
+        }
+    }
 }
 
 impl StatusCollector {
@@ -56,6 +70,8 @@ impl StatusCollector {
             timeout: cfg.status.timeout,
             health_key: cfg.status.health_key.clone(),
             shared,
+            wake: cfg.status.liveness_watch.then(|| Arc::new(Notify::new())),
+            liveness: None,
         })
     }
 
@@ -74,6 +90,14 @@ impl StatusCollector {
         )
         .await?;
         self.client = Some(c.clone());
+        if let Some(wake) = &self.wake {
+            let task = tokio::spawn(super::liveness::watch(
+                c.clone(),
+                self.health_key.clone(),
+                wake.clone(),
+            ));
+            self.liveness = Some(task.abort_handle());
+        }
         Ok(c)
     }
 
@@ -191,6 +215,9 @@ impl Collector for StatusCollector {
     }
     fn collect(&mut self) -> BoxFuture<'_, Body> {
         Box::pin(async move { Body::Status(self.round().await) })
+    }
+    fn wake(&self) -> Option<Arc<Notify>> {
+        self.wake.clone()
     }
 }
 

@@ -212,6 +212,7 @@ async fn batcher(
     let mut size = 0u64;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status: Option<StatusKey> = None;
     loop {
         tokio::select! {
             r = reports.recv() => match r {
@@ -222,7 +223,18 @@ async fn batcher(
                         size = 0;
                     }
                     size += len;
+                    // A member that went down or up, or a new leader, is news the
+                    // collector's rules must see now, not at the next batch tick.
+                    let key = status_key(&r);
+                    let urgent = key.is_some() && key != last_status;
+                    if key.is_some() {
+                        last_status = key;
+                    }
                     current.push(r);
+                    if urgent {
+                        seal(&ctx, std::mem::take(&mut current)).await;
+                        size = 0;
+                    }
                 }
                 None => break,
             },
@@ -238,6 +250,16 @@ async fn batcher(
         seal(&ctx, current).await;
     }
     done.cancel();
+}
+
+/// What makes a status report urgent when it changes: reachability and leader.
+type StatusKey = (bool, u64);
+
+fn status_key(r: &Report) -> Option<StatusKey> {
+    match &r.body {
+        Some(etcdmon_proto::v1::report::Body::Status(s)) => Some((s.reachable, s.leader_id)),
+        _ => None,
+    }
 }
 
 /// Numbers, encodes and spools one batch.
