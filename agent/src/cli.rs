@@ -4,7 +4,8 @@
 use crate::config::{AgentConfig, ENV_PREFIX};
 use crate::output::Format;
 use clap::{Args, Parser, Subcommand};
-use serde_json::{json, Map, Value};
+use etcdmon_core::config::Overrides;
+use serde_json::{Map, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -99,76 +100,31 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
 impl Flags {
     /// The flags that were given, shaped like the config file.
     pub fn overrides(&self) -> Value {
-        let mut root = Map::new();
-        let mut set = |section: &str, key: &str, v: Value| {
-            let entry = root
-                .entry(section.to_string())
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(m) = entry {
-                m.insert(key.to_string(), v);
-            }
-        };
-        let path = |p: &PathBuf| json!(p.display().to_string());
-        if let Some(v) = &self.etcd_endpoint {
-            set("etcd", "endpoint", json!(v));
-        }
-        if let Some(v) = &self.metrics_url {
-            set("etcd", "metrics_url", json!(v));
-        }
-        if let Some(v) = &self.data_dir {
-            set("etcd", "data_dir", path(v));
-        }
-        if let Some(v) = &self.pid_file {
-            set("etcd", "pid_file", path(v));
-        }
-        if let Some(v) = &self.cluster {
-            set("identity", "cluster", json!(v));
-        }
-        if let Some(v) = &self.member_name {
-            set("identity", "member_name", json!(v));
-        }
-        if let Some(v) = &self.node {
-            set("identity", "node", json!(v));
-        }
-        if let Some(v) = &self.region {
-            set("identity", "region", json!(v));
-        }
+        let mut o = Overrides::new();
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        o.set_opt("etcd.endpoint", self.etcd_endpoint.as_ref())
+            .set_opt("etcd.metrics_url", self.metrics_url.as_ref())
+            .set_opt("etcd.data_dir", path(&self.data_dir))
+            .set_opt("etcd.pid_file", path(&self.pid_file))
+            .set_opt("etcd.tls.ca", path(&self.cacert))
+            .set_opt("etcd.tls.cert", path(&self.cert))
+            .set_opt("etcd.tls.key", path(&self.key))
+            .set_opt("identity.cluster", self.cluster.as_ref())
+            .set_opt("identity.member_name", self.member_name.as_ref())
+            .set_opt("identity.node", self.node.as_ref())
+            .set_opt("identity.region", self.region.as_ref())
+            .set_opt("collector.address", self.collector.as_ref())
+            .set_opt("http.listen", self.http_listen)
+            .set_opt("log.level", self.log_level.as_ref());
         if !self.tags.is_empty() {
             let tags: Map<String, Value> = self
                 .tags
                 .iter()
-                .map(|(k, v)| (k.clone(), json!(v)))
+                .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
                 .collect();
-            set("identity", "tags", Value::Object(tags));
+            o.set("identity.tags", Value::Object(tags));
         }
-        if let Some(v) = &self.collector {
-            set("collector", "address", json!(v));
-        }
-        if let Some(v) = &self.http_listen {
-            set("http", "listen", json!(v.to_string()));
-        }
-        if let Some(v) = &self.log_level {
-            set("log", "level", json!(v));
-        }
-        let mut tls = Map::new();
-        for (k, v) in [
-            ("ca", &self.cacert),
-            ("cert", &self.cert),
-            ("key", &self.key),
-        ] {
-            if let Some(p) = v {
-                tls.insert(k.into(), path(p));
-            }
-        }
-        if !tls.is_empty() {
-            let etcd = root
-                .entry("etcd".to_string())
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(m) = etcd {
-                m.insert("tls".into(), Value::Object(tls));
-            }
-        }
-        Value::Object(root)
+        o.into_value()
     }
 }
 

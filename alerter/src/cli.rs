@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use serde_json::{json, Map, Value};
+use etcdmon_core::config::Overrides;
+use serde_json::Value;
 
 use crate::config::{AlerterConfig, ENV_PREFIX};
 
@@ -35,28 +36,12 @@ pub struct Cli {
 impl Cli {
     /// The flags that were given, shaped like the config file.
     pub fn overrides(&self) -> Value {
-        let mut root = Map::new();
-        let mut set = |section: &str, key: &str, v: Value| {
-            if let Value::Object(m) = root
-                .entry(section.to_string())
-                .or_insert_with(|| Value::Object(Map::new()))
-            {
-                m.insert(key.to_string(), v);
-            }
-        };
-        if let Some(n) = &self.nats {
-            set("nats", "url", json!(n));
-        }
-        if let Some(s) = &self.storage {
-            set("storage", "url", json!(s));
-        }
-        if let Some(a) = self.http_listen {
-            set("http", "listen", json!(a.to_string()));
-        }
-        if let Some(l) = &self.log_level {
-            set("log", "level", json!(l));
-        }
-        Value::Object(root)
+        let mut o = Overrides::new();
+        o.set_opt("nats.url", self.nats.as_ref())
+            .set_opt("storage.url", self.storage.as_ref())
+            .set_opt("http.listen", self.http_listen)
+            .set_opt("log.level", self.log_level.as_ref());
+        o.into_value()
     }
 }
 

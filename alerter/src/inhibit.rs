@@ -83,13 +83,7 @@ pub fn default_rules() -> Vec<InhibitRule> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::test_support::labels;
 
     #[test]
     fn quorum_lost_inhibits_member_symptoms_of_its_own_cluster_only() {

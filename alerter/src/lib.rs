@@ -26,6 +26,8 @@ pub mod sender;
 pub mod service;
 pub mod silence;
 pub mod template;
+#[cfg(test)]
+mod test_support;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -2,7 +2,8 @@
 
 use crate::config::{CollectorConfig, ENV_PREFIX};
 use clap::Parser;
-use serde_json::{json, Map, Value};
+use etcdmon_core::config::Overrides;
+use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -33,31 +34,13 @@ pub struct Cli {
 impl Cli {
     /// The flags that were given, shaped like the config file.
     pub fn overrides(&self) -> Value {
-        let mut root = Map::new();
-        let mut set = |section: &str, key: &str, v: Value| {
-            if let Value::Object(m) = root
-                .entry(section.to_string())
-                .or_insert_with(|| Value::Object(Map::new()))
-            {
-                m.insert(key.to_string(), v);
-            }
-        };
-        if let Some(a) = self.grpc_listen {
-            set("grpc", "listen", json!(a.to_string()));
-        }
-        if let Some(a) = self.http_listen {
-            set("http", "listen", json!(a.to_string()));
-        }
-        if let Some(s) = &self.storage {
-            set("storage", "url", json!(s));
-        }
-        if let Some(l) = &self.log_level {
-            set("log", "level", json!(l));
-        }
-        if let Some(n) = &self.nats {
-            root.insert("alerting".into(), json!({ "jetstream": { "url": n } }));
-        }
-        Value::Object(root)
+        let mut o = Overrides::new();
+        o.set_opt("grpc.listen", self.grpc_listen)
+            .set_opt("http.listen", self.http_listen)
+            .set_opt("storage.url", self.storage.as_ref())
+            .set_opt("log.level", self.log_level.as_ref())
+            .set_opt("alerting.jetstream.url", self.nats.as_ref());
+        o.into_value()
     }
 }
 

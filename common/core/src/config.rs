@@ -55,6 +55,55 @@ impl From<figment::Error> for ConfigError {
     }
 }
 
+/// Command-line flags shaped like the config file, for [`load`]: each flag that was
+/// given sets the value at its dotted path (`http.listen`), creating the tables on
+/// the way; flags not given set nothing, so the file's and the environment's values
+/// survive.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(transparent)]
+pub struct Overrides(serde_json::Map<String, serde_json::Value>);
+
+impl Overrides {
+    /// No overrides.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `path` (dot-separated) to `value`.
+    pub fn set(&mut self, path: &str, value: impl Into<serde_json::Value>) -> &mut Self {
+        let mut table = &mut self.0;
+        let mut keys = path.split('.').peekable();
+        while let Some(key) = keys.next() {
+            if keys.peek().is_none() {
+                table.insert(key.to_owned(), value.into());
+                break;
+            }
+            let entry = table
+                .entry(key.to_owned())
+                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+            if !entry.is_object() {
+                *entry = serde_json::Value::Object(Default::default());
+            }
+            table = entry.as_object_mut().expect("made an object above");
+        }
+        self
+    }
+
+    /// Sets `path` to `value` when a flag gave one; `Display` values (addresses,
+    /// paths shown with `display()`) go in as strings.
+    pub fn set_opt<T: ToString>(&mut self, path: &str, value: Option<T>) -> &mut Self {
+        if let Some(v) = value {
+            self.set(path, v.to_string());
+        }
+        self
+    }
+
+    /// The overrides as a JSON object.
+    pub fn into_value(self) -> serde_json::Value {
+        serde_json::Value::Object(self.0)
+    }
+}
+
 /// Loads `T` from an optional TOML file, the environment under `env_prefix`
 /// (e.g. `ETCDMON_AGENT_`) and `overrides` (flags), later sources winning.
 ///
@@ -117,6 +166,22 @@ impl FieldError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_nest_dotted_paths_and_skip_absent_flags() {
+        let mut o = Overrides::new();
+        o.set("http.listen", "127.0.0.1:1")
+            .set("etcd.tls.ca", "/ca.pem")
+            .set_opt("etcd.endpoint", Some("http://e:2379"))
+            .set_opt::<String>("log.level", None);
+        assert_eq!(
+            o.into_value(),
+            serde_json::json!({
+                "http": { "listen": "127.0.0.1:1" },
+                "etcd": { "tls": { "ca": "/ca.pem" }, "endpoint": "http://e:2379" },
+            })
+        );
+    }
     use serde::Deserialize;
 
     #[derive(Debug, Deserialize, Default)]
