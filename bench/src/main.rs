@@ -92,6 +92,10 @@ struct Args {
     /// write; the reference results use the collector's default).
     #[arg(long)]
     flush_rows: Option<usize>,
+    /// Override the collector's `ingest.flush_interval` in milliseconds (longest
+    /// wait before a write).
+    #[arg(long)]
+    flush_interval_ms: Option<u64>,
     /// A short run for smoke testing (the defaults in brackets after
     /// "--quick:"; explicit flags still win).
     #[arg(long)]
@@ -110,6 +114,7 @@ struct Settings {
     native_rows: u64,
     native_runs: usize,
     flush_rows: Option<usize>,
+    flush_interval: Option<Duration>,
 }
 
 impl Args {
@@ -129,6 +134,7 @@ impl Args {
             native_rows: pick(self.native_rows, 3_000_000, 200_000).max(1),
             native_runs: pick_n(self.native_runs, 2, 1).max(1),
             flush_rows: self.flush_rows,
+            flush_interval: self.flush_interval_ms.map(Duration::from_millis),
         }
     }
 }
@@ -168,6 +174,9 @@ fn run(s: &Settings) -> anyhow::Result<()> {
     let mut cfg = collector::config(server.http_port())?;
     if let Some(rows) = s.flush_rows {
         cfg.ingest.flush_rows = rows.max(1);
+    }
+    if let Some(every) = s.flush_interval {
+        cfg.ingest.flush_interval = every.max(Duration::from_millis(10));
     }
     let collector = collector_rt.block_on(collector::start(&cfg))?;
     eprintln!("ingest-load: collector serving on {}", collector.url);
@@ -235,8 +244,9 @@ fn run(s: &Settings) -> anyhow::Result<()> {
     let stored: u64 = server
         .query(&format!(
             "SELECT uniqExact(member, name, labels, ts_ms) FROM etcdmon.samples \
-             WHERE cluster = '{}'",
-            payload::CLUSTER
+             WHERE cluster = '{}' SETTINGS max_memory_usage = {}",
+            payload::CLUSTER,
+            native::COUNT_MEMORY_BYTES
         ))?
         .trim()
         .parse()
@@ -247,8 +257,8 @@ fn run(s: &Settings) -> anyhow::Result<()> {
             cfg.ingest.flush_rows,
             cfg.ingest.flush_interval,
             cfg.ingest.queue_batches,
-            if s.flush_rows.is_some() {
-                " (flush_rows overridden)"
+            if s.flush_rows.is_some() || s.flush_interval.is_some() {
+                " (overridden)"
             } else {
                 " (defaults)"
             }

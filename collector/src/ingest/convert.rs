@@ -52,6 +52,18 @@ impl Out<'_> {
 
 /// Samples of one report, and the series metadata of etcd's metrics.
 pub fn report_rows(t: &Target<'_>, r: &Report) -> (Vec<SampleRow>, Vec<SeriesRow>) {
+    report_rows_where(t, r, |_, _| true)
+}
+
+/// [`report_rows`], with a series row only for the series `new_series(name, labels)`
+/// accepts (the collector's set of series it has already written). Deciding before
+/// building the row saves five allocations for every sample of a known series, which
+/// is nearly every sample after the first scrape.
+pub fn report_rows_where(
+    t: &Target<'_>,
+    r: &Report,
+    mut new_series: impl FnMut(&str, &str) -> bool,
+) -> (Vec<SampleRow>, Vec<SeriesRow>) {
     let mut out = Out {
         t,
         ts: r.timestamp_unix_ms,
@@ -59,7 +71,7 @@ pub fn report_rows(t: &Target<'_>, r: &Report) -> (Vec<SampleRow>, Vec<SeriesRow
     };
     let mut series = Vec::new();
     match &r.body {
-        Some(Body::Metrics(m)) => metrics(&mut out, m, &mut series),
+        Some(Body::Metrics(m)) => metrics(&mut out, m, &mut series, &mut new_series),
         Some(Body::Status(s)) => status(&mut out, s),
         Some(Body::Host(h)) => host(&mut out, h),
         Some(Body::Fsync(f)) => fsync(&mut out, f),
@@ -113,7 +125,12 @@ fn failures(b: &Body) -> Vec<&Failure> {
     }
 }
 
-fn metrics(out: &mut Out<'_>, m: &MetricsScrape, series: &mut Vec<SeriesRow>) {
+fn metrics(
+    out: &mut Out<'_>,
+    m: &MetricsScrape,
+    series: &mut Vec<SeriesRow>,
+    new_series: &mut impl FnMut(&str, &str) -> bool,
+) {
     out.gauge(
         "etcdmon_scrape_up",
         if m.failure.is_none() { 1.0 } else { 0.0 },
@@ -137,14 +154,16 @@ fn metrics(out: &mut Out<'_>, m: &MetricsScrape, series: &mut Vec<SeriesRow>) {
                 out.ts
             };
             let labels = sample_labels(&s.labels);
-            series.push(SeriesRow {
-                cluster: out.t.cluster.to_string(),
-                member: out.t.member.to_string(),
-                name: s.name.clone(),
-                labels: labels.clone(),
-                metric_type: ty.to_string(),
-                seen_ms: ts,
-            });
+            if new_series(&s.name, &labels) {
+                series.push(SeriesRow {
+                    cluster: out.t.cluster.to_string(),
+                    member: out.t.member.to_string(),
+                    name: s.name.clone(),
+                    labels: labels.clone(),
+                    metric_type: ty.to_string(),
+                    seen_ms: ts,
+                });
+            }
             out.rows.push(SampleRow {
                 cluster: out.t.cluster.to_string(),
                 member: out.t.member.to_string(),
@@ -459,6 +478,17 @@ mod tests {
         assert!(rows
             .iter()
             .any(|s| s.name == "etcdmon_scrape_up" && s.value == 1.0));
+
+        // Known series: the same samples, no series row; the filter sees each
+        // sample's name and canonical labels.
+        let mut asked = Vec::new();
+        let (known_rows, known_series) = report_rows_where(&t, &r, |name, labels| {
+            asked.push(format!("{name}{{{labels}}}"));
+            false
+        });
+        assert_eq!(known_rows, rows);
+        assert!(known_series.is_empty());
+        assert_eq!(asked, ["h_bucket{le=\"+Inf\"}"]);
     }
 
     #[test]

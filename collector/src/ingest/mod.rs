@@ -20,13 +20,13 @@ pub mod convert;
 use crate::metrics::CollectorMetrics;
 use crate::state::{member_key, LiveState};
 use crate::writer::{WriteError, WriteRequest};
-use convert::{report_rows, Target};
+use convert::{report_rows_where, Target};
 use etcdmon_proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
 use etcdmon_proto::v1::{
     stream_request, stream_response, Ack, Batch, Hello, Identity, StreamRequest, StreamResponse,
     Welcome,
 };
-use etcdmon_storage::{BatchMark, SeriesRow, Storage, WriteSet};
+use etcdmon_storage::{BatchMark, Storage, WriteSet};
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
@@ -97,20 +97,15 @@ impl Ingest {
         status
     }
 
-    /// Keeps only series not seen before, for metadata writes.
-    fn new_series(&self, series: Vec<SeriesRow>) -> Vec<SeriesRow> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+    /// Whether the series (cluster, member, name, labels) is new, remembering it;
+    /// new series get a metadata row.
+    fn is_new_series(seen: &mut HashSet<u64>, t: &Target<'_>, name: &str, labels: &str) -> bool {
         if seen.len() > SEEN_SERIES_MAX {
             seen.clear();
         }
-        series
-            .into_iter()
-            .filter(|s| {
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                (&s.cluster, &s.member, &s.name, &s.labels).hash(&mut h);
-                seen.insert(h.finish())
-            })
-            .collect()
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (t.cluster, t.member, name, labels).hash(&mut h);
+        seen.insert(h.finish())
     }
 
     /// Rows of one batch, plus the events its reports imply.
@@ -125,9 +120,14 @@ impl Ingest {
                 member: &member,
             };
             set.events.extend(self.state.apply(id, r));
-            let (samples, series) = report_rows(&target, r);
+            let (samples, series) = {
+                let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                report_rows_where(&target, r, |name, labels| {
+                    Self::is_new_series(&mut seen, &target, name, labels)
+                })
+            };
             set.samples.extend(samples);
-            set.series.extend(self.new_series(series));
+            set.series.extend(series);
             oldest = oldest.min(r.timestamp_unix_ms);
         }
         set.marks.push(BatchMark {
