@@ -2,14 +2,12 @@
 //! from JetStream and notifies until SIGTERM.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use etcdmon_alerter::cli::{load_config, Cli};
 use etcdmon_alerter::config::AlerterConfig;
 use etcdmon_bus::jetstream::JetStreamBus;
-use etcdmon_core::ops::Health;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -60,10 +58,13 @@ async fn run(cfg: AlerterConfig) -> anyhow::Result<()> {
     };
     let parts = etcdmon_alerter::build(&cfg, stores.alerts.clone(), shutdown.clone())?;
     let http = etcdmon_core::ops::bind(cfg.http.listen).await?;
-    let health = Arc::new(|| Health {
-        healthy: true,
-        detail: "alerting".into(),
-    });
+    // Unhealthy once the store has failed for 30 s: transitions are then held
+    // (candidates stay unacknowledged in JetStream) and an operator must look.
+    let health = parts.alerter.store_health().health(
+        "the alert store (transitions are held)",
+        std::time::Duration::from_secs(30),
+        "alerting",
+    );
     let router = etcdmon_core::ops::router(parts.metrics.registry().clone(), health);
     let http_task = tokio::spawn(etcdmon_core::ops::serve(http, router, shutdown.clone()));
     // The stream and consumer are created if missing, so the alerter may start first.

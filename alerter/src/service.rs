@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcdmon_bus::{BusError, Delivery, Subscriber};
+use etcdmon_core::ops::FailingSince;
 use etcdmon_storage::{AlertHistoryQuery, AlertStore};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +41,7 @@ pub struct Alerter {
     sender: Sender,
     metrics: AlerterMetrics,
     refresh_interval: Duration,
+    store_health: FailingSince,
 }
 
 impl Alerter {
@@ -57,7 +59,14 @@ impl Alerter {
             sender,
             metrics,
             refresh_interval,
+            store_health: FailingSince::default(),
         }
+    }
+
+    /// Since when the store has been failing (for `/healthz`): while it is, new
+    /// transitions cannot be recorded and the alerter holds them.
+    pub fn store_health(&self) -> FailingSince {
+        self.store_health.clone()
     }
 
     /// Restores the engine from the store, retrying until it answers or `shutdown`.
@@ -65,8 +74,12 @@ impl Alerter {
         let mut wait = Duration::from_millis(500);
         loop {
             match self.try_restore().await {
-                Ok(()) => return true,
+                Ok(()) => {
+                    self.store_health.ok();
+                    return true;
+                }
                 Err(e) => {
+                    self.store_health.failing();
                     self.metrics.store_errors.inc();
                     tracing::warn!(error = %e, retry_in = ?wait, "restore alert state from the store");
                 }
@@ -128,6 +141,7 @@ impl Alerter {
         let now = now_ms();
         match self.store.silences(now - RESTORE_WINDOW_MS).await {
             Ok(rows) => {
+                self.store_health.ok();
                 let silences = rows
                     .iter()
                     .filter_map(|r| match Silence::from_row(r) {
@@ -141,6 +155,7 @@ impl Alerter {
                 self.engine.set_silences(silences);
             }
             Err(e) => {
+                self.store_health.failing();
                 self.metrics.store_errors.inc();
                 tracing::warn!(error = %e, "read silences; keeping the previous ones");
             }
@@ -156,6 +171,7 @@ impl Alerter {
                 self.engine.set_acks(acks);
             }
             Err(e) => {
+                self.store_health.failing();
                 self.metrics.store_errors.inc();
                 tracing::warn!(error = %e, "read acknowledgements; keeping the previous ones");
             }
@@ -212,6 +228,7 @@ impl Alerter {
                     .record_transitions(std::slice::from_ref(&row))
                     .await
                 {
+                    self.store_health.failing();
                     self.metrics.store_errors.inc();
                     tracing::warn!(error = %e, fingerprint = %row.fingerprint, "record alert transition; retrying");
                     tokio::select! {
@@ -220,6 +237,7 @@ impl Alerter {
                     }
                     wait = (wait * 2).min(Duration::from_secs(10));
                 }
+                self.store_health.ok();
             }
             Applied::Unchanged => {
                 self.metrics

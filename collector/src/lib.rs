@@ -26,7 +26,7 @@ use crate::config::CollectorConfig;
 use crate::ingest::Ingest;
 use crate::metrics::CollectorMetrics;
 use crate::state::LiveState;
-use etcdmon_core::ops::{Health, HealthFn};
+use etcdmon_core::ops::HealthFn;
 use etcdmon_proto::v1::ingest_service_server::IngestServiceServer;
 use etcdmon_storage::{AlertStore, Storage};
 use std::sync::Arc;
@@ -87,21 +87,11 @@ impl Collector {
         .into_service();
         // Unhealthy while storage writes have failed for a while: agents
         // are then holding data back and an operator must look.
-        let unhealthy_after_ms =
-            i64::try_from(cfg.ingest.unhealthy_after.as_millis()).unwrap_or(i64::MAX);
-        let health: HealthFn = Arc::new(move || match storage_health.failing_since_ms() {
-            Some(since) if now_ms() - since > unhealthy_after_ms => Health {
-                healthy: false,
-                detail: format!(
-                    "storage writes failing for {} s; agents are holding their data",
-                    (now_ms() - since) / 1000
-                ),
-            },
-            _ => Health {
-                healthy: true,
-                detail: "serving".into(),
-            },
-        });
+        let health: HealthFn = storage_health.health(
+            "storage writes (agents are holding their data)",
+            cfg.ingest.unhealthy_after,
+            "serving",
+        );
         let router = etcdmon_core::ops::router(metrics.registry().clone(), health).merge(
             api::router(storage.clone(), alert_store.clone(), state.clone()),
         );

@@ -53,39 +53,8 @@ pub struct Writer {
     health: StorageHealth,
 }
 
-/// Since when storage writes have been failing as unavailable (0 = they
-/// are not); read by `/healthz`.
-#[derive(Clone, Default)]
-pub struct StorageHealth(Arc<std::sync::atomic::AtomicI64>);
-
-impl StorageHealth {
-    /// Milliseconds since the epoch of the first failure of the current
-    /// outage, or None while writes succeed.
-    pub fn failing_since_ms(&self) -> Option<i64> {
-        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => None,
-            t => Some(t),
-        }
-    }
-
-    fn ok(&self) {
-        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn failing(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(1)
-            .max(1);
-        let _ = self.0.compare_exchange(
-            0,
-            now,
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-}
+/// Since when storage writes have been failing as unavailable; read by `/healthz`.
+pub type StorageHealth = etcdmon_core::ops::FailingSince;
 
 /// Creates the writer, the sender sessions use, and the health it reports.
 pub fn channel(

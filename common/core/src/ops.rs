@@ -22,6 +22,71 @@ pub struct Health {
     pub detail: String,
 }
 
+/// Since when a dependency (the store) has been failing, for `/healthz`: one
+/// outage is one timestamp, cleared by the next success. Cheap to clone and to
+/// update from the hot path.
+#[derive(Debug, Clone, Default)]
+pub struct FailingSince(Arc<std::sync::atomic::AtomicI64>);
+
+impl FailingSince {
+    /// Milliseconds since the epoch of the first failure of the current outage, or
+    /// `None` while calls succeed.
+    pub fn since_ms(&self) -> Option<i64> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// A call succeeded: the outage (if any) is over.
+    pub fn ok(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A call failed: starts the outage unless one is running.
+    pub fn failing(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(1)
+            .max(1);
+        let _ = self.0.compare_exchange(
+            0,
+            now,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// A health function: unhealthy once failures of `what` have lasted longer than
+    /// `after`.
+    pub fn health(
+        &self,
+        what: &'static str,
+        after: std::time::Duration,
+        ok: &'static str,
+    ) -> HealthFn {
+        let me = self.clone();
+        let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+        Arc::new(move || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            match me.since_ms() {
+                Some(since) if now - since > after_ms => Health {
+                    healthy: false,
+                    detail: format!("{what} failing for {} s", (now - since) / 1000),
+                },
+                _ => Health {
+                    healthy: true,
+                    detail: ok.into(),
+                },
+            }
+        })
+    }
+}
+
 /// Computes the current health on each `/healthz` request.
 pub type HealthFn = Arc<dyn Fn() -> Health + Send + Sync>;
 
@@ -84,6 +149,28 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failing_since_turns_unhealthy_after_the_grace_and_recovers() {
+        let f = FailingSince::default();
+        let strict = f.health("the store", std::time::Duration::ZERO, "fine");
+        let lenient = f.health("the store", std::time::Duration::from_secs(3600), "fine");
+        assert!(strict().healthy && f.since_ms().is_none());
+        f.failing();
+        let first = f.since_ms().expect("failing");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        f.failing(); // the same outage keeps its start
+        assert_eq!(f.since_ms(), Some(first));
+        let h = strict();
+        assert!(
+            !h.healthy && h.detail.starts_with("the store failing for"),
+            "{h:?}"
+        );
+        assert!(lenient().healthy, "within the grace");
+        f.ok();
+        assert!(strict().healthy);
+        assert_eq!(strict().detail, "fine");
+    }
     use std::sync::atomic::{AtomicBool, Ordering};
 
     #[tokio::test]
