@@ -19,6 +19,22 @@ fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
+/// SIGTERMs `etcdmon up`, checks it exits cleanly within 30 s and returns its stdout.
+fn stop(child: &mut std::process::Child, log: &dyn Fn() -> String) -> String {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = poll(Duration::from_secs(30), || child.try_wait().expect("wait"))
+        .unwrap_or_else(|| panic!("etcdmon up ignored SIGTERM\n{}", log()));
+    assert!(status.success(), "{status:?}\n{}", log());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
+        .expect("read");
+    out
+}
+
 #[test]
 fn up_watches_every_member_and_stops_on_sigterm() {
     let etcd = EtcdCluster::start(3).expect("etcd");
@@ -92,17 +108,7 @@ fn up_watches_every_member_and_stops_on_sigterm() {
         r.body
     );
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let status = poll(Duration::from_secs(30), || child.try_wait().expect("wait"))
-        .unwrap_or_else(|| panic!("etcdmon up ignored SIGTERM\n{}", log_text()));
-    assert!(status.success(), "{status:?}\n{}", log_text());
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
-        .expect("read");
+    let out = stop(&mut child, &log_text);
     assert!(
         out.contains("watching m0") && out.contains("watching m2"),
         "{out}"
@@ -223,16 +229,6 @@ fn up_with_a_webhook_notifies_a_killed_member_once_and_its_recovery_once() {
         .count();
     assert!(delivered >= 2, "{v}");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let status = poll(Duration::from_secs(30), || child.try_wait().expect("wait"))
-        .unwrap_or_else(|| panic!("etcdmon up ignored SIGTERM\n{}", log_text()));
-    assert!(status.success(), "{status:?}\n{}", log_text());
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
-        .expect("read");
+    let out = stop(&mut child, &log_text);
     assert!(out.contains("receiver(s) up-webhook"), "{out}");
 }

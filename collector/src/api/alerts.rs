@@ -27,7 +27,7 @@ use etcdmon_storage::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{bad, now_ms, parse_time, ApiError};
+use super::{bad, now_ms, parse_range, parse_time, ApiError};
 
 /// How far back "current" alerts and listed silences reach (firing alerts are always
 /// listed, whatever their age).
@@ -240,18 +240,7 @@ async fn history(
     params: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<HistoryResponse>, ApiError> {
     let Query(p) = params.map_err(|e| bad(e.body_text()))?;
-    let now = now_ms();
-    let to_ms = match &p.to {
-        Some(t) => parse_time("to", t, now)?,
-        None => now,
-    };
-    let from_ms = match &p.from {
-        Some(t) => parse_time("from", t, now)?,
-        None => to_ms - CURRENT_WINDOW_MS,
-    };
-    if from_ms > to_ms {
-        return Err(bad(format!("`from` ({from_ms}) is after `to` ({to_ms})")));
-    }
+    let (from_ms, to_ms) = parse_range(p.from.as_deref(), p.to.as_deref(), CURRENT_WINDOW_MS)?;
     let limit = p.limit.unwrap_or(HISTORY_LIMIT.0);
     if limit == 0 || limit > HISTORY_LIMIT.1 {
         return Err(bad(format!(

@@ -118,18 +118,7 @@ async fn history(
     let metric = p.metric.filter(|m| !m.is_empty()).ok_or_else(|| {
         bad("query parameter `metric` is required, e.g. metric=etcd_mvcc_db_total_size_in_bytes")
     })?;
-    let now = now_ms();
-    let to_ms = match &p.to {
-        Some(t) => parse_time("to", t, now)?,
-        None => now,
-    };
-    let from_ms = match &p.from {
-        Some(t) => parse_time("from", t, now)?,
-        None => to_ms - 3_600_000,
-    };
-    if from_ms > to_ms {
-        return Err(bad(format!("`from` ({from_ms}) is after `to` ({to_ms})")));
-    }
+    let (from_ms, to_ms) = parse_range(p.from.as_deref(), p.to.as_deref(), 3_600_000)?;
     let step_ms = match &p.step {
         Some(s) => parse_step(s)?,
         None => 0,
@@ -177,6 +166,28 @@ async fn history(
 
 fn humantime_like(d: Duration) -> String {
     format!("{}h", d.as_secs() / 3600)
+}
+
+/// The `from`/`to` query parameters as ms since the epoch: `to` defaults to now,
+/// `from` to `default_span_ms` before `to`; `from` after `to` is a 400.
+pub(crate) fn parse_range(
+    from: Option<&str>,
+    to: Option<&str>,
+    default_span_ms: i64,
+) -> Result<(i64, i64), ApiError> {
+    let now = now_ms();
+    let to_ms = match to {
+        Some(t) => parse_time("to", t, now)?,
+        None => now,
+    };
+    let from_ms = match from {
+        Some(t) => parse_time("from", t, now)?,
+        None => to_ms - default_span_ms,
+    };
+    if from_ms > to_ms {
+        return Err(bad(format!("`from` ({from_ms}) is after `to` ({to_ms})")));
+    }
+    Ok((from_ms, to_ms))
 }
 
 /// Accepts RFC 3339 (`2026-11-27T15:00:00Z`), Unix seconds (`1795000000`,
