@@ -163,6 +163,20 @@ pub struct CollectorConfig {
     /// rest to disk.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Compression of the stream: `zstd` (default: several times cheaper than
+    /// gzip for the agent and the collector) or `gzip` (for collectors older
+    /// than 0.1 that accept only gzip).
+    pub compression: Compression,
+}
+
+/// Compression of the agent's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Zstandard.
+    Zstd,
+    /// gzip.
+    Gzip,
 }
 
 impl Default for CollectorConfig {
@@ -177,6 +191,7 @@ impl Default for CollectorConfig {
             spool_memory_bytes: 16 * 1024 * 1024,
             spool_disk_bytes: 512 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(5),
+            compression: Compression::Zstd,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! One simulated agent: a long-lived gzip-compressed gRPC stream, one batch
+//! One simulated agent: a long-lived zstd-compressed gRPC stream (as the real
+//! agent's default), one batch
 //! per second, acks timed against the reports' timestamp.
 //!
 //! Like the real agent (`agent/src/stream`), it says `Hello` with its own
@@ -213,8 +214,8 @@ async fn open(url: &str, hello: Vec<u8>) -> anyhow::Result<Opened> {
         .await
         .with_context(|| format!("connect to {url}"))?;
     let mut grpc = tonic::client::Grpc::new(channel)
-        .send_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Zstd)
+        .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(16 << 20);
     grpc.ready().await.context("channel ready")?;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(WINDOW + 2);
@@ -253,7 +254,7 @@ fn now_ms() -> i64 {
 #[derive(Debug, Default, Clone, Copy)]
 struct RawCodec;
 
-/// Copies the encoded bytes into tonic's buffer (tonic gzips them).
+/// Copies the encoded bytes into tonic's buffer (tonic compresses them).
 #[derive(Debug)]
 struct RawEncoder;
 

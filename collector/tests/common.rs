@@ -152,6 +152,11 @@ pub fn agent_config(
     cfg.collector.batch_interval = Duration::from_millis(200);
     cfg.collector.spool_dir = Some(spool.join(&m.name));
     cfg.collector.shutdown_grace = Duration::from_secs(10);
+    // A mixed fleet: the first member's agent streams gzip (as agents before zstd
+    // did), the others zstd, so every system test proves the collector takes both.
+    if m.name == "m0" {
+        cfg.collector.compression = etcdmon_agent::config::Compression::Gzip;
+    }
     cfg
 }
 

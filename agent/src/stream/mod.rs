@@ -13,7 +13,8 @@
 //! the spool only when the collector acknowledges it, which it does once
 //! the batch is stored.
 //!
-//! The connection loop keeps one long-lived gzip-compressed stream: Hello,
+//! The connection loop keeps one long-lived compressed stream (zstd by
+//! default, `collector.compression`): Hello,
 //! then every spooled batch oldest first, at most `collector.window` in
 //! flight. On any error it reconnects with jittered exponential backoff and
 //! starts again from the oldest unacknowledged batch; the collector's
@@ -158,6 +159,10 @@ pub async fn run(
         hello,
         shared,
         window: cfg.collector.window,
+        compression: match cfg.collector.compression {
+            crate::config::Compression::Zstd => CompressionEncoding::Zstd,
+            crate::config::Compression::Gzip => CompressionEncoding::Gzip,
+        },
     };
     // The sender stops once the batcher is done and everything is acked,
     // or the grace period after shutdown has passed.
@@ -287,6 +292,7 @@ struct Connection {
     hello: Hello,
     shared: Shared,
     window: usize,
+    compression: CompressionEncoding,
 }
 
 impl Connection {
@@ -332,7 +338,8 @@ impl Connection {
             .await
             .with_context(|| format!("connect to collector {}", self.address))?;
         let mut client = IngestServiceClient::new(channel)
-            .send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(self.compression)
+            .accept_compressed(CompressionEncoding::Zstd)
             .accept_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(16 * 1024 * 1024);
         let (tx, rx) = mpsc::channel::<StreamRequest>(self.window + 1);

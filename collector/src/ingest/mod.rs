@@ -79,11 +79,14 @@ impl Ingest {
         }
     }
 
-    /// The tonic service: gzip accepted and sent, batch size limited.
+    /// The tonic service: zstd (current agents) and gzip (older ones) accepted
+    /// and sent, batch size limited.
     pub fn into_service(self) -> IngestServiceServer<Self> {
         let max = self.max_batch_bytes;
         IngestServiceServer::new(self)
+            .accept_compressed(CompressionEncoding::Zstd)
             .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Zstd)
             .send_compressed(CompressionEncoding::Gzip)
             .max_decoding_message_size(max)
     }
