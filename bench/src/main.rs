@@ -241,16 +241,7 @@ fn run(s: &Settings) -> anyhow::Result<()> {
     });
     let max = best(&steps).cloned();
 
-    let stored: u64 = server
-        .query(&format!(
-            "SELECT uniqExact(member, name, labels, ts_ms) FROM etcdmon.samples \
-             WHERE cluster = '{}' SETTINGS max_memory_usage = {}",
-            payload::CLUSTER,
-            native::COUNT_MEMORY_BYTES
-        ))?
-        .trim()
-        .parse()
-        .context("parse stored count")?;
+    let stored = native::distinct_rows(&server, payload::CLUSTER)?;
     let summary = report::Summary {
         collector_settings: format!(
             "ingest.flush_rows = {}, ingest.flush_interval = {:?}, ingest.queue_batches = {}{}",
