@@ -11,7 +11,7 @@
 //!    `etcdmon.samples` (rollup views included), rows per second
 //!    ([`native`]).
 //! 3. **The collector's maximum sustained rate**: simulated agents
-//!    ([`agent`]), each with its own gzip gRPC stream sending one batch per
+//!    ([`agent`]), each with its own zstd gRPC stream sending one batch per
 //!    second (status report + a full real etcd scrape, [`payload`]), in
 //!    steps of doubling agent counts, then bisection ([`ramp`]). A step
 //!    keeps up when acks follow production and the backlog does not grow.
@@ -33,7 +33,7 @@
 //! Collector and load generator run on separate tokio runtimes (threads
 //! named `collector` and `loadgen`), so their CPU is accounted separately
 //! ([`cpu`]) next to ClickHouse's. All three share the machine's cores; the
-//! load generator's share (mostly gzip) is CPU a real deployment spends on
+//! load generator's share (mostly compression) is CPU a real deployment spends on
 //! the agents' hosts, so the collector's figures here are a lower bound.
 //!
 //! Benchmarks are programs, not timed assertions in tests: this one always

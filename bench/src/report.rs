@@ -38,7 +38,7 @@ pub fn print(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
     writeln!(
         out,
         "\nPayload: one batch per agent per second = status report + full etcd 3.4.23 \
-         /metrics scrape, {} sample rows, gzip. Collector: {}.\n",
+         /metrics scrape, {} sample rows, zstd. Collector: {}.\n",
         s.samples_per_batch, s.collector_settings
     )?;
     writeln!(
