@@ -197,42 +197,11 @@ struct TransitionJson {
 }
 
 #[derive(Debug, Serialize)]
-struct DeliveryJson {
-    receiver: String,
-    fingerprint: String,
-    transition: u64,
-    state: String,
-    group_key: String,
-    reason: String,
-    attempt_ms: i64,
-    attempt: u32,
-    outcome: String,
-    detail: String,
-}
-
-impl From<AlertDeliveryRow> for DeliveryJson {
-    fn from(d: AlertDeliveryRow) -> Self {
-        Self {
-            receiver: d.receiver,
-            fingerprint: d.fingerprint,
-            transition: d.transition,
-            state: d.state,
-            group_key: d.group_key,
-            reason: d.reason,
-            attempt_ms: d.attempt_ms,
-            attempt: d.attempt,
-            outcome: d.outcome,
-            detail: d.detail,
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
 struct HistoryResponse {
     from_ms: i64,
     to_ms: i64,
     transitions: Vec<TransitionJson>,
-    deliveries: Vec<DeliveryJson>,
+    deliveries: Vec<AlertDeliveryRow>,
 }
 
 async fn history(
@@ -274,13 +243,7 @@ async fn history(
             received_ms: r.received_ms,
         })
         .collect();
-    let deliveries = api
-        .store
-        .deliveries(&query)
-        .await?
-        .into_iter()
-        .map(DeliveryJson::from)
-        .collect();
+    let deliveries = api.store.deliveries(&query).await?;
     Ok(Json(HistoryResponse {
         from_ms,
         to_ms,

@@ -47,8 +47,9 @@ pub struct AlertTransitionRow {
 }
 
 /// One attempt to deliver one alert's transition to one receiver. A notification that
-/// carried several alerts (a group) writes one row per alert.
-#[derive(Debug, Clone, PartialEq)]
+/// carried several alerts (a group) writes one row per alert. Serialized as is by
+/// the collector's history endpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AlertDeliveryRow {
     /// Receiver name from the alerter's config.
     pub receiver: String,
