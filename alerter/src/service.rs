@@ -160,9 +160,12 @@ impl Alerter {
                 tracing::warn!(error = %e, "read silences; keeping the previous ones");
             }
         }
-        // Every ack the store keeps (retention keeps those of firing alerts): an
-        // alert acknowledged days ago and still firing must stay acknowledged.
-        match self.store.acks(0).await {
+        // Only firing alerts can be acknowledged, and never before they began: the
+        // acks made since the oldest firing alert began are all that matter (an
+        // alert acknowledged days ago and still firing stays acknowledged), and
+        // this read stays small however many old acks the store keeps.
+        let since = self.engine.oldest_firing_since_ms().unwrap_or(now);
+        match self.store.acks(since).await {
             Ok(rows) => {
                 let acks: HashSet<(String, u64)> = rows
                     .into_iter()

@@ -361,6 +361,15 @@ impl Engine {
         self.acks = acks.into_iter().collect();
     }
 
+    /// When the longest-firing alert began firing, ms; `None` when none fires.
+    pub fn oldest_firing_since_ms(&self) -> Option<i64> {
+        self.alerts
+            .values()
+            .filter(|a| a.status == AlertStatus::Firing)
+            .map(|a| a.starts_at_ms)
+            .min()
+    }
+
     /// Whether the alert's current firing episode is acknowledged.
     pub fn is_acked(&self, alert: &Alert) -> bool {
         alert.status == AlertStatus::Firing

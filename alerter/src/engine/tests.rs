@@ -354,3 +354,22 @@ fn restore_after_restart_neither_resends_nor_forgets() {
     );
     assert!(after.due(11 * S).is_empty());
 }
+
+#[test]
+fn the_oldest_firing_start_bounds_the_acks_worth_reading() {
+    let mut e = engine(r#"receiver = "hook""#);
+    assert_eq!(e.oldest_firing_since_ms(), None);
+    let mut early = firing("no_leader", "", 1);
+    early.active_since_ms = 5_000;
+    let mut late = firing("member_unreachable", "m1", 1);
+    late.active_since_ms = 9_000;
+    e.on_candidate(&late, 9_000);
+    e.on_candidate(&early, 9_000);
+    assert_eq!(e.oldest_firing_since_ms(), Some(5_000));
+    e.on_candidate(&resolved("no_leader", "", 2), 10_000);
+    assert_eq!(
+        e.oldest_firing_since_ms(),
+        Some(9_000),
+        "resolved ones do not count"
+    );
+}
