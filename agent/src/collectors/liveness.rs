@@ -22,6 +22,8 @@ use tokio::sync::Notify;
 
 /// First and longest wait before trying to open the watch again.
 const RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(1));
+/// Longest wait for the one re-open attempt made before waking the status round.
+const REOPEN_WAIT: Duration = Duration::from_millis(200);
 
 /// Keeps a watch on `key` open through `client` and notifies `wake` whenever it
 /// breaks or is established again. Runs until its task is aborted.
@@ -50,6 +52,15 @@ pub async fn watch(client: Client, key: String, wake: Arc<Notify>) {
                     }
                 }
                 was_broken = true;
+                // Try to re-open once before waking the status round: that request
+                // makes the shared channel drop the dead connection and dial again,
+                // so the round that follows reports what a new connection meets
+                // (`refused` for an exited member) instead of racing the old
+                // connection's reset. Bounded: a silent network must not hold the wake.
+                let reopen = watch_client.watch(key.as_bytes(), None);
+                if let Ok(Ok(stream)) = tokio::time::timeout(REOPEN_WAIT, reopen).await {
+                    drop(stream);
+                }
                 wake.notify_one();
             }
             Err(e) => {
