@@ -91,11 +91,17 @@ pub struct IngestConfig {
     /// Largest encoded batch accepted from an agent; larger ones end the
     /// stream with RESOURCE_EXHAUSTED.
     pub max_batch_bytes: usize,
-    /// Rows gathered before a write, across agents.
+    /// An idle writer writes as soon as this many rows are gathered,
+    /// across agents, without waiting for `flush_interval`.
     pub flush_rows: usize,
-    /// Longest wait before a write (about one insert per second per table).
+    /// Longest a batch waits for its write while the writer is idle (about
+    /// one insert per second per table at low load).
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// Largest write. A writer that was busy takes everything queued
+    /// meanwhile, up to this many rows, so the INSERTs grow with the load
+    /// instead of falling behind it.
+    pub max_write_rows: usize,
     /// Batches waiting for the writer, across agents. When full, agents
     /// wait (backpressure through gRPC flow control) instead of the
     /// collector's memory growing.
@@ -115,6 +121,7 @@ impl Default for IngestConfig {
             max_batch_bytes: 8 * 1024 * 1024,
             flush_rows: 50_000,
             flush_interval: Duration::from_secs(1),
+            max_write_rows: 500_000,
             queue_batches: 256,
             agent_timeout: Duration::from_secs(30),
             unhealthy_after: Duration::from_secs(30),
@@ -134,6 +141,12 @@ impl CollectorConfig {
         }
         if self.ingest.flush_rows == 0 {
             return Err(FieldError::new("ingest.flush_rows", "must be positive"));
+        }
+        if self.ingest.max_write_rows < self.ingest.flush_rows {
+            return Err(FieldError::new(
+                "ingest.max_write_rows",
+                "must be at least ingest.flush_rows",
+            ));
         }
         if self.ingest.queue_batches == 0 {
             return Err(FieldError::new("ingest.queue_batches", "must be positive"));

@@ -325,14 +325,14 @@ impl Session {
         tracing::info!(agent = %self.agent_id, reason = %reason, "agent disconnected");
         // Best effort: the event is context, not data an agent resends.
         let (done, _) = oneshot::channel();
-        let _ = self.svc.writer.try_send(WriteRequest {
-            set: WriteSet {
+        let _ = self.svc.writer.try_send(WriteRequest::new(
+            WriteSet {
                 events: vec![ev],
                 ..Default::default()
             },
-            oldest_ms: 0,
+            0,
             done,
-        });
+        ));
     }
 
     /// Queues one batch; false when the writer is gone (shutdown).
@@ -361,11 +361,7 @@ impl Session {
         if self
             .svc
             .writer
-            .send(WriteRequest {
-                set,
-                oldest_ms,
-                done: tx,
-            })
+            .send(WriteRequest::new(set, oldest_ms, tx))
             .await
             .is_err()
         {

@@ -71,6 +71,13 @@ pub trait Storage: Send + Sync + 'static {
     /// mark always means its rows are stored.
     async fn write(&self, set: &WriteSet) -> Result<()>;
 
+    /// How many `write` calls may usefully run at once. A caller that
+    /// writes concurrently writes rows and marks in separate calls, and a
+    /// batch's mark only after its rows and every earlier mark are stored.
+    fn concurrent_writes(&self) -> usize {
+        1
+    }
+
     /// Points of `query.metric` in `[from, to]`, one list per series,
     /// deduplicated on (series, timestamp); with a step, the last value of
     /// each step-aligned bucket.

@@ -45,6 +45,10 @@ pub struct ClickHouseConfig {
     /// Works with 18.16 and current servers; turn off only for a proxy that cannot pass
     /// the compressed body through.
     pub lz4: bool,
+    /// INSERTs the collector's writer may have running at once. ClickHouse works
+    /// one INSERT on about one core, so a second one in flight lets it store while
+    /// it parses; batch marks are still written one write after the other.
+    pub concurrent_inserts: usize,
 }
 
 impl Default for ClickHouseConfig {
@@ -59,6 +63,7 @@ impl Default for ClickHouseConfig {
             query_timeout: Duration::from_secs(30),
             max_points: 1_000_000,
             lz4: true,
+            concurrent_inserts: 2,
         }
     }
 }
@@ -83,6 +88,7 @@ impl std::fmt::Debug for ClickHouseConfig {
             .field("query_timeout", &self.query_timeout)
             .field("max_points", &self.max_points)
             .field("lz4", &self.lz4)
+            .field("concurrent_inserts", &self.concurrent_inserts)
             .finish()
     }
 }
@@ -133,6 +139,9 @@ impl ClickHouseConfig {
         }
         if self.max_points == 0 {
             return invalid("max_points", "must be positive".to_owned());
+        }
+        if !(1..=8).contains(&self.concurrent_inserts) {
+            return invalid("concurrent_inserts", "must be 1 to 8".to_owned());
         }
         Ok(())
     }

@@ -504,6 +504,10 @@ impl Storage for ClickHouseStorage {
         }
     }
 
+    fn concurrent_writes(&self) -> usize {
+        self.config.concurrent_inserts
+    }
+
     async fn query(&self, q: &PointQuery) -> Result<Vec<SeriesPoints>> {
         let max = self.config.max_points;
         // One row more than allowed tells "too many" from "exactly the limit".
