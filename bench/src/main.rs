@@ -96,6 +96,9 @@ struct Args {
     /// wait before a write).
     #[arg(long)]
     flush_interval_ms: Option<u64>,
+    /// Override the collector's `ingest.max_write_rows` (largest write).
+    #[arg(long)]
+    max_write_rows: Option<usize>,
     /// A short run for smoke testing (the defaults in brackets after
     /// "--quick:"; explicit flags still win).
     #[arg(long)]
@@ -115,6 +118,7 @@ struct Settings {
     native_runs: usize,
     flush_rows: Option<usize>,
     flush_interval: Option<Duration>,
+    max_write_rows: Option<usize>,
 }
 
 impl Args {
@@ -135,6 +139,7 @@ impl Args {
             native_runs: pick_n(self.native_runs, 2, 1).max(1),
             flush_rows: self.flush_rows,
             flush_interval: self.flush_interval_ms.map(Duration::from_millis),
+            max_write_rows: self.max_write_rows,
         }
     }
 }
@@ -178,6 +183,10 @@ fn run(s: &Settings) -> anyhow::Result<()> {
     if let Some(every) = s.flush_interval {
         cfg.ingest.flush_interval = every.max(Duration::from_millis(10));
     }
+    if let Some(rows) = s.max_write_rows {
+        cfg.ingest.max_write_rows = rows;
+    }
+    cfg.ingest.max_write_rows = cfg.ingest.max_write_rows.max(cfg.ingest.flush_rows);
     let collector = collector_rt.block_on(collector::start(&cfg))?;
     eprintln!("ingest-load: collector serving on {}", collector.url);
 
@@ -197,7 +206,6 @@ fn run(s: &Settings) -> anyhow::Result<()> {
         cfg.ingest.flush_rows,
     )?;
 
-    native::wait_for_merges(&server)?;
     let verify: agent::Verify = {
         let server = server.clone();
         Box::new(move |agent_id, ts, sequence| {
@@ -210,6 +218,14 @@ fn run(s: &Settings) -> anyhow::Result<()> {
         collector.metrics.clone(),
         server.pid(),
         verify,
+        {
+            let server = server.clone();
+            Box::new(move || {
+                if let Err(e) = native::wait_for_merges(&server) {
+                    eprintln!("ingest-load: could not read system.merges: {e:#}");
+                }
+            })
+        },
     );
     let timing = ramp::StepTiming {
         warmup: s.warmup,
@@ -244,11 +260,13 @@ fn run(s: &Settings) -> anyhow::Result<()> {
     let stored = native::distinct_rows(&server, payload::CLUSTER)?;
     let summary = report::Summary {
         collector_settings: format!(
-            "ingest.flush_rows = {}, ingest.flush_interval = {:?}, ingest.queue_batches = {}{}",
+            "ingest.flush_rows = {}, ingest.flush_interval = {:?}, ingest.max_write_rows = {}, \
+             ingest.queue_batches = {}{}",
             cfg.ingest.flush_rows,
             cfg.ingest.flush_interval,
+            cfg.ingest.max_write_rows,
             cfg.ingest.queue_batches,
-            if s.flush_rows.is_some() || s.flush_interval.is_some() {
+            if s.flush_rows.is_some() || s.flush_interval.is_some() || s.max_write_rows.is_some() {
                 " (overridden)"
             } else {
                 " (defaults)"

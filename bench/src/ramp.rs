@@ -17,6 +17,10 @@
 //! the window's last quarter than over its first (means of readings every
 //! 100 ms, which smooths out the writer's flush cycle).
 //!
+//! Every step starts once ClickHouse runs no merge, so that the merges an
+//! overloaded step left behind do not count against the next one; each
+//! step's own merges run during its warm-up and window.
+//!
 //! The ramp doubles the agents until a step does not keep up (or the limit
 //! is reached), then bisects between the last step that kept up and the
 //! first that did not. The maximum is the highest acked rate of a step that
@@ -46,6 +50,9 @@ const PAUSE: Duration = Duration::from_secs(3);
 /// Progress lines during a window, this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
+/// Waits until ClickHouse runs no merge (blocking; called before every step).
+pub type Settle = Box<dyn Fn() + Send + Sync>;
+
 /// Durations of a step.
 #[derive(Debug, Clone, Copy)]
 pub struct StepTiming {
@@ -58,11 +65,12 @@ pub struct StepTiming {
 /// What the writer did during a window (from the collector's self-metrics).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct WriterUsage {
-    /// Storage writes.
+    /// Stored writes with rows (INSERTs of rows).
     pub writes: u64,
     /// Rows per write, mean.
     pub rows_per_write: f64,
-    /// Fraction of the window the writer spent inside `Storage::write`.
+    /// Time inside `Storage::write` over the window, summed over concurrent
+    /// writes (so up to 200% with two INSERTs in flight).
     pub busy: f64,
     /// Failed write attempts (retried or rejected).
     pub failures: u64,
@@ -106,6 +114,7 @@ pub struct Ramp {
     clickhouse_pid: Option<u32>,
     steps_run: usize,
     verify: Option<Verify>,
+    settle: Settle,
     /// What the one-off verification reported.
     pub verified: Option<String>,
 }
@@ -119,6 +128,7 @@ impl Ramp {
         metrics: CollectorMetrics,
         clickhouse_pid: Option<u32>,
         verify: Verify,
+        settle: Settle,
     ) -> Self {
         Self {
             url,
@@ -128,6 +138,7 @@ impl Ramp {
             clickhouse_pid,
             steps_run: 0,
             verify: Some(verify),
+            settle,
             verified: None,
         }
     }
@@ -190,6 +201,9 @@ impl Ramp {
         agents: usize,
         timing: StepTiming,
     ) -> StepResult {
+        // Merges left by the previous step are its load, not this one's; an
+        // overloaded step leaves minutes of them.
+        tokio::task::block_in_place(|| (self.settle)());
         self.steps_run += 1;
         let step_no = self.steps_run;
         let per_batch = self.payload.samples_per_batch() as f64;
@@ -335,7 +349,9 @@ fn writer_counters(m: &CollectorMetrics) -> WriterCounters {
         .map(|k| m.write_failures.with_label_values(&[k]).get())
         .sum();
     WriterCounters {
-        writes: m.write_seconds.get_sample_count(),
+        // Stored writes with rows: with concurrent INSERTs the marks of each
+        // write are a write call of their own, which `write_seconds` counts.
+        writes: m.write_rows.get_sample_count(),
         seconds: m.write_seconds.get_sample_sum(),
         rows: m.write_rows.get_sample_sum(),
         failures,
@@ -345,13 +361,12 @@ fn writer_counters(m: &CollectorMetrics) -> WriterCounters {
 impl WriterCounters {
     fn since(&self, before: &WriterCounters, window_seconds: f64) -> WriterUsage {
         let writes = self.writes.saturating_sub(before.writes);
-        let ok_writes = writes.saturating_sub(self.failures.saturating_sub(before.failures));
         WriterUsage {
             writes,
-            rows_per_write: if ok_writes == 0 {
+            rows_per_write: if writes == 0 {
                 0.0
             } else {
-                (self.rows - before.rows) / ok_writes as f64
+                (self.rows - before.rows) / writes as f64
             },
             busy: (self.seconds - before.seconds) / window_seconds.max(1e-9),
             failures: self.failures.saturating_sub(before.failures),
