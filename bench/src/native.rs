@@ -18,9 +18,9 @@
 //! inserts. The cluster name keeps these rows apart from the collector's.
 //!
 //! A second reference explains the gap between the two: the same file cut
-//! into INSERTs of the collector's write size (the writer writes once
+//! into INSERTs of an idle writer's size (it writes once
 //! `ingest.flush_rows` rows are gathered, 50,000 by default, i.e. 39 whole
-//! batches here), posted one after the other to the HTTP interface as
+//! batches here; under heavy load its writes are larger), posted one after the other to the HTTP interface as
 //! plain `RowBinary`, with nothing else running. That is what ClickHouse
 //! itself does with inserts of that size: each becomes a part in `samples`
 //! and in both rollups, and parts are merged in the background, whereas
