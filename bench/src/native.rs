@@ -389,7 +389,7 @@ impl<W: std::io::Write> std::io::Write for CountingWriter<W> {
 fn write_row(w: &mut impl std::io::Write, row: &SampleRow, ts_ms: i64) -> std::io::Result<()> {
     let day = u16::try_from(ts_ms.div_euclid(86_400_000)).unwrap_or(u16::MAX);
     w.write_all(&day.to_le_bytes())?;
-    for s in [&row.cluster, &row.member, &row.name, &row.labels] {
+    for s in [&*row.cluster, &*row.member, &row.name, &row.labels] {
         write_string(w, s)?;
     }
     w.write_all(&ts_ms.to_le_bytes())?;

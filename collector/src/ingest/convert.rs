@@ -18,6 +18,7 @@ use etcdmon_proto::v1::{
     MetricType, MetricsScrape, PeerRtt, Report,
 };
 use etcdmon_storage::{canonical_labels, SampleRow, SeriesRow};
+use std::sync::Arc;
 
 /// Where a report's rows go.
 pub struct Target<'a> {
@@ -29,6 +30,9 @@ pub struct Target<'a> {
 
 struct Out<'a> {
     t: &'a Target<'a>,
+    /// `t`'s strings, made once per report and shared by its rows.
+    cluster: Arc<str>,
+    member: Arc<str>,
     ts: i64,
     rows: Vec<SampleRow>,
 }
@@ -36,8 +40,8 @@ struct Out<'a> {
 impl Out<'_> {
     fn push(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         self.rows.push(SampleRow {
-            cluster: self.t.cluster.to_string(),
-            member: self.t.member.to_string(),
+            cluster: self.cluster.clone(),
+            member: self.member.clone(),
             name: name.to_string(),
             labels: canonical_labels(labels.iter().copied()),
             ts_ms: self.ts,
@@ -66,6 +70,8 @@ pub fn report_rows_where(
 ) -> (Vec<SampleRow>, Vec<SeriesRow>) {
     let mut out = Out {
         t,
+        cluster: t.cluster.into(),
+        member: t.member.into(),
         ts: r.timestamp_unix_ms,
         rows: Vec::new(),
     };
@@ -139,6 +145,8 @@ fn metrics(
         return;
     }
     out.gauge("etcdmon_scrape_parse_errors", f64::from(m.parse_errors));
+    out.rows
+        .reserve(m.families.iter().map(|f| f.samples.len()).sum());
     for f in &m.families {
         let ty = type_name(f.r#type);
         for s in &f.samples {
@@ -165,8 +173,8 @@ fn metrics(
                 });
             }
             out.rows.push(SampleRow {
-                cluster: out.t.cluster.to_string(),
-                member: out.t.member.to_string(),
+                cluster: out.cluster.clone(),
+                member: out.member.clone(),
                 name: s.name.clone(),
                 labels,
                 ts_ms: ts,

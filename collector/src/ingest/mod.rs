@@ -28,7 +28,7 @@ use etcdmon_proto::v1::{
 };
 use etcdmon_storage::{BatchMark, Storage, WriteSet};
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher as _;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,6 +46,14 @@ const ACK_WINDOW: usize = 64;
 /// cleared and series are written again (harmless: series rows are upserts).
 const SEEN_SERIES_MAX: usize = 1_000_000;
 
+/// Fingerprints of the series written so far. It is asked about every
+/// sample, so the hash is foldhash's (a fixed seed: fingerprints only need to
+/// agree within the process) rather than SipHash, which cost about as much
+/// as a sample's allocation; the set re-hashes its already-hashed keys with
+/// the same cheap hasher.
+type SeenSeries = HashSet<u64, SeenHasher>;
+type SeenHasher = foldhash::fast::FixedState;
+
 /// The service; cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
@@ -54,7 +62,7 @@ pub struct Ingest {
     state: LiveState,
     metrics: CollectorMetrics,
     max_batch_bytes: usize,
-    seen: Arc<Mutex<HashSet<u64>>>,
+    seen: Arc<Mutex<SeenSeries>>,
     shutdown: CancellationToken,
 }
 
@@ -74,7 +82,7 @@ impl Ingest {
             state,
             metrics,
             max_batch_bytes,
-            seen: Arc::new(Mutex::new(HashSet::new())),
+            seen: Arc::new(Mutex::new(SeenSeries::default())),
             shutdown,
         }
     }
@@ -102,13 +110,11 @@ impl Ingest {
 
     /// Whether the series (cluster, member, name, labels) is new, remembering it;
     /// new series get a metadata row.
-    fn is_new_series(seen: &mut HashSet<u64>, t: &Target<'_>, name: &str, labels: &str) -> bool {
+    fn is_new_series(seen: &mut SeenSeries, t: &Target<'_>, name: &str, labels: &str) -> bool {
         if seen.len() > SEEN_SERIES_MAX {
             seen.clear();
         }
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (t.cluster, t.member, name, labels).hash(&mut h);
-        seen.insert(h.finish())
+        seen.insert(SeenHasher::default().hash_one((t.cluster, t.member, name, labels)))
     }
 
     /// Rows of one batch, plus the events its reports imply.

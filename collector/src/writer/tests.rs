@@ -69,7 +69,7 @@ impl Storage for Gated {
     }
     async fn write(&self, set: &WriteSet) -> etcdmon_storage::Result<()> {
         if !set.samples.is_empty() {
-            let gate = if set.samples[0].member == "held" {
+            let gate = if &*set.samples[0].member == "held" {
                 &self.held
             } else {
                 &self.gate

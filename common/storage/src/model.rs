@@ -1,14 +1,18 @@
 //! The logical schema shared by both backends.
 
+use std::sync::Arc;
+
 /// One sample: a value of a series at a time. The natural key is
 /// (cluster, member, name, labels, ts_ms); a row stored twice is the same
 /// row, and every query treats it as one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampleRow {
-    /// Cluster name.
-    pub cluster: String,
-    /// Member name (or its id in hex when the name is unknown).
-    pub member: String,
+    /// Cluster name. Shared: every row of a report has the same one, and
+    /// a write holds hundreds of thousands of rows.
+    pub cluster: Arc<str>,
+    /// Member name (or its id in hex when the name is unknown); shared
+    /// like `cluster`.
+    pub member: Arc<str>,
     /// Metric name, e.g. `etcd_mvcc_db_total_size_in_bytes` or
     /// `etcdmon_fsync_probe_p99_seconds`.
     pub name: String,
