@@ -156,13 +156,12 @@ impl Writer {
     ///
     /// Only when even `max_write_rows` rows gather while a write runs does
     /// another start beside it (as many as [`Storage::concurrent_writes`]).
-    /// Row writes then overlap, but batch marks are then written apart, one write after the other,
-    /// in the order the writes started, each only after its own rows are
-    /// stored. An
-    /// agent's batches reach the writer in sequence order, so a stored mark
-    /// still means every earlier batch of that agent is stored or was
-    /// rejected, which is what `stored_through` reports to a reconnecting
-    /// agent.
+    /// Row writes then overlap, but batch marks are written apart from their
+    /// rows, one write after the other in the order the writes started, each
+    /// only after its own rows are stored. An agent's batches reach the
+    /// writer in sequence order, so a stored mark still means every earlier
+    /// batch of that agent is stored or was rejected, which is what
+    /// `stored_through` reports to a reconnecting agent.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let slots = self.storage.concurrent_writes().max(1);
         let store = Arc::new(Store {
