@@ -238,4 +238,13 @@ mod tests {
     fn defaults_validate() {
         CollectorConfig::default().validate().expect("defaults");
     }
+
+    #[test]
+    fn the_largest_write_is_at_least_flush_rows() {
+        let mut c = CollectorConfig::default();
+        c.ingest.max_write_rows = c.ingest.flush_rows - 1;
+        assert_eq!(c.validate().unwrap_err().field, "ingest.max_write_rows");
+        c.ingest.max_write_rows = c.ingest.flush_rows;
+        c.validate().expect("equal is fine");
+    }
 }

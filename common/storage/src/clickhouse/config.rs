@@ -45,9 +45,11 @@ pub struct ClickHouseConfig {
     /// Works with 18.16 and current servers; turn off only for a proxy that cannot pass
     /// the compressed body through.
     pub lz4: bool,
-    /// INSERTs the collector's writer may have running at once. ClickHouse works
-    /// one INSERT on about one core, so a second one in flight lets it store while
-    /// it parses; batch marks are still written one write after the other.
+    /// INSERTs the collector's writer may have running at once. ClickHouse works one
+    /// INSERT on about one core; the writer starts another beside a running one only
+    /// when it has gathered `ingest.max_write_rows` rows meanwhile, i.e. for load that
+    /// even the largest INSERTs cannot keep up with one at a time. Batch marks are
+    /// still written one write after the other.
     pub concurrent_inserts: usize,
 }
 

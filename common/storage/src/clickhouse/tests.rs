@@ -330,6 +330,8 @@ fn config_is_validated_and_hides_the_password() {
     assert!(with(&|c| c.database = "x`; DROP".into()).contains("database"));
     assert!(with(&|c| c.insert_timeout = Duration::ZERO).contains("insert_timeout"));
     assert!(with(&|c| c.max_points = 0).contains("max_points"));
+    assert!(with(&|c| c.concurrent_inserts = 0).contains("concurrent_inserts"));
+    assert!(with(&|c| c.concurrent_inserts = 9).contains("concurrent_inserts"));
     assert!(ClickHouseStorage::new(ClickHouseConfig {
         url: "ftp://x".into(),
         ..ClickHouseConfig::default()
