@@ -89,7 +89,9 @@ impl Store {
             },
             Err(e) => {
                 tracing::warn!(error = %e, batches = parts.len(), "write refused; retrying batch by batch");
-                merged.marks = marks;
+                // Put back the marks taken out above (none when they stay
+                // with their rows), so that each batch's set has its own.
+                merged.marks.extend(marks);
                 let sets = split(merged, parts.iter().map(|p| p.shares));
                 let mut done = RowsDone::default();
                 for (p, mut set) in parts.into_iter().zip(sets) {

@@ -68,6 +68,9 @@ impl Storage for Gated {
         self.inner.stored_through(agent_id).await
     }
     async fn write(&self, set: &WriteSet) -> etcdmon_storage::Result<()> {
+        if set.samples.iter().any(|s| &*s.member == "poison") {
+            return Err(etcdmon_storage::StorageError::Rejected("poison".into()));
+        }
         if !set.samples.is_empty() {
             let gate = if &*set.samples[0].member == "held" {
                 &self.held
@@ -303,6 +306,29 @@ async fn a_second_write_starts_beside_a_running_one_only_at_max_write_rows() {
             20,
             "{slots} slots: {writes:?}"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_write_rejects_only_the_refused_batch_with_either_slot_count() {
+    for slots in [1, 2] {
+        let h = Harness::with_slots(cfg(15, Duration::from_secs(3600), 100), slots).await;
+        h.store.gate.add_permits(1_000);
+        // One write of three batches, refused as a whole for the middle one.
+        let a = h.send_set(batch("a", "a", 1, 5, 0)).await;
+        let poison = h.send_set(batch("p", "poison", 1, 5, 0)).await;
+        let b = h.send_set(batch("b", "b", 1, 5, 1)).await;
+        a.await.unwrap().unwrap();
+        assert!(
+            matches!(poison.await.unwrap(), Err(WriteError::Rejected(_))),
+            "{slots} slots"
+        );
+        b.await.unwrap().unwrap();
+        // Each batch kept its own mark through the batch-by-batch retry.
+        assert_eq!(h.store.stored_through("a").await.unwrap(), 1);
+        assert_eq!(h.store.stored_through("p").await.unwrap(), 0);
+        assert_eq!(h.store.stored_through("b").await.unwrap(), 1);
+        assert_eq!(h.stop().await, vec![5, 5], "{slots} slots");
     }
 }
 
