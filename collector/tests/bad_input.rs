@@ -33,11 +33,19 @@ impl Drop for Server {
 }
 
 async fn server(max_batch_bytes: usize) -> Server {
+    server_with(max_batch_bytes, |sqlite| sqlite).await
+}
+
+/// A server whose sample store is `wrap` of the real SQLite store.
+async fn server_with(
+    max_batch_bytes: usize,
+    wrap: impl FnOnce(Arc<SqliteStorage>) -> Arc<dyn Storage>,
+) -> Server {
     let dir = tempfile::tempdir().expect("tmp");
     let sqlite = Arc::new(
         SqliteStorage::open(dir.path().join("db.sqlite"), Retention::default()).expect("open"),
     );
-    let storage: Arc<dyn Storage> = sqlite.clone();
+    let storage: Arc<dyn Storage> = wrap(sqlite.clone());
     storage.migrate().await.expect("migrate");
     let stores = Stores {
         storage: storage.clone(),
@@ -345,4 +353,156 @@ fn invalid_config_exits_2_naming_the_field() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`ingest.flush_rows`"));
+}
+
+/// The real SQLite store, refusing for good every write that holds a sample
+/// named `poison` (as a store refuses rows it cannot take), and recording
+/// the series metadata rows of the writes it stores.
+struct Refusing {
+    inner: Arc<SqliteStorage>,
+    series: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl Storage for Refusing {
+    fn backend(&self) -> &'static str {
+        "refusing-sqlite"
+    }
+    async fn migrate(&self) -> etcdmon_storage::Result<()> {
+        self.inner.migrate().await
+    }
+    async fn stored_through(&self, agent_id: &str) -> etcdmon_storage::Result<u64> {
+        self.inner.stored_through(agent_id).await
+    }
+    async fn write(&self, set: &etcdmon_storage::WriteSet) -> etcdmon_storage::Result<()> {
+        if set.samples.iter().any(|s| s.name == "poison") {
+            return Err(etcdmon_storage::StorageError::Rejected(
+                "poison sample".into(),
+            ));
+        }
+        self.inner.write(set).await?;
+        let mut series = self.series.lock().unwrap();
+        series.extend(set.series.iter().map(|s| s.name.clone()));
+        Ok(())
+    }
+    async fn query(
+        &self,
+        q: &etcdmon_storage::PointQuery,
+    ) -> etcdmon_storage::Result<Vec<etcdmon_storage::SeriesPoints>> {
+        self.inner.query(q).await
+    }
+    async fn count_samples(
+        &self,
+        cluster: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> etcdmon_storage::Result<Vec<etcdmon_storage::SampleCount>> {
+        self.inner.count_samples(cluster, from_ms, to_ms).await
+    }
+    async fn apply_retention(
+        &self,
+        now_ms: i64,
+    ) -> etcdmon_storage::Result<etcdmon_storage::RetentionOutcome> {
+        self.inner.apply_retention(now_ms).await
+    }
+}
+
+/// The next ack on `inbound`: sequence and rejection reason.
+async fn next_ack(inbound: &mut tonic::Streaming<StreamResponse>) -> (u64, String) {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .expect("an answer")
+            .expect("no error")
+            .expect("stream open");
+        if let Some(stream_response::Kind::Ack(a)) = m.kind {
+            return (a.sequence, a.rejected_reason);
+        }
+    }
+}
+
+/// A batch with one metrics scrape holding one sample of each of `names`.
+fn metrics_batch(sequence: u64, names: &[&str]) -> StreamRequest {
+    use etcdmon_proto::v1::{MetricFamily, MetricType, MetricsScrape, Sample};
+    let report = Report {
+        timestamp_unix_ms: 1_000 + sequence as i64,
+        identity: Some(Identity {
+            cluster: "bad".into(),
+            member_name: "m1".into(),
+            member_id: 1,
+            ..Default::default()
+        }),
+        duration_seconds: 0.0,
+        body: Some(report::Body::Metrics(MetricsScrape {
+            families: names
+                .iter()
+                .map(|n| MetricFamily {
+                    name: n.to_string(),
+                    r#type: MetricType::Gauge as i32,
+                    samples: vec![Sample {
+                        name: n.to_string(),
+                        labels: Vec::new(),
+                        value: 1.0,
+                        timestamp_unix_ms: 0,
+                    }],
+                })
+                .collect(),
+            ..Default::default()
+        })),
+    };
+    StreamRequest {
+        kind: Some(stream_request::Kind::Batch(Batch {
+            sequence,
+            reports: vec![report],
+        })),
+    }
+}
+
+#[tokio::test]
+async fn a_refused_batch_is_acknowledged_with_its_reason_and_its_new_series_are_written_again() {
+    let store = std::sync::Arc::new(std::sync::Mutex::new(None::<Arc<Refusing>>));
+    let s = {
+        let store = store.clone();
+        server_with(1 << 20, move |sqlite| {
+            let refusing = Arc::new(Refusing {
+                inner: sqlite,
+                series: Default::default(),
+            });
+            *store.lock().unwrap() = Some(refusing.clone());
+            refusing
+        })
+        .await
+    };
+    let store = store.lock().unwrap().clone().expect("store");
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut c = client(&s.url).await;
+    tx.send(hello("refused")).await.unwrap();
+    let mut inbound = c
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    // Batch 1 brings the new series `fresh` and is refused for its poison
+    // sample, so the agent drops it.
+    tx.send(metrics_batch(1, &["fresh", "poison"]))
+        .await
+        .unwrap();
+    let (sequence, reason) = next_ack(&mut inbound).await;
+    assert_eq!(sequence, 1);
+    assert!(reason.contains("poison"), "{reason}");
+    // The next batch with `fresh` must carry its metadata row: the collector
+    // had remembered the series while converting batch 1.
+    tx.send(metrics_batch(2, &["fresh"])).await.unwrap();
+    assert_eq!(next_ack(&mut inbound).await, (2, String::new()));
+    let series = store.series.lock().unwrap().clone();
+    assert!(series.contains(&"fresh".to_string()), "{series:?}");
+    // Once stored, a series is not written again.
+    tx.send(metrics_batch(3, &["fresh"])).await.unwrap();
+    assert_eq!(next_ack(&mut inbound).await, (3, String::new()));
+    let again = store.series.lock().unwrap().clone();
+    assert_eq!(
+        again.iter().filter(|n| *n == "fresh").count(),
+        1,
+        "{again:?}"
+    );
 }

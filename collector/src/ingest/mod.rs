@@ -108,18 +108,43 @@ impl Ingest {
         status
     }
 
-    /// Whether the series (cluster, member, name, labels) is new, remembering it;
-    /// new series get a metadata row.
-    fn is_new_series(seen: &mut SeenSeries, t: &Target<'_>, name: &str, labels: &str) -> bool {
+    /// Whether the series (cluster, member, name, labels) is new, remembering it
+    /// and adding its fingerprint to `new`; new series get a metadata row.
+    fn is_new_series(
+        seen: &mut SeenSeries,
+        new: &mut Vec<u64>,
+        t: &Target<'_>,
+        name: &str,
+        labels: &str,
+    ) -> bool {
         if seen.len() > SEEN_SERIES_MAX {
             seen.clear();
         }
-        seen.insert(SeenHasher::default().hash_one((t.cluster, t.member, name, labels)))
+        let fingerprint = SeenHasher::default().hash_one((t.cluster, t.member, name, labels));
+        let is_new = seen.insert(fingerprint);
+        if is_new {
+            new.push(fingerprint);
+        }
+        is_new
     }
 
-    /// Rows of one batch, plus the events its reports imply.
-    fn rows(&self, hello: &Identity, agent_id: &str, batch: &Batch) -> (WriteSet, i64) {
+    /// Forgets series whose metadata rows were in a batch that was not
+    /// stored, so that the next batch with them writes the rows again.
+    fn forget_series(seen: &Mutex<SeenSeries>, fingerprints: &[u64]) {
+        if fingerprints.is_empty() {
+            return;
+        }
+        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        for f in fingerprints {
+            seen.remove(f);
+        }
+    }
+
+    /// Rows of one batch, plus the events its reports imply, and the
+    /// fingerprints of the series it carries metadata rows for.
+    fn rows(&self, hello: &Identity, agent_id: &str, batch: &Batch) -> (WriteSet, i64, Vec<u64>) {
         let mut set = WriteSet::default();
+        let mut new_series = Vec::new();
         let mut oldest = i64::MAX;
         for r in &batch.reports {
             let id = r.identity.as_ref().unwrap_or(hello);
@@ -132,7 +157,7 @@ impl Ingest {
             let (samples, series) = {
                 let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
                 report_rows_where(&target, r, |name, labels| {
-                    Self::is_new_series(&mut seen, &target, name, labels)
+                    Self::is_new_series(&mut seen, &mut new_series, &target, name, labels)
                 })
             };
             set.samples.extend(samples);
@@ -145,7 +170,8 @@ impl Ingest {
             samples: set.samples.len() as u64,
             stored_ms: now_ms(),
         });
-        (set, if oldest == i64::MAX { 0 } else { oldest })
+        let oldest = if oldest == i64::MAX { 0 } else { oldest };
+        (set, oldest, new_series)
     }
 }
 
@@ -263,7 +289,14 @@ struct Session {
     high: u64,
 }
 
-type Pending = (u64, oneshot::Receiver<Result<(), WriteError>>);
+/// A queued batch, for the acker.
+struct Pending {
+    sequence: u64,
+    /// The writer's outcome.
+    done: oneshot::Receiver<Result<(), WriteError>>,
+    /// Series the batch carries metadata rows for (see [`Ingest::forget_series`]).
+    new_series: Vec<u64>,
+}
 
 impl Session {
     async fn run(
@@ -272,7 +305,12 @@ impl Session {
         out: mpsc::Sender<Result<StreamResponse, Status>>,
     ) {
         let (ack_tx, ack_rx) = mpsc::channel::<Pending>(ACK_WINDOW);
-        let acker = tokio::spawn(send_acks(ack_rx, out.clone(), self.svc.metrics.clone()));
+        let acker = tokio::spawn(send_acks(
+            ack_rx,
+            out.clone(),
+            self.svc.metrics.clone(),
+            self.svc.seen.clone(),
+        ));
         // The status that ends the stream goes out after the acks already
         // earned, so an agent never resends a batch that was stored.
         let mut closing: Option<Status> = None;
@@ -349,7 +387,12 @@ impl Session {
             self.svc.metrics.batches_duplicate.inc();
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(Ok(()));
-            return acks.send((seq, rx)).await.is_ok();
+            let pending = Pending {
+                sequence: seq,
+                done: rx,
+                new_series: Vec::new(),
+            };
+            return acks.send(pending).await.is_ok();
         }
         self.svc
             .metrics
@@ -362,7 +405,7 @@ impl Session {
                 self.identity = id.clone();
             }
         }
-        let (set, oldest_ms) = self.svc.rows(&self.identity, &self.agent_id, &batch);
+        let (set, oldest_ms, new_series) = self.svc.rows(&self.identity, &self.agent_id, &batch);
         let (tx, rx) = oneshot::channel();
         if self
             .svc
@@ -374,7 +417,12 @@ impl Session {
             return false;
         }
         self.high = seq;
-        acks.send((seq, rx)).await.is_ok()
+        let pending = Pending {
+            sequence: seq,
+            done: rx,
+            new_series,
+        };
+        acks.send(pending).await.is_ok()
     }
 }
 
@@ -383,9 +431,19 @@ async fn send_acks(
     mut pending: mpsc::Receiver<Pending>,
     out: mpsc::Sender<Result<StreamResponse, Status>>,
     metrics: CollectorMetrics,
+    seen: Arc<Mutex<SeenSeries>>,
 ) {
-    while let Some((sequence, done)) = pending.recv().await {
-        let ack = match done.await {
+    while let Some(Pending {
+        sequence,
+        done,
+        new_series,
+    }) = pending.recv().await
+    {
+        let outcome = done.await;
+        if !matches!(outcome, Ok(Ok(()))) {
+            Ingest::forget_series(&seen, &new_series);
+        }
+        let ack = match outcome {
             Ok(Ok(())) => Ack {
                 sequence,
                 rejected_reason: String::new(),
@@ -406,7 +464,7 @@ async fn send_acks(
                         "collector stopping before the batch could be stored; resend it",
                     )))
                     .await;
-                return;
+                break;
             }
         };
         if out
@@ -416,7 +474,15 @@ async fn send_acks(
             .await
             .is_err()
         {
-            return;
+            break;
+        }
+    }
+    // The stream is over (or the agent gone): no more acks, but batches
+    // still queued may yet fail, and their series must then be forgotten.
+    pending.close();
+    while let Some(p) = pending.recv().await {
+        if !matches!(p.done.await, Ok(Ok(()))) {
+            Ingest::forget_series(&seen, &p.new_series);
         }
     }
 }
