@@ -124,7 +124,45 @@ impl ChildProcess {
         let mut state = self.lock();
         self.signal(&mut state, Signal::SIGSTOP)?;
         state.stopped = true;
-        Ok(())
+        drop(state);
+        // kill() returns once the signal is sent, not once every thread has
+        // stopped: a thread running on the other core can still accept a
+        // connection and answer it. Seen in CI: a frozen ClickHouse answered
+        // `/ping`. So wait until every thread shows as stopped.
+        self.wait_all_threads_stopped(Duration::from_secs(5))
+    }
+
+    /// Polls `/proc/PID/task/*/stat` until every thread is in state `T`.
+    fn wait_all_threads_stopped(&self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        let tasks = format!("/proc/{}/task", self.pid);
+        loop {
+            let all_stopped = std::fs::read_dir(&tasks)
+                .with_context(|| format!("list threads of {} in {tasks}", self.name))?
+                .filter_map(|entry| entry.ok())
+                .all(|entry| {
+                    std::fs::read_to_string(entry.path().join("stat"))
+                        .ok()
+                        // The state is the first field after the parenthesised name.
+                        .and_then(|stat| {
+                            stat.rsplit_once(')')
+                                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                        })
+                        // A thread that exited meanwhile is not running either.
+                        .is_none_or(|state| matches!(state, 'T' | 't' | 'Z' | 'X'))
+                });
+            if all_stopped {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} (pid {}) did not stop within {limit:?} of SIGSTOP",
+                    self.name,
+                    self.pid
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Unfreezes a process stopped with [`stop`](Self::stop) by sending SIGCONT.
