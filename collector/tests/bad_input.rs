@@ -101,6 +101,21 @@ fn hello(agent: &str) -> StreamRequest {
 }
 
 fn batch(sequence: u64, padding: usize) -> StreamRequest {
+    batch_of(
+        sequence,
+        report::Body::Status(EtcdStatus {
+            reachable: true,
+            member_id: 1,
+            leader_id: 1,
+            raft_term: 2,
+            version: "x".repeat(padding),
+            ..Default::default()
+        }),
+    )
+}
+
+/// Batch `sequence` of member m1 of cluster `bad`, with one report of `body`.
+fn batch_of(sequence: u64, body: report::Body) -> StreamRequest {
     let report = Report {
         timestamp_unix_ms: 1_000 + sequence as i64,
         identity: Some(Identity {
@@ -110,14 +125,7 @@ fn batch(sequence: u64, padding: usize) -> StreamRequest {
             ..Default::default()
         }),
         duration_seconds: 0.0,
-        body: Some(report::Body::Status(EtcdStatus {
-            reachable: true,
-            member_id: 1,
-            leader_id: 1,
-            raft_term: 2,
-            version: "x".repeat(padding),
-            ..Default::default()
-        })),
+        body: Some(body),
     };
     StreamRequest {
         kind: Some(stream_request::Kind::Batch(Batch {
@@ -424,16 +432,9 @@ async fn next_ack(inbound: &mut tonic::Streaming<StreamResponse>) -> (u64, Strin
 /// A batch with one metrics scrape holding one sample of each of `names`.
 fn metrics_batch(sequence: u64, names: &[&str]) -> StreamRequest {
     use etcdmon_proto::v1::{MetricFamily, MetricType, MetricsScrape, Sample};
-    let report = Report {
-        timestamp_unix_ms: 1_000 + sequence as i64,
-        identity: Some(Identity {
-            cluster: "bad".into(),
-            member_name: "m1".into(),
-            member_id: 1,
-            ..Default::default()
-        }),
-        duration_seconds: 0.0,
-        body: Some(report::Body::Metrics(MetricsScrape {
+    batch_of(
+        sequence,
+        report::Body::Metrics(MetricsScrape {
             families: names
                 .iter()
                 .map(|n| MetricFamily {
@@ -448,14 +449,8 @@ fn metrics_batch(sequence: u64, names: &[&str]) -> StreamRequest {
                 })
                 .collect(),
             ..Default::default()
-        })),
-    };
-    StreamRequest {
-        kind: Some(stream_request::Kind::Batch(Batch {
-            sequence,
-            reports: vec![report],
-        })),
-    }
+        }),
+    )
 }
 
 #[tokio::test]
