@@ -298,6 +298,24 @@ struct Pending {
     new_series: Vec<u64>,
 }
 
+impl Pending {
+    /// Waits for the writer's outcome. A batch that was not stored forgets
+    /// the series it brought, so the next batch with them writes their rows.
+    async fn outcome(
+        self,
+        seen: &Mutex<SeenSeries>,
+    ) -> (
+        u64,
+        Result<Result<(), WriteError>, oneshot::error::RecvError>,
+    ) {
+        let outcome = self.done.await;
+        if !matches!(outcome, Ok(Ok(()))) {
+            Ingest::forget_series(seen, &self.new_series);
+        }
+        (self.sequence, outcome)
+    }
+}
+
 impl Session {
     async fn run(
         mut self,
@@ -433,16 +451,8 @@ async fn send_acks(
     metrics: CollectorMetrics,
     seen: Arc<Mutex<SeenSeries>>,
 ) {
-    while let Some(Pending {
-        sequence,
-        done,
-        new_series,
-    }) = pending.recv().await
-    {
-        let outcome = done.await;
-        if !matches!(outcome, Ok(Ok(()))) {
-            Ingest::forget_series(&seen, &new_series);
-        }
+    while let Some(p) = pending.recv().await {
+        let (sequence, outcome) = p.outcome(&seen).await;
         let ack = match outcome {
             Ok(Ok(())) => Ack {
                 sequence,
@@ -481,9 +491,8 @@ async fn send_acks(
     // still queued may yet fail, and their series must then be forgotten.
     pending.close();
     while let Some(p) = pending.recv().await {
-        if !matches!(p.done.await, Ok(Ok(()))) {
-            Ingest::forget_series(&seen, &p.new_series);
-        }
+        // No ack goes out any more; only the forgetting matters.
+        let _ = p.outcome(&seen).await;
     }
 }
 
