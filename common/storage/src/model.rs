@@ -76,7 +76,10 @@ pub struct BatchMark {
 pub struct WriteSet {
     /// Samples.
     pub samples: Vec<SampleRow>,
-    /// New series.
+    /// New series: every series must have been written here at least once, with or
+    /// before its first samples. Stepped queries that a backend answers from rollups
+    /// (ClickHouse) find series through these rows; a series written without one has
+    /// raw samples but no rollup answers.
     pub series: Vec<SeriesRow>,
     /// Events.
     pub events: Vec<EventRow>,

@@ -48,6 +48,17 @@ fn sample(member: &str, name: &str, labels: &str, ts_ms: i64, value: f64) -> Sam
     }
 }
 
+fn series_row(member: &str, name: &str, labels: &str, seen_ms: i64) -> SeriesRow {
+    SeriesRow {
+        cluster: "c1".into(),
+        member: member.into(),
+        name: name.into(),
+        labels: labels.into(),
+        metric_type: "gauge".into(),
+        seen_ms,
+    }
+}
+
 fn mark(agent: &str, sequence: u64, samples: u64, stored_ms: i64) -> BatchMark {
     BatchMark {
         agent_id: agent.into(),
@@ -100,14 +111,10 @@ fn three_hours() -> WriteSet {
     }
     WriteSet {
         samples,
-        series: vec![SeriesRow {
-            cluster: "c1".into(),
-            member: "a".into(),
-            name: "etcd_db_size".into(),
-            labels: String::new(),
-            metric_type: "gauge".into(),
-            seen_ms: T0,
-        }],
+        series: vec![
+            series_row("a", "etcd_db_size", "", T0),
+            series_row("b", "etcd_db_size", "le=\"1\"", T0),
+        ],
         events: vec![EventRow {
             cluster: "c1".into(),
             member: "a".into(),
@@ -187,8 +194,8 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
         .unwrap();
     assert_eq!(
         tables,
-        "alert_acks\nalert_deliveries\nalert_transitions\nbatch_marks\nevents\nsamples\n\
-         samples_1h\nsamples_1h_mv\nsamples_1m\nsamples_1m_mv\nschema_migrations\nseries\n\
+        "alert_acks\nalert_deliveries\nalert_transitions\nbatch_marks\nevents\nrollup_1h\n\
+         rollup_1h_mv\nrollup_1m\nrollup_1m_mv\nsamples\nschema_migrations\nseries\n\
          silences\n"
     );
     let versions = server
@@ -196,7 +203,7 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
             "SELECT DISTINCT version FROM {DB}.schema_migrations ORDER BY version"
         ))
         .unwrap();
-    assert_eq!(versions, "1\n2\n3\n4\n");
+    assert_eq!(versions, "1\n2\n3\n4\n5\n");
 
     // Two "processes" (separate storages, separate connection pools) migrating a fresh
     // database at the same moment, twice over.
@@ -215,6 +222,80 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
         .query("SELECT count() FROM system.tables WHERE database = 'etcdmon_race'")
         .unwrap();
     assert_eq!(count, "13\n");
+}
+
+/// Migration 5 replaced the string-keyed rollups `samples_1m`/`samples_1h` by
+/// `rollup_1m`/`rollup_1h`, keyed by series id. A database written at version 4 keeps
+/// its rollups: two processes upgrading it at once copy them over, and the copies answer
+/// once the raw samples are gone.
+#[tokio::test]
+async fn upgrading_to_series_id_rollups_keeps_the_old_rollups() {
+    let server = ClickHouseServer::start().expect("start clickhouse-server");
+    let old = ClickHouseStorage::new(config(&server)).unwrap();
+    old.migrate_through(4).await.expect("migrate to version 4");
+    // A day later too, so that the copy spans several partitions.
+    let mut set = three_hours();
+    let next_day = three_hours();
+    set.samples
+        .extend(next_day.samples.into_iter().map(|s| SampleRow {
+            ts_ms: s.ts_ms + DAY,
+            ..s
+        }));
+    old.write(&set).await.expect("write at version 4");
+    let raw = old
+        .query(&query("etcd_db_size", T0, T0 + DAY + 3 * HOUR, 0))
+        .await
+        .expect("raw query at version 4");
+    let old_rollup_rows = server
+        .query(&format!(
+            "SELECT count() FROM {DB}.samples_1m WHERE cluster = 'c1'"
+        ))
+        .unwrap();
+    assert_eq!(old_rollup_rows, format!("{}\n", 2 * 3 * 60 * 2));
+
+    let first = ClickHouseStorage::new(config(&server)).unwrap();
+    let second = ClickHouseStorage::new(config(&server)).unwrap();
+    let (a, b) = tokio::join!(first.migrate(), second.migrate());
+    a.expect("first upgrade");
+    b.expect("second upgrade");
+    let tables = server
+        .query(&format!(
+            "SELECT name FROM system.tables WHERE database = '{DB}' AND name LIKE '%_1_%' \
+             ORDER BY name"
+        ))
+        .unwrap();
+    assert_eq!(tables, "rollup_1h\nrollup_1h_mv\nrollup_1m\nrollup_1m_mv\n");
+
+    // Only the rollups can answer now.
+    for day in ["20240101", "20240102"] {
+        server
+            .query(&format!("ALTER TABLE {DB}.samples DROP PARTITION {day}"))
+            .unwrap();
+    }
+    for step in [MINUTE, 5 * MINUTE, HOUR] {
+        let stepped = first
+            .query(&query("etcd_db_size", T0, T0 + DAY + 3 * HOUR - 1, step))
+            .await
+            .unwrap();
+        assert_eq!(stepped, last_per_bucket(&raw, step), "step {step}");
+    }
+
+    // Written after the upgrade: the new views roll it up.
+    let later = T0 + 2 * DAY;
+    let set = WriteSet {
+        samples: (0..6)
+            .map(|i| sample("a", "etcd_db_size", "", later + i * 10 * SECOND, i as f64))
+            .collect(),
+        ..WriteSet::default()
+    };
+    first.write(&set).await.unwrap();
+    server
+        .query(&format!("ALTER TABLE {DB}.samples DROP PARTITION 20240103"))
+        .unwrap();
+    let mut only_a = query("etcd_db_size", later, later + MINUTE - 1, MINUTE);
+    only_a.member = Some("a".into());
+    let stepped = first.query(&only_a).await.unwrap();
+    assert_eq!(stepped[0].points, vec![(later, 5.0)]);
 }
 
 #[tokio::test]
@@ -379,8 +460,8 @@ async fn writing_the_same_set_again_changes_no_answer() {
     server.query("SYSTEM START MERGES").unwrap();
     for table in [
         "samples",
-        "samples_1m",
-        "samples_1h",
+        "rollup_1m",
+        "rollup_1h",
         "series",
         "events",
         "batch_marks",
@@ -520,7 +601,10 @@ async fn retention_drops_old_partitions_and_keeps_recent_ones() {
     // Whole minutes ten days and one day ago, 6 samples each (every 10 s).
     let old = (now - 10 * DAY) / MINUTE * MINUTE;
     let recent = (now - DAY) / MINUTE * MINUTE;
-    let mut set = WriteSet::default();
+    let mut set = WriteSet {
+        series: vec![series_row("a", "m", "", old)],
+        ..WriteSet::default()
+    };
     for start in [old, recent] {
         for i in 0..6 {
             set.samples
@@ -544,10 +628,10 @@ async fn retention_drops_old_partitions_and_keeps_recent_ones() {
     assert_eq!(removed["events"], 1);
     assert_eq!(removed["batch_marks"], 1);
     assert_eq!(
-        removed["samples_1m"], 0,
+        removed["rollup_1m"], 0,
         "30-day rollup keeps 10-day-old data"
     );
-    assert_eq!(removed["samples_1h"], 0);
+    assert_eq!(removed["rollup_1h"], 0);
 
     // Raw samples of ten days ago are gone, yesterday's are intact.
     let raw_old = storage

@@ -4,14 +4,15 @@
 //! # Data flow
 //!
 //! ```text
-//! write(set) ──INSERT──> samples ──samples_1m_mv──> samples_1m   (AggregatingMergeTree)
-//!            │                  └─samples_1h_mv──> samples_1h   (AggregatingMergeTree)
+//! write(set) ──INSERT──> samples ──rollup_1m_mv──> rollup_1m   (AggregatingMergeTree)
+//!            │                  └─rollup_1h_mv──> rollup_1h   (AggregatingMergeTree)
 //!            ├─INSERT──> series
 //!            ├─INSERT──> events
 //!            └─INSERT──> batch_marks   (last)
 //!
 //! query(step 0)            <── samples, deduplicated by GROUP BY on the natural key
-//! query(step k*1m / k*1h)  <── samples_1m / samples_1h for whole buckets, samples for the edges
+//! query(step k*1m / k*1h)  <── rollup_1m / rollup_1h for whole buckets (series ids
+//!                              resolved through series), samples for the edges
 //! count_samples            <── samples, deduplicated
 //! stored_through           <── max(sequence) of batch_marks
 //! apply_retention          ──> ALTER TABLE ... DROP PARTITION (daily, monthly for 1h
@@ -53,6 +54,11 @@
 //! (see `query.rs` for the range edges). The rollups outlive raw samples (30 days and one
 //! year by default against 7), which is what long-range dashboards need.
 //!
+//! The rollups are keyed by `series_id`, a `MATERIALIZED cityHash64(cluster, member,
+//! name, labels)` column of `samples` and `series`, and hold no strings: grouping every
+//! INSERT by four strings per series cost ClickHouse more CPU than storing the samples
+//! (docs/benchmarks.md). Readers find a metric's series ids in `series`.
+//!
 //! # Old and new servers
 //!
 //! The schema and every query must work on Debian's 18.16 and on current releases, so
@@ -78,6 +84,7 @@
 mod alert_sql;
 mod alerts;
 mod config;
+mod migrate;
 mod query;
 mod retention;
 mod schema;
@@ -86,7 +93,6 @@ mod tests;
 
 pub use config::ClickHouseConfig;
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -120,8 +126,8 @@ const TRANSIENT_CODES: &[u32] = &[
 /// Tables with a retention, with their partition granularity.
 const RETAINED_TABLES: &[(&str, Granularity)] = &[
     ("samples", Granularity::Day),
-    ("samples_1m", Granularity::Day),
-    ("samples_1h", Granularity::Month),
+    ("rollup_1m", Granularity::Day),
+    ("rollup_1h", Granularity::Month),
     ("events", Granularity::Day),
     ("batch_marks", Granularity::Day),
     ("alert_transitions", Granularity::Month),
@@ -276,32 +282,6 @@ impl ClickHouseStorage {
         }
     }
 
-    /// Runs a DDL statement, treating "already exists" as success (see
-    /// [`schema::ALREADY_EXISTS_CODES`]).
-    async fn ddl(&self, statement: &str) -> Result<()> {
-        let sql = schema::render(statement, &self.config.database);
-        let result = self
-            .timed(
-                "schema migration",
-                self.config.query_timeout,
-                self.server.query(&sql).execute(),
-            )
-            .await;
-        match result {
-            Err(StorageError::Rejected(message))
-                if server_code(&message)
-                    .is_some_and(|code| schema::ALREADY_EXISTS_CODES.contains(&code)) =>
-            {
-                Ok(())
-            }
-            // Unreachable stays retryable; a refused statement is a migration failure.
-            Err(StorageError::Rejected(message)) => Err(StorageError::Migration(format!(
-                "{message}\nstatement: {sql}"
-            ))),
-            other => other,
-        }
-    }
-
     /// Sends one INSERT with all `rows` (nothing for an empty slice). `R` names the row
     /// type; `rows` may borrow with any lifetime.
     async fn insert_rows<R: RowWrite>(&self, table: &str, rows: &[R::Value<'_>]) -> Result<()> {
@@ -420,66 +400,7 @@ impl Storage for ClickHouseStorage {
     }
 
     async fn migrate(&self) -> Result<()> {
-        let version: String = self
-            .timed(
-                "SELECT version()",
-                self.config.query_timeout,
-                self.server.query("SELECT version()").fetch_one(),
-            )
-            .await?;
-        tracing::info!(
-            server_version = %version,
-            url = %self.config.url,
-            database = %self.config.database,
-            "connected to ClickHouse"
-        );
-        *self
-            .server_version
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(version);
-
-        for statement in schema::BOOTSTRAP {
-            self.ddl(statement).await?;
-        }
-        let applied: BTreeSet<u32> = self
-            .timed(
-                "read schema_migrations",
-                self.config.query_timeout,
-                self.client
-                    .query("SELECT DISTINCT version FROM schema_migrations")
-                    .fetch_all::<u32>(),
-            )
-            .await?
-            .into_iter()
-            .collect();
-        for migration in schema::MIGRATIONS {
-            if applied.contains(&migration.version) {
-                continue;
-            }
-            for statement in migration.statements {
-                self.ddl(statement).await?;
-            }
-            self.timed(
-                "record schema migration",
-                self.config.query_timeout,
-                self.client
-                    .query(
-                        "INSERT INTO schema_migrations (version, description, applied_ms) \
-                         VALUES (?, ?, ?)",
-                    )
-                    .bind(migration.version)
-                    .bind(migration.description)
-                    .bind(now_ms())
-                    .execute(),
-            )
-            .await?;
-            tracing::info!(
-                version = migration.version,
-                description = migration.description,
-                "applied ClickHouse schema migration"
-            );
-        }
-        Ok(())
+        self.migrate_through(u32::MAX).await
     }
 
     async fn stored_through(&self, agent_id: &str) -> Result<u64> {
@@ -599,8 +520,8 @@ impl Storage for ClickHouseStorage {
         for &(table, granularity) in RETAINED_TABLES {
             let keep = match table {
                 "samples" => retention.samples,
-                "samples_1m" => retention.rollup_1m,
-                "samples_1h" => retention.rollup_1h,
+                "rollup_1m" => retention.rollup_1m,
+                "rollup_1h" => retention.rollup_1h,
                 "events" => retention.events,
                 "alert_transitions" | "alert_deliveries" | "alert_acks" => retention.alerts,
                 _ => BATCH_MARKS_RETENTION,

@@ -37,6 +37,12 @@
 //! then identical to computing it from raw samples, as long as raw samples exist; beyond
 //! raw retention the interior still comes from the rollup and only the edge buckets are
 //! missing. Steps that are not a multiple of a minute are answered from raw samples.
+//!
+//! The rollups know a series only by its id (`cityHash64` of cluster, member, name and
+//! labels, computed by ClickHouse), so their part of a query finds its series through
+//! `series`. A series the rollups hold but `series` does not is therefore missing from
+//! the rollup buckets; writers store a series' metadata row with (or before) its first
+//! samples, and the collector writes it again after a restart or a refused batch.
 
 use crate::{PointQuery, StorageError};
 
@@ -90,9 +96,9 @@ impl Sql {
 pub(super) enum Source {
     /// `samples`.
     Raw,
-    /// `samples_1m`.
+    /// `rollup_1m`.
     Rollup1m,
-    /// `samples_1h`.
+    /// `rollup_1h`.
     Rollup1h,
 }
 
@@ -111,8 +117,8 @@ impl Source {
     fn table(self) -> &'static str {
         match self {
             Source::Raw => "samples",
-            Source::Rollup1m => "samples_1m",
-            Source::Rollup1h => "samples_1h",
+            Source::Rollup1m => "rollup_1m",
+            Source::Rollup1h => "rollup_1h",
         }
     }
 }
@@ -129,9 +135,16 @@ pub(super) fn inner_buckets(from_ms: i64, to_ms: i64, step_ms: i64) -> Option<(i
     (start < end).then_some((start, end))
 }
 
-/// The `WHERE` conditions every read of one metric shares: series selection, the day
-/// range (so ClickHouse skips whole partitions) and nothing else.
+/// The `WHERE` conditions every read of one metric from `samples` shares: series
+/// selection, the day range (so ClickHouse skips whole partitions) and nothing else.
 fn series_filter(sql: &mut Sql, q: &PointQuery, from_ms: i64, to_ms: i64) {
+    series_key_filter(sql, q);
+    day_filter(sql, from_ms, to_ms);
+}
+
+/// The conditions on (cluster, name, member, labels) that select the series of a query,
+/// in `samples` or in `series`.
+fn series_key_filter(sql: &mut Sql, q: &PointQuery) {
     sql.push("cluster = ")
         .str(&q.cluster)
         .push(" AND name = ")
@@ -142,7 +155,6 @@ fn series_filter(sql: &mut Sql, q: &PointQuery, from_ms: i64, to_ms: i64) {
     if let Some(labels) = &q.labels {
         sql.push(" AND labels = ").str(labels);
     }
-    day_filter(sql, from_ms, to_ms);
 }
 
 /// ` AND date >= toDate('from day') AND date <= toDate('to day')`, so ClickHouse skips
@@ -215,19 +227,8 @@ pub(super) fn points(q: &PointQuery, limit: u64) -> Result<Option<Sql>, StorageE
     };
     sql.push("SELECT member, labels, b, v FROM (");
     if let Some((inner_start, inner_end)) = inner {
-        sql.push("SELECT member, labels, toInt64(intDiv(bucket_ms, ")
-            .int(step)
-            .push(") * ")
-            .int(step)
-            .push(") AS b, argMaxMerge(last_value) AS v FROM ")
-            .push(source.table())
-            .push(" WHERE ");
-        series_filter(&mut sql, q, inner_start, inner_end - 1);
-        sql.push(" AND bucket_ms >= ")
-            .int(inner_start)
-            .push(" AND bucket_ms < ")
-            .int(inner_end)
-            .push(" GROUP BY member, labels, b UNION ALL ");
+        rollup_buckets(&mut sql, q, source, step, inner_start, inner_end);
+        sql.push(" UNION ALL ");
     }
     // Raw samples: the whole range, or only the edge buckets around the rollup's part.
     // Duplicates need no GROUP BY on the key here: a resent row has the same time and
@@ -252,6 +253,41 @@ pub(super) fn points(q: &PointQuery, limit: u64) -> Result<Option<Sql>, StorageE
     sql.push(" GROUP BY member, labels, b) ORDER BY member, labels, b LIMIT ")
         .int(limit);
     Ok(Some(sql))
+}
+
+/// `SELECT member, labels, b, v` of the whole step buckets `[inner_start, inner_end)`
+/// from a rollup. Rollups are keyed by series id alone, so the ids of the query's series
+/// come from `series`, twice: as an `IN` set, which lets the rollup's primary key skip
+/// every other series, and joined back to their member and labels.
+fn rollup_buckets(
+    sql: &mut Sql,
+    q: &PointQuery,
+    source: Source,
+    step: i64,
+    inner_start: i64,
+    inner_end: i64,
+) {
+    sql.push("SELECT member, labels, b, v FROM (SELECT series_id, toInt64(intDiv(bucket_ms, ")
+        .int(step)
+        .push(") * ")
+        .int(step)
+        .push(") AS b, argMaxMerge(last_value) AS v FROM ")
+        .push(source.table())
+        .push(" WHERE series_id IN (SELECT series_id FROM series WHERE ");
+    series_key_filter(sql, q);
+    sql.push(")");
+    day_filter(sql, inner_start, inner_end - 1);
+    sql.push(" AND bucket_ms >= ")
+        .int(inner_start)
+        .push(" AND bucket_ms < ")
+        .int(inner_end)
+        // `series` may hold a series more than once until its parts merge: DISTINCT.
+        .push(
+            " GROUP BY series_id, b) ANY INNER JOIN (\
+             SELECT DISTINCT series_id, member, labels FROM series WHERE ",
+        );
+    series_key_filter(sql, q);
+    sql.push(") USING series_id");
 }
 
 /// The SQL for [`crate::Storage::count_samples`]: rows `(member, count)` of distinct

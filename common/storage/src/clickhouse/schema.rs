@@ -3,7 +3,9 @@
 //! ClickHouse has no transactional DDL and no advisory locks, so migrations are made safe
 //! to run more than once and from several processes at the same time instead:
 //!
-//! * every statement is `CREATE ... IF NOT EXISTS`, so repeating one is a no-op;
+//! * every step is idempotent: `CREATE ... IF NOT EXISTS`, `DROP ... IF EXISTS`, a
+//!   column added only when missing, and copies into rollups, whose aggregates do not
+//!   change when a row arrives twice (see [`Step`]);
 //! * a migration's version is recorded in `schema_migrations` only after all its
 //!   statements succeeded, and recording it twice is harmless (a `ReplacingMergeTree`
 //!   keyed by version; readers use `DISTINCT`);
@@ -11,21 +13,43 @@
 //!   missing both run it, which the first point makes harmless.
 //!
 //! Rules for new migrations: never edit a released one, add a new version; keep every
-//! statement idempotent; stay within what 18.16 understands (see the module docs of
+//! step idempotent; stay within what 18.16 understands (see the module docs of
 //! [`super`]). A materialized view only sees INSERTs made after it exists, so a rollup
 //! added to a database that already holds samples must backfill itself with an explicit
 //! `INSERT ... SELECT` (`POPULATE` would race with concurrent writes). A migration that
 //! needs a newer server can check
 //! [`ClickHouseStorage::server_version`](super::ClickHouseStorage::server_version).
 
-/// One step of the schema. `{db}` in a statement stands for the quoted database name.
+/// One version of the schema. `{db}` in a statement stands for the quoted database name.
 pub(super) struct Migration {
     /// Recorded in `schema_migrations`; strictly increasing.
     pub(super) version: u32,
     /// For logs and the `schema_migrations` table.
     pub(super) description: &'static str,
     /// Run in order; each must be idempotent.
-    pub(super) statements: &'static [&'static str],
+    pub(super) steps: &'static [Step],
+}
+
+/// One idempotent step of a migration.
+pub(super) enum Step {
+    /// A statement that is a no-op when repeated (`IF NOT EXISTS`, `IF EXISTS`).
+    Sql(&'static str),
+    /// `ALTER TABLE {db}.<table> ADD COLUMN <column> <definition>`, skipped when the
+    /// column exists: 18.16 has no `ADD COLUMN IF NOT EXISTS`.
+    AddColumn {
+        table: &'static str,
+        column: &'static str,
+        definition: &'static str,
+    },
+    /// `statement` once for every partition of `table` that holds rows, with
+    /// `{partition}` replaced by the partition id (all digits). One statement per
+    /// partition keeps each bounded, however much the table holds, and a table that does
+    /// not exist (any more) has nothing to do: a process that finds it gone knows another
+    /// one finished the work and dropped it.
+    EachPartition {
+        table: &'static str,
+        statement: &'static str,
+    },
 }
 
 /// Run before anything else, on every `migrate`: the database and the table that records
@@ -45,11 +69,12 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         description: "raw tables: samples, series, events, batch_marks",
-        statements: &[
+        steps: &[
             // The sort key is the natural key of a sample: a resent row is identical to
             // the stored one and collapses into it when parts merge. Until then readers
             // deduplicate with GROUP BY on the key.
-            "CREATE TABLE IF NOT EXISTS {db}.samples (
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.samples (
                 date Date,
                 cluster String,
                 member String,
@@ -60,8 +85,10 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             ) ENGINE = ReplacingMergeTree()
             PARTITION BY toYYYYMMDD(date)
             ORDER BY (cluster, name, member, labels, ts_ms)",
+            ),
             // The version column keeps the latest sighting when duplicates merge.
-            "CREATE TABLE IF NOT EXISTS {db}.series (
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.series (
                 cluster String,
                 member String,
                 name String,
@@ -70,7 +97,9 @@ pub(super) const MIGRATIONS: &[Migration] = &[
                 seen_ms Int64
             ) ENGINE = ReplacingMergeTree(seen_ms)
             ORDER BY (cluster, name, member, labels)",
-            "CREATE TABLE IF NOT EXISTS {db}.events (
+            ),
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.events (
                 date Date,
                 cluster String,
                 member String,
@@ -80,9 +109,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             ) ENGINE = ReplacingMergeTree()
             PARTITION BY toYYYYMMDD(date)
             ORDER BY (cluster, ts_ms, member, kind)",
+            ),
             // `date` is the day of stored_ms; daily partitions let retention drop marks
             // after a week, long after any agent could still resend those batches.
-            "CREATE TABLE IF NOT EXISTS {db}.batch_marks (
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.batch_marks (
                 date Date,
                 agent_id String,
                 sequence UInt64,
@@ -91,16 +122,18 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             ) ENGINE = ReplacingMergeTree()
             PARTITION BY toYYYYMMDD(date)
             ORDER BY (agent_id, sequence)",
+            ),
         ],
     },
     Migration {
         version: 2,
         description: "1-minute rollup samples_1m fed by samples_1m_mv",
-        statements: &[
+        steps: &[
             // Only aggregates that a duplicate row cannot change: min, max, the first and
             // last value by time and the latest timestamp. No sum, count or avg: the view
             // sees every INSERT, a resent batch included, and would count it twice.
-            "CREATE TABLE IF NOT EXISTS {db}.samples_1m (
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.samples_1m (
                 date Date,
                 cluster String,
                 member String,
@@ -115,7 +148,9 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             ) ENGINE = AggregatingMergeTree()
             PARTITION BY toYYYYMMDD(date)
             ORDER BY (cluster, name, member, labels, bucket_ms)",
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.samples_1m_mv
+            ),
+            Step::Sql(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.samples_1m_mv
             TO {db}.samples_1m
             AS SELECT
                 date,
@@ -131,15 +166,17 @@ pub(super) const MIGRATIONS: &[Migration] = &[
                 maxState(ts_ms) AS max_ts
             FROM {db}.samples
             GROUP BY date, cluster, member, name, labels, bucket_ms",
+            ),
         ],
     },
     Migration {
         version: 3,
         description: "1-hour rollup samples_1h fed by samples_1h_mv",
-        statements: &[
+        steps: &[
             // Same aggregates as samples_1m; monthly partitions because a year of hourly
             // buckets would otherwise mean 365 partitions.
-            "CREATE TABLE IF NOT EXISTS {db}.samples_1h (
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.samples_1h (
                 date Date,
                 cluster String,
                 member String,
@@ -154,7 +191,9 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             ) ENGINE = AggregatingMergeTree()
             PARTITION BY toYYYYMM(date)
             ORDER BY (cluster, name, member, labels, bucket_ms)",
-            "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.samples_1h_mv
+            ),
+            Step::Sql(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.samples_1h_mv
             TO {db}.samples_1h
             AS SELECT
                 date,
@@ -170,19 +209,21 @@ pub(super) const MIGRATIONS: &[Migration] = &[
                 maxState(ts_ms) AS max_ts
             FROM {db}.samples
             GROUP BY date, cluster, member, name, labels, bucket_ms",
+            ),
         ],
     },
     Migration {
         version: 4,
         description: "alert state and history: alert_transitions, alert_deliveries, silences, \
                       alert_acks",
-        statements: &[
+        steps: &[
             // Sorted by the natural key. `date` is the UTC day of received_ms (or of the
             // retention run that carried a still-firing transition forward; see
             // alerts.rs), so monthly partitions expire like the other tables. The first
             // copy of a key (earliest received_ms) is the one that counts: `first_wins` is
             // the merge version, and ReplacingMergeTree keeps the highest version.
-            "CREATE TABLE IF NOT EXISTS {db}.alert_transitions (
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.alert_transitions (
                 date Date,
                 fingerprint String,
                 transition UInt64,
@@ -199,9 +240,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             ) ENGINE = ReplacingMergeTree(first_wins)
             PARTITION BY toYYYYMM(date)
             ORDER BY (fingerprint, transition)",
+            ),
             // A key names one attempt, so copies are identical and need no version.
             // Fingerprint first: the per-alert history reads a range of the index.
-            "CREATE TABLE IF NOT EXISTS {db}.alert_deliveries (
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.alert_deliveries (
                 date Date,
                 receiver String,
                 fingerprint String,
@@ -216,11 +259,13 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             ) ENGINE = ReplacingMergeTree()
             PARTITION BY toYYYYMM(date)
             ORDER BY (fingerprint, transition, receiver, state, attempt_ms, attempt)",
+            ),
             // Not partitioned: the versions of one silence can have any ends_ms, and
             // dropping the partition that holds the latest version would bring an older
             // one back to life. Retention deletes whole silences with a mutation instead
             // (few rows).
-            "CREATE TABLE IF NOT EXISTS {db}.silences (
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.silences (
                 id String,
                 matchers_json String,
                 starts_ms Int64,
@@ -230,8 +275,10 @@ pub(super) const MIGRATIONS: &[Migration] = &[
                 updated_ms Int64
             ) ENGINE = ReplacingMergeTree(updated_ms)
             ORDER BY id",
+            ),
             // The earliest acknowledgement of a transition counts, as for transitions.
-            "CREATE TABLE IF NOT EXISTS {db}.alert_acks (
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.alert_acks (
                 date Date,
                 fingerprint String,
                 transition UInt64,
@@ -242,6 +289,118 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             ) ENGINE = ReplacingMergeTree(first_wins)
             PARTITION BY toYYYYMM(date)
             ORDER BY (fingerprint, transition)",
+            ),
+        ],
+    },
+    Migration {
+        version: 5,
+        description: "series ids; rollups rollup_1m and rollup_1h keyed by series id, \
+                      backfilled from samples_1m and samples_1h, which are dropped",
+        steps: &[
+            // ClickHouse computes the id itself, so writers and readers cannot disagree
+            // on it, and rows stored before this migration get it on read. MATERIALIZED
+            // rather than DEFAULT: an INSERT without a column list keeps working, and no
+            // writer can store an id that does not match the strings.
+            Step::AddColumn {
+                table: "samples",
+                column: "series_id",
+                definition: "UInt64 MATERIALIZED cityHash64(cluster, member, name, labels)",
+            },
+            Step::AddColumn {
+                table: "series",
+                column: "series_id",
+                definition: "UInt64 MATERIALIZED cityHash64(cluster, member, name, labels)",
+            },
+            // The rollups of migrations 2 and 3 grouped every INSERT by four strings per
+            // series, which cost ClickHouse more CPU than storing the samples did
+            // (measured in docs/benchmarks.md). Keyed by the 64-bit id they hold no
+            // strings; readers find the ids of a metric in `series`. Same aggregates,
+            // same partitions as before.
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.rollup_1m (
+                date Date,
+                series_id UInt64,
+                bucket_ms Int64,
+                min_value AggregateFunction(min, Float64),
+                max_value AggregateFunction(max, Float64),
+                first_value AggregateFunction(argMin, Float64, Int64),
+                last_value AggregateFunction(argMax, Float64, Int64),
+                max_ts AggregateFunction(max, Int64)
+            ) ENGINE = AggregatingMergeTree()
+            PARTITION BY toYYYYMMDD(date)
+            ORDER BY (series_id, bucket_ms)",
+            ),
+            Step::Sql(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.rollup_1m_mv
+            TO {db}.rollup_1m
+            AS SELECT
+                date,
+                series_id,
+                intDiv(ts_ms, 60000) * 60000 AS bucket_ms,
+                minState(value) AS min_value,
+                maxState(value) AS max_value,
+                argMinState(value, ts_ms) AS first_value,
+                argMaxState(value, ts_ms) AS last_value,
+                maxState(ts_ms) AS max_ts
+            FROM {db}.samples
+            GROUP BY date, series_id, bucket_ms",
+            ),
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.rollup_1h (
+                date Date,
+                series_id UInt64,
+                bucket_ms Int64,
+                min_value AggregateFunction(min, Float64),
+                max_value AggregateFunction(max, Float64),
+                first_value AggregateFunction(argMin, Float64, Int64),
+                last_value AggregateFunction(argMax, Float64, Int64),
+                max_ts AggregateFunction(max, Int64)
+            ) ENGINE = AggregatingMergeTree()
+            PARTITION BY toYYYYMM(date)
+            ORDER BY (series_id, bucket_ms)",
+            ),
+            Step::Sql(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.rollup_1h_mv
+            TO {db}.rollup_1h
+            AS SELECT
+                date,
+                series_id,
+                intDiv(ts_ms, 3600000) * 3600000 AS bucket_ms,
+                minState(value) AS min_value,
+                maxState(value) AS max_value,
+                argMinState(value, ts_ms) AS first_value,
+                argMaxState(value, ts_ms) AS last_value,
+                maxState(ts_ms) AS max_ts
+            FROM {db}.samples
+            GROUP BY date, series_id, bucket_ms",
+            ),
+            // From here on every INSERT reaches at least one of the old and the new
+            // views. Stop the old ones, then copy what they gathered. A row that reaches
+            // both, or a copy made twice (two processes, or a rerun after a crash), is
+            // harmless: these aggregates do not change when a row is seen twice. Only an
+            // INSERT still writing into an old rollup while its partition is being
+            // copied could miss the copy, and that INSERT started before the new views
+            // existed, a window of one INSERT's duration.
+            Step::Sql("DROP TABLE IF EXISTS {db}.samples_1m_mv"),
+            Step::Sql("DROP TABLE IF EXISTS {db}.samples_1h_mv"),
+            Step::EachPartition {
+                table: "samples_1m",
+                statement: "INSERT INTO {db}.rollup_1m
+                    SELECT date, cityHash64(cluster, member, name, labels), bucket_ms,
+                        min_value, max_value, first_value, last_value, max_ts
+                    FROM {db}.samples_1m
+                    WHERE toYYYYMMDD(date) = {partition}",
+            },
+            Step::EachPartition {
+                table: "samples_1h",
+                statement: "INSERT INTO {db}.rollup_1h
+                    SELECT date, cityHash64(cluster, member, name, labels), bucket_ms,
+                        min_value, max_value, first_value, last_value, max_ts
+                    FROM {db}.samples_1h
+                    WHERE toYYYYMM(date) = {partition}",
+            },
+            Step::Sql("DROP TABLE IF EXISTS {db}.samples_1m"),
+            Step::Sql("DROP TABLE IF EXISTS {db}.samples_1h"),
         ],
     },
 ];
@@ -259,3 +418,7 @@ pub(super) const ALREADY_EXISTS_CODES: &[u32] = &[
     57, // TABLE_ALREADY_EXISTS
     82, // DATABASE_ALREADY_EXISTS
 ];
+
+/// UNKNOWN_TABLE: what an [`Step::EachPartition`] statement gets when another process
+/// dropped its table meanwhile, after finishing the same work.
+pub(super) const UNKNOWN_TABLE_CODE: u32 = 60;

@@ -223,14 +223,21 @@ fn stepped_queries_pick_tables_and_split_edges() {
     let raw = query::points(&point_query(1_000, 0, 10_000), 5)
         .unwrap()
         .unwrap();
-    assert!(!raw.text.contains("samples_1"), "{}", raw.text);
+    assert!(!raw.text.contains("rollup_"), "{}", raw.text);
     assert!(!raw.text.contains("UNION ALL"), "{}", raw.text);
 
     // 1-minute step over [30 s, 5 min 30 s]: minutes 1..5 from the rollup, the cut
     // minutes 0 and 5 from raw samples.
     let q = point_query(MINUTE_MS, 30_000, 330_000);
     let sql = query::points(&q, 5).unwrap().unwrap();
-    assert!(sql.text.contains("FROM samples_1m WHERE"), "{}", sql.text);
+    assert!(sql.text.contains("FROM rollup_1m WHERE"), "{}", sql.text);
+    // The rollup knows series by id only: they come from `series`.
+    assert!(
+        sql.text
+            .contains("series_id IN (SELECT series_id FROM series WHERE"),
+        "{}",
+        sql.text
+    );
     assert!(sql.text.contains("UNION ALL"), "{}", sql.text);
     assert!(
         sql.text.contains("(ts_ms < ? OR ts_ms >= ?)"),
@@ -258,13 +265,13 @@ fn stepped_queries_pick_tables_and_split_edges() {
     let sql = query::points(&point_query(2 * HOUR_MS, 0, 10 * HOUR_MS), 5)
         .unwrap()
         .unwrap();
-    assert!(sql.text.contains("FROM samples_1h WHERE"), "{}", sql.text);
+    assert!(sql.text.contains("FROM rollup_1h WHERE"), "{}", sql.text);
 
     // A range inside one bucket has no whole bucket: raw only.
     let sql = query::points(&point_query(HOUR_MS, 1_000, 2_000), 5)
         .unwrap()
         .unwrap();
-    assert!(!sql.text.contains("samples_1h"), "{}", sql.text);
+    assert!(!sql.text.contains("rollup_1h"), "{}", sql.text);
 }
 
 #[test]
