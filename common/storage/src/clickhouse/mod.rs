@@ -42,21 +42,23 @@
 //!
 //! # Rollups
 //!
-//! Materialized views aggregate every INSERT into `samples` into 1-minute and 1-hour
-//! buckets (`bucket_ms`, the bucket start in ms, computed with integer division so it is
-//! independent of the server's time zone). A view sees every INSERT, resends included, and
-//! cannot deduplicate, so the rollups keep only aggregates that a duplicate row cannot
-//! distort: `min`, `max`, the first and the last value by time (`argMin`/`argMax` on
-//! `ts_ms`) and the latest timestamp. Sums, counts and averages would count a resent batch
-//! twice, so there are none; counts come from raw samples. Stepped queries read
-//! `argMaxMerge(last_value)`, and because that state merges exactly, a step that is a
-//! whole multiple of the bucket gives the same answer from a rollup as from raw samples
-//! (see `query.rs` for the range edges). The rollups outlive raw samples (30 days and one
-//! year by default against 7), which is what long-range dashboards need.
+//! Materialized views copy every sample INSERTed into `samples` into 1-minute and
+//! 1-hour rollups, with the start of its bucket (`bucket_ms`, computed with integer
+//! division so it is independent of the server's time zone). The rollups are
+//! `ReplacingMergeTree(ts_ms)` sorted by (series_id, bucket_ms), so merging keeps the
+//! last sample of every bucket: exactly what a stepped query returns (the last value of
+//! each step bucket), and a resent sample is the same row and changes nothing. Readers
+//! take `argMax(value, ts_ms)`, which gives the same answer before and after merges, so
+//! a step that is a whole multiple of the bucket gives the same answer from a rollup as
+//! from raw samples (see `query.rs` for the range edges). The rollups outlive raw
+//! samples (30 days and one year by default against 7), which is what long-range
+//! dashboards need.
 //!
 //! The rollups are keyed by `series_id`, a `MATERIALIZED cityHash64(cluster, member,
-//! name, labels)` column of `samples` and `series`, and hold no strings: grouping every
-//! INSERT by four strings per series cost ClickHouse more CPU than storing the samples
+//! name, labels)` column of `samples` and `series`, and hold no strings. Migration 5
+//! replaced the first rollups, which grouped every INSERT by the four strings into five
+//! aggregate states (min, max, first, last, latest time): they cost ClickHouse more
+//! than twice the CPU of storing the samples, and only the last value was ever read
 //! (docs/benchmarks.md). Readers find a metric's series ids in `series`.
 //!
 //! # Old and new servers

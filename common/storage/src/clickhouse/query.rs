@@ -28,9 +28,12 @@
 //!
 //! With a step, each series yields the last value (by time) of every step-aligned bucket
 //! `[k*step, (k+1)*step)` that has points in `[from, to]`, the bucket's start being the
-//! point's timestamp. The `argMax` rollups hold exactly that per minute or hour, and
-//! `argMax` states merge, so a step that is a whole multiple of a rollup's bucket can be
-//! answered from the rollup: every step bucket is a union of whole rollup buckets. Only
+//! point's timestamp. The rollups hold the last sample (time and value) of every minute
+//! or hour, and the last sample of a union of buckets is the latest of their last
+//! samples, so a step that is a whole multiple of a rollup's bucket can be answered from
+//! the rollup with the same `argMax(value, ts_ms)`: every step bucket is a union of
+//! whole rollup buckets. Until the rollup's parts merge it holds more samples per bucket
+//! than the last, which `argMax` does not mind. Only
 //! the step buckets that lie entirely inside `[from, to]` come from the rollup; the
 //! (at most two) buckets cut by the range edges come from raw samples, because the rollup
 //! cannot tell which of a bucket's points lie before `from` or after `to`. The result is
@@ -271,7 +274,7 @@ fn rollup_buckets(
         .int(step)
         .push(") * ")
         .int(step)
-        .push(") AS b, argMaxMerge(last_value) AS v FROM ")
+        .push(") AS b, argMax(value, ts_ms) AS v FROM ")
         .push(source.table())
         .push(" WHERE series_id IN (SELECT series_id FROM series WHERE ");
     series_key_filter(sql, q);
