@@ -453,8 +453,8 @@ fn metrics_batch(sequence: u64, names: &[&str]) -> StreamRequest {
     )
 }
 
-#[tokio::test]
-async fn a_refused_batch_is_acknowledged_with_its_reason_and_its_new_series_are_written_again() {
+/// A collector on a [`Refusing`] store, and the store.
+async fn refusing_server() -> (Server, Arc<Refusing>) {
     let store = std::sync::Arc::new(std::sync::Mutex::new(None::<Arc<Refusing>>));
     let s = {
         let store = store.clone();
@@ -469,14 +469,32 @@ async fn a_refused_batch_is_acknowledged_with_its_reason_and_its_new_series_are_
         .await
     };
     let store = store.lock().unwrap().clone().expect("store");
+    (s, store)
+}
+
+/// Opens a stream to `url` and says Hello as `agent`.
+async fn open_stream(
+    url: &str,
+    agent: &str,
+) -> (
+    tokio::sync::mpsc::Sender<StreamRequest>,
+    tonic::Streaming<StreamResponse>,
+) {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut c = client(&s.url).await;
-    tx.send(hello("refused")).await.unwrap();
-    let mut inbound = c
+    let mut c = client(url).await;
+    tx.send(hello(agent)).await.unwrap();
+    let inbound = c
         .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .expect("stream")
         .into_inner();
+    (tx, inbound)
+}
+
+#[tokio::test]
+async fn a_refused_batch_is_acknowledged_with_its_reason_and_its_new_series_are_written_again() {
+    let (s, store) = refusing_server().await;
+    let (tx, mut inbound) = open_stream(&s.url, "refused").await;
     // Batch 1 brings the new series `fresh` and is refused for its poison
     // sample, so the agent drops it.
     tx.send(metrics_batch(1, &["fresh", "poison"]))
@@ -500,4 +518,29 @@ async fn a_refused_batch_is_acknowledged_with_its_reason_and_its_new_series_are_
         1,
         "{again:?}"
     );
+}
+
+/// Each stream remembers the series it wrote metadata for, so a reconnecting
+/// agent writes them once more (the rollups of ClickHouse find series only
+/// through those rows).
+#[tokio::test]
+async fn a_new_stream_writes_its_series_rows_again() {
+    let (s, store) = refusing_server().await;
+    let count = |name: &str| {
+        let series = store.series.lock().unwrap();
+        series.iter().filter(|n| *n == name).count()
+    };
+    let (tx, mut inbound) = open_stream(&s.url, "reconnecting").await;
+    tx.send(metrics_batch(1, &["kept"])).await.unwrap();
+    assert_eq!(next_ack(&mut inbound).await, (1, String::new()));
+    tx.send(metrics_batch(2, &["kept"])).await.unwrap();
+    assert_eq!(next_ack(&mut inbound).await, (2, String::new()));
+    assert_eq!(count("kept"), 1);
+    drop(tx);
+    drop(inbound);
+
+    let (tx, mut inbound) = open_stream(&s.url, "reconnecting").await;
+    tx.send(metrics_batch(3, &["kept"])).await.unwrap();
+    assert_eq!(next_ack(&mut inbound).await, (3, String::new()));
+    assert_eq!(count("kept"), 2);
 }
