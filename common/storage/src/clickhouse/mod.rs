@@ -4,8 +4,8 @@
 //! # Data flow
 //!
 //! ```text
-//! write(set) ──INSERT──> samples ──rollup_1m_mv──> rollup_1m   (AggregatingMergeTree)
-//!            │                  └─rollup_1h_mv──> rollup_1h   (AggregatingMergeTree)
+//! write(set) ──INSERT──> samples ──rollup_1m_mv──> rollup_1m   (ReplacingMergeTree(ts_ms))
+//!            │                  └─rollup_1h_mv──> rollup_1h   (ReplacingMergeTree(ts_ms))
 //!            ├─INSERT──> series
 //!            ├─INSERT──> events
 //!            └─INSERT──> batch_marks   (last)

@@ -44,8 +44,9 @@
 //! The rollups know a series only by its id (`cityHash64` of cluster, member, name and
 //! labels, computed by ClickHouse), so their part of a query finds its series through
 //! `series`. A series the rollups hold but `series` does not is therefore missing from
-//! the rollup buckets; writers store a series' metadata row with (or before) its first
-//! samples, and the collector writes it again after a restart or a refused batch.
+//! the rollup buckets; writers store a series' metadata row with its first samples, and
+//! the collector writes it again on every new agent stream and after a batch that
+//! carried it was not stored.
 
 use crate::{PointQuery, StorageError};
 
