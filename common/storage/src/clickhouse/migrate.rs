@@ -173,27 +173,22 @@ impl ClickHouseStorage {
 
     /// [`Step::EachPartition`].
     async fn each_partition(&self, table: &str, statement: &str) -> Result<()> {
-        let partitions = self
-            .timed(
-                "list partitions",
-                self.config.query_timeout,
-                self.server
-                    .query(
-                        "SELECT table, partition, sum(rows) AS rows FROM system.parts \
-                         WHERE database = ? AND table = ? AND active \
-                         GROUP BY table, partition ORDER BY partition",
-                    )
-                    .bind(self.config.database.as_str())
-                    .bind(table)
-                    .fetch_all::<PartitionRow>(),
-            )
-            .await?;
+        let partitions: Vec<PartitionRow> = self
+            .active_partitions()
+            .await?
+            .into_iter()
+            .filter(|p| p.table == table)
+            .collect();
         let total = partitions.len();
         for (done, part) in partitions.iter().enumerate() {
             // Partition ids of this schema's tables are all digits (toYYYYMMDD and
             // toYYYYMM), so one is a valid literal; anything else is not ours to touch.
             if part.partition.is_empty() || !part.partition.bytes().all(|b| b.is_ascii_digit()) {
-                tracing::warn!(table, partition = %part.partition, "skipping a partition this schema does not create");
+                tracing::warn!(
+                    table,
+                    partition = %part.partition,
+                    "skipping a partition this schema does not create"
+                );
                 continue;
             }
             let sql = statement.replace("{partition}", &part.partition);

@@ -375,6 +375,24 @@ impl ClickHouseStorage {
             .await
     }
 
+    /// The partitions of this database's tables that hold rows, ordered by table and
+    /// partition.
+    async fn active_partitions(&self) -> Result<Vec<PartitionRow>> {
+        self.timed(
+            "list partitions",
+            self.config.query_timeout,
+            self.server
+                .query(
+                    "SELECT table, partition, sum(rows) AS rows FROM system.parts \
+                     WHERE database = ? AND active \
+                     GROUP BY table, partition ORDER BY table, partition",
+                )
+                .bind(self.config.database.as_str())
+                .fetch_all::<PartitionRow>(),
+        )
+        .await
+    }
+
     /// A client query for `sql` with its arguments bound.
     fn bound(&self, sql: &Sql) -> clickhouse::query::Query {
         let mut query = self
@@ -501,20 +519,7 @@ impl Storage for ClickHouseStorage {
     }
 
     async fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
-        let partitions = self
-            .timed(
-                "list partitions",
-                self.config.query_timeout,
-                self.server
-                    .query(
-                        "SELECT table, partition, sum(rows) AS rows FROM system.parts \
-                         WHERE database = ? AND active \
-                         GROUP BY table, partition ORDER BY table, partition",
-                    )
-                    .bind(self.config.database.as_str())
-                    .fetch_all::<PartitionRow>(),
-            )
-            .await?;
+        let partitions = self.active_partitions().await?;
         let retention = &self.config.retention;
         // Before any alert partition goes: copy out what a firing alert still needs.
         self.keep_firing_alerts(&partitions, now_ms).await?;
