@@ -44,12 +44,12 @@ fn batch(agent: &str, member: &str, sequence: u64, samples: usize, events: usize
     }
 }
 
-/// The real SQLite store behind gates: row writes wait until the test
-/// opens a gate (`held` for rows of member `held`, `gate` for the others),
-/// and the sample count of every row write is recorded as it passes.
-/// Marks-only writes pass at once.
+/// A real store (SQLite, or ClickHouse) behind gates: row writes wait until
+/// the test opens a gate (`held` for rows of member `held`, `gate` for the
+/// others), and the sample count of every row write is recorded as it
+/// passes. Marks-only writes pass at once.
 struct Gated {
-    inner: etcdmon_storage::sqlite::SqliteStorage,
+    inner: Arc<dyn Storage>,
     gate: tokio::sync::Semaphore,
     held: tokio::sync::Semaphore,
     slots: usize,
@@ -59,7 +59,7 @@ struct Gated {
 #[async_trait::async_trait]
 impl Storage for Gated {
     fn backend(&self) -> &'static str {
-        "gated-sqlite"
+        self.inner.backend()
     }
     async fn migrate(&self) -> etcdmon_storage::Result<()> {
         self.inner.migrate().await
@@ -113,6 +113,7 @@ struct Harness {
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
+    _clickhouse: Option<etcdmon_testkit::ClickHouseServer>,
 }
 
 impl Harness {
@@ -120,6 +121,7 @@ impl Harness {
         Self::with_slots(cfg, 1).await
     }
 
+    /// On SQLite, with `slots` concurrent writes (SQLite itself has one).
     async fn with_slots(cfg: IngestConfig, slots: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let inner = etcdmon_storage::sqlite::SqliteStorage::open(
@@ -127,6 +129,34 @@ impl Harness {
             Default::default(),
         )
         .unwrap();
+        Self::on(Arc::new(inner), slots, cfg, dir, None).await
+    }
+
+    /// On a real ClickHouse server of its own, with its default concurrent
+    /// INSERTs: marks are then separate INSERTs, as in production.
+    async fn on_clickhouse(cfg: IngestConfig) -> Self {
+        let server = etcdmon_testkit::ClickHouseServer::start().expect("start clickhouse-server");
+        let inner = etcdmon_storage::clickhouse::ClickHouseStorage::new(
+            etcdmon_storage::clickhouse::ClickHouseConfig {
+                url: server.http_url(),
+                database: "writer_test".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let slots = inner.concurrent_writes();
+        assert!(slots > 1, "ClickHouse allows concurrent INSERTs by default");
+        let dir = tempfile::tempdir().unwrap();
+        Self::on(Arc::new(inner), slots, cfg, dir, Some(server)).await
+    }
+
+    async fn on(
+        inner: Arc<dyn Storage>,
+        slots: usize,
+        cfg: IngestConfig,
+        dir: tempfile::TempDir,
+        clickhouse: Option<etcdmon_testkit::ClickHouseServer>,
+    ) -> Self {
         inner.migrate().await.unwrap();
         let store = Arc::new(Gated {
             inner,
@@ -144,6 +174,7 @@ impl Harness {
             shutdown,
             task,
             _dir: dir,
+            _clickhouse: clickhouse,
         }
     }
 
@@ -253,6 +284,20 @@ async fn a_batch_that_waited_behind_a_write_does_not_wait_a_flush_interval_again
 async fn rows_of_two_writes_overlap_but_a_mark_waits_for_every_earlier_write() {
     // max_write_rows 5: a second batch of 5 rows is a full write.
     let h = Harness::with_slots(cfg(5, Duration::from_secs(3600), 5), 2).await;
+    marks_wait_for_every_earlier_write(h).await;
+}
+
+/// The same against ClickHouse, where batch marks are INSERTs of their own.
+#[tokio::test]
+async fn on_clickhouse_a_mark_waits_for_every_earlier_write_too() {
+    let h = Harness::on_clickhouse(cfg(5, Duration::from_secs(3600), 5)).await;
+    marks_wait_for_every_earlier_write(h).await;
+}
+
+/// Agent x's batch 1 is held in its row write while batch 2 is written
+/// beside it; batch 2 is acknowledged, and its mark stored, only after
+/// batch 1.
+async fn marks_wait_for_every_earlier_write(h: Harness) {
     h.store.gate.add_permits(1_000);
     // Agent x's batch 1 is held inside its row write ...
     let first = h.send_set(batch("x", "held", 1, 5, 0)).await;
