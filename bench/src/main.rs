@@ -144,9 +144,9 @@ impl Args {
     }
 }
 
-/// mimalloc rather than glibc's malloc: the collector under test runs in this process and should allocate as the shipped binaries do, and glibc's
-/// malloc and free took about 40% of the collector's CPU under load (perf,
-/// `ingest-load`).
+/// mimalloc, as in the shipped binaries: the collector under test runs in
+/// this process and should allocate as they do (glibc's malloc and free took
+/// about 40% of the collector's CPU under load; perf, `ingest-load`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -20,9 +20,9 @@ enum Command {
     Up(etcdmon::up::UpArgs),
 }
 
-/// mimalloc rather than glibc's malloc: `etcdmon up` runs the collector, which allocates per sample, and glibc's
-/// malloc and free took about 40% of the collector's CPU under load (perf,
-/// `ingest-load`).
+/// mimalloc rather than glibc's malloc: `etcdmon up` runs the collector,
+/// which allocates per sample, and glibc's malloc and free took about 40% of
+/// the collector's CPU under load (perf, `ingest-load`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

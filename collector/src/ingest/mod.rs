@@ -44,7 +44,9 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const ACK_WINDOW: usize = 64;
 /// Distinct series one session remembers for metadata writes (an etcd member
 /// has a few thousand); beyond it the set is cleared and series are written
-/// again (harmless: series rows are upserts).
+/// again (harmless: series rows are upserts). At most about 1.2 MB per
+/// session, so a process holds at most that times its connected agents, and
+/// typically 20-50 KB per agent.
 const SEEN_SERIES_MAX: usize = 100_000;
 
 /// Fingerprints of the series a session has written so far. It is asked

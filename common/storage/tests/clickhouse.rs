@@ -246,6 +246,8 @@ async fn upgrading_to_series_id_rollups_keeps_the_old_rollups() {
         .query(&query("etcd_db_size", T0, T0 + DAY + 3 * HOUR, 0))
         .await
         .expect("raw query at version 4");
+    assert_eq!(raw.len(), 2, "both members' raw points: {raw:?}");
+    assert_eq!(raw[0].points.len(), 2 * 1080);
     let old_rollup_rows = server
         .query(&format!(
             "SELECT count() FROM {DB}.samples_1m WHERE cluster = 'c1'"

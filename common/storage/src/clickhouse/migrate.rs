@@ -18,6 +18,19 @@ struct ColumnRow {
     name: String,
 }
 
+/// Whether the migration that undoes `migration` has run (is in `applied`) or runs in
+/// this call (which applies the missing ones up to `last_version`): then `migration`
+/// is only recorded.
+pub(super) fn superseded(
+    migration: &Migration,
+    last_version: u32,
+    applied: &BTreeSet<u32>,
+) -> bool {
+    migration
+        .superseded_by
+        .is_some_and(|later| later <= last_version || applied.contains(&later))
+}
+
 impl ClickHouseStorage {
     /// Connects, creates the database and applies every migration up to and including
     /// `last_version` that has not run yet. [`crate::Storage::migrate`] applies all of
@@ -60,19 +73,23 @@ impl ClickHouseStorage {
             if migration.version > last_version || applied.contains(&migration.version) {
                 continue;
             }
-            self.apply(migration).await?;
+            self.apply(migration, superseded(migration, last_version, &applied))
+                .await?;
         }
         Ok(())
     }
 
-    /// Runs every step of `migration`, then records its version.
-    async fn apply(&self, migration: &Migration) -> Result<()> {
+    /// Runs every step of `migration`, unless a later migration of this same run
+    /// undoes it, then records its version.
+    async fn apply(&self, migration: &Migration, superseded: bool) -> Result<()> {
         tracing::info!(
             version = migration.version,
             description = migration.description,
+            superseded,
             "applying ClickHouse schema migration"
         );
-        for step in migration.steps {
+        let steps = if superseded { &[][..] } else { migration.steps };
+        for step in steps {
             match *step {
                 Step::Sql(statement) => self.ddl(statement).await?,
                 Step::AddColumn {
@@ -121,9 +138,13 @@ impl ClickHouseStorage {
     /// `harmless` codes is success, any other refusal a [`StorageError::Migration`].
     async fn ddl_within(&self, statement: &str, limit: Duration, harmless: &[u32]) -> Result<()> {
         let sql = schema::render(statement, &self.config.database);
-        let result = self
-            .timed("schema migration", limit, self.server.query(&sql).execute())
-            .await;
+        // The server stops too when the client gives up, so that a retry does not
+        // run beside a copy still in progress.
+        let query = self
+            .server
+            .query(&sql)
+            .with_setting("max_execution_time", limit.as_secs().max(1).to_string());
+        let result = self.timed("schema migration", limit, query.execute()).await;
         match result {
             Err(StorageError::Rejected(message))
                 if server_code(&message).is_some_and(|code| harmless.contains(&code)) =>

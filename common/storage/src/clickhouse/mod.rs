@@ -57,8 +57,8 @@
 //! The rollups are keyed by `series_id`, a `MATERIALIZED cityHash64(cluster, member,
 //! name, labels)` column of `samples` and `series`, and hold no strings. Migration 5
 //! replaced the first rollups, which grouped every INSERT by the four strings into five
-//! aggregate states (min, max, first, last, latest time): they cost ClickHouse more
-//! than twice the CPU of storing the samples, and only the last value was ever read
+//! aggregate states (min, max, first, last, latest time): they cost ClickHouse about
+//! four times the CPU of storing the samples, and only the last value was ever read
 //! (docs/benchmarks.md). Readers find a metric's series ids in `series`.
 //!
 //! # Old and new servers

@@ -263,6 +263,12 @@ pub(super) fn points(q: &PointQuery, limit: u64) -> Result<Option<Sql>, StorageE
 /// from a rollup. Rollups are keyed by series id alone, so the ids of the query's series
 /// come from `series`, twice: as an `IN` set, which lets the rollup's primary key skip
 /// every other series, and joined back to their member and labels.
+///
+/// The join is `ANY LEFT` with aliased subqueries because that means the same on 18.16
+/// and on current servers: since 19.14 `ANY INNER` keeps one row per key from both
+/// sides (one bucket per series here), and 19.x to 24.x refuse unaliased subqueries in a
+/// join by default. The `IN` set uses the same filter as the right side, so every left
+/// row has its match.
 fn rollup_buckets(
     sql: &mut Sql,
     q: &PointQuery,
@@ -287,11 +293,11 @@ fn rollup_buckets(
         .int(inner_end)
         // `series` may hold a series more than once until its parts merge: DISTINCT.
         .push(
-            " GROUP BY series_id, b) ANY INNER JOIN (\
+            " GROUP BY series_id, b) AS rollup ANY LEFT JOIN (\
              SELECT DISTINCT series_id, member, labels FROM series WHERE ",
         );
     series_key_filter(sql, q);
-    sql.push(") USING series_id");
+    sql.push(") AS ids USING series_id");
 }
 
 /// The SQL for [`crate::Storage::count_samples`]: rows `(member, count)` of distinct

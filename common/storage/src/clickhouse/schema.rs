@@ -28,6 +28,11 @@ pub(super) struct Migration {
     pub(super) description: &'static str,
     /// Run in order; each must be idempotent.
     pub(super) steps: &'static [Step],
+    /// A later version that undoes this one. When that version runs in the same
+    /// `migrate`, as on a fresh database, this one is recorded without running its
+    /// steps: nothing is created only to be dropped, and no process can create the old
+    /// objects again after another one's later migration dropped them.
+    pub(super) superseded_by: Option<u32>,
 }
 
 /// One idempotent step of a migration.
@@ -43,7 +48,8 @@ pub(super) enum Step {
     },
     /// `statement` once for every partition of `table` that holds rows, with
     /// `{partition}` replaced by the partition id (all digits). One statement per
-    /// partition keeps each bounded, however much the table holds, and a table that does
+    /// partition keeps each one's duration bounded, however much the table holds (and
+    /// the log shows progress); a table that does
     /// not exist (any more) has nothing to do: a process that finds it gone knows another
     /// one finished the work and dropped it.
     EachPartition {
@@ -68,6 +74,7 @@ pub(super) const BOOTSTRAP: &[&str] = &[
 pub(super) const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
+        superseded_by: None,
         description: "raw tables: samples, series, events, batch_marks",
         steps: &[
             // The sort key is the natural key of a sample: a resent row is identical to
@@ -127,6 +134,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
+        superseded_by: Some(5),
         description: "1-minute rollup samples_1m fed by samples_1m_mv",
         steps: &[
             // Only aggregates that a duplicate row cannot change: min, max, the first and
@@ -171,6 +179,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
+        superseded_by: Some(5),
         description: "1-hour rollup samples_1h fed by samples_1h_mv",
         steps: &[
             // Same aggregates as samples_1m; monthly partitions because a year of hourly
@@ -214,6 +223,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 4,
+        superseded_by: None,
         description: "alert state and history: alert_transitions, alert_deliveries, silences, \
                       alert_acks",
         steps: &[
@@ -294,6 +304,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 5,
+        superseded_by: None,
         description: "series ids; rollups rollup_1m and rollup_1h: the last sample per \
                       series id and bucket, copied from samples_1m and samples_1h, which are \
                       dropped",
@@ -313,14 +324,15 @@ pub(super) const MIGRATIONS: &[Migration] = &[
                 definition: "UInt64 MATERIALIZED cityHash64(cluster, member, name, labels)",
             },
             // The rollups of migrations 2 and 3 grouped every INSERT by four strings per
-            // series into five aggregate states, which cost ClickHouse more than twice
+            // series into five aggregate states, which cost ClickHouse about four times
             // what storing the samples did, and only the last value was ever read.
             // These hold the last sample of every bucket and no strings: the views copy
             // each sample with its bucket, and the version column makes merges keep the
             // latest sample of a (series, bucket). Until parts merge, readers take
             // argMax(value, ts_ms), as on raw samples. A resent row is the same row and
             // changes nothing. Measured on 18.16 (docs/benchmarks.md): both views cost
-            // 0.65 us of ClickHouse CPU per sample, against 2.4 us before.
+            // 0.65 us of ClickHouse CPU per sample, against about 4.5 us for the
+            // string-keyed views they replace (2.4 us for five states keyed by id).
             Step::Sql(
                 "CREATE TABLE IF NOT EXISTS {db}.rollup_1m (
                 date Date,
@@ -367,7 +379,9 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             ),
             // From here on every INSERT reaches at least one of the old and the new
             // views. Stop the old ones, then copy the last sample of every bucket they
-            // gathered. A row that reaches both, or a copy made twice (two processes, or
+            // gathered, row by row: a GROUP BY would hold every (series, bucket) of a
+            // partition in memory, while unmerged rows of one bucket are what the new
+            // rollups absorb anyway. A row that reaches both, or a copy made twice (two processes, or
             // a rerun after a crash), is harmless: a bucket's last sample stays the same. Only an
             // INSERT still writing into an old rollup while its partition is being
             // copied could miss the copy, and that INSERT started before the new views
@@ -378,19 +392,17 @@ pub(super) const MIGRATIONS: &[Migration] = &[
                 table: "samples_1m",
                 statement: "INSERT INTO {db}.rollup_1m
                     SELECT date, cityHash64(cluster, member, name, labels), bucket_ms,
-                        maxMerge(max_ts), argMaxMerge(last_value)
+                        finalizeAggregation(max_ts), finalizeAggregation(last_value)
                     FROM {db}.samples_1m
-                    WHERE toYYYYMMDD(date) = {partition}
-                    GROUP BY date, cluster, member, name, labels, bucket_ms",
+                    WHERE toYYYYMMDD(date) = {partition}",
             },
             Step::EachPartition {
                 table: "samples_1h",
                 statement: "INSERT INTO {db}.rollup_1h
                     SELECT date, cityHash64(cluster, member, name, labels), bucket_ms,
-                        maxMerge(max_ts), argMaxMerge(last_value)
+                        finalizeAggregation(max_ts), finalizeAggregation(last_value)
                     FROM {db}.samples_1h
-                    WHERE toYYYYMM(date) = {partition}
-                    GROUP BY date, cluster, member, name, labels, bucket_ms",
+                    WHERE toYYYYMM(date) = {partition}",
             },
             Step::Sql("DROP TABLE IF EXISTS {db}.samples_1m"),
             Step::Sql("DROP TABLE IF EXISTS {db}.samples_1h"),
