@@ -265,10 +265,11 @@ pub(super) fn points(q: &PointQuery, limit: u64) -> Result<Option<Sql>, StorageE
 /// every other series, and joined back to their member and labels.
 ///
 /// The join is `ANY LEFT` with aliased subqueries because that means the same on 18.16
-/// and on current servers: since 19.14 `ANY INNER` keeps one row per key from both
-/// sides (one bucket per series here), and 19.x to 24.x refuse unaliased subqueries in a
-/// join by default. The `IN` set uses the same filter as the right side, so every left
-/// row has its match.
+/// and on current servers: later releases made `ANY INNER` keep one row per key from
+/// both sides (one bucket per series here; the old meaning is behind
+/// `any_join_distinct_right_table_keys`), and refuse unaliased subqueries in a join by
+/// default (`joined_subquery_requires_alias`). The `IN` set uses the same filter as the
+/// right side, so every left row has its match.
 fn rollup_buckets(
     sql: &mut Sql,
     q: &PointQuery,
