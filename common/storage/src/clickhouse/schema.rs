@@ -49,9 +49,9 @@ pub(super) enum Step {
     /// `statement` once for every partition of `table` that holds rows, with
     /// `{partition}` replaced by the partition id (all digits). One statement per
     /// partition keeps each one's duration bounded, however much the table holds (and
-    /// the log shows progress); a table that does
-    /// not exist (any more) has nothing to do: a process that finds it gone knows another
-    /// one finished the work and dropped it.
+    /// the log shows progress). A table that does not exist (any more) has nothing to
+    /// do: a process that finds it gone knows another one finished the work and dropped
+    /// it.
     EachPartition {
         table: &'static str,
         statement: &'static str,
