@@ -383,7 +383,7 @@ fn config_deserializes_with_defaults_and_rejects_unknown_fields() {
 }
 
 #[test]
-fn the_old_rollups_are_skipped_only_when_migration_5_runs_in_the_same_call() {
+fn the_old_rollups_are_skipped_once_migration_5_has_run_or_runs_in_the_same_call() {
     use super::migrate::superseded;
     use super::schema::MIGRATIONS;
     use std::collections::BTreeSet;
