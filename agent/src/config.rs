@@ -48,7 +48,8 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityConfig {
-    /// Logical cluster name, e.g. `prod-eu-1`.
+    /// Logical cluster name, e.g. `prod-eu-1`; every agent of one etcd cluster
+    /// must use the same. Defaults to `local`, as `etcdmon up` does.
     pub cluster: String,
     /// Member name; when empty, learned from etcd's member list.
     pub member_name: String,
@@ -63,7 +64,7 @@ pub struct IdentityConfig {
 impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
-            cluster: "default".into(),
+            cluster: etcdmon_core::DEFAULT_CLUSTER.into(),
             member_name: String::new(),
             node: String::new(),
             region: String::new(),

@@ -45,7 +45,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli, cfg: etcdmon_agent::AgentConfig) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, mut cfg: etcdmon_agent::AgentConfig) -> anyhow::Result<ExitCode> {
+    etcdmon_agent::collectors::host::process::fill_data_dir(&mut cfg);
     let metrics = AgentMetrics::new();
     let mut agent = Agent::new(&cfg, metrics.clone())?;
     match cli.command.unwrap_or(Command::Run) {
@@ -106,6 +107,13 @@ async fn run(cli: Cli, cfg: etcdmon_agent::AgentConfig) -> anyhow::Result<ExitCo
                      (or use `etcdmon-agent collect` to print results here)"
                 );
                 return Ok(ExitCode::from(2));
+            }
+            if cfg.identity.cluster == etcdmon_core::DEFAULT_CLUSTER {
+                tracing::warn!(
+                    cluster = etcdmon_core::DEFAULT_CLUSTER,
+                    "identity.cluster is not set: reporting under the default name; give every \
+                     agent of one etcd cluster the same name (--cluster) so clusters do not mix"
+                );
             }
             let shutdown = etcdmon_core::shutdown::token_on_signals();
             let ops = serve_ops(&cfg, &agent, &metrics, shutdown.clone()).await?;

@@ -78,6 +78,36 @@ fn collect_once_json_against_a_real_member() {
     );
 }
 
+/// The README's first look: `collect --once` with nothing but the endpoint finds
+/// the member's data dir from the local etcd's own flags (fsync probe and
+/// filesystem metrics run) and names the cluster as `etcdmon up` does.
+#[test]
+fn collect_once_with_only_the_endpoint_finds_the_data_dir_and_names_the_cluster_local() {
+    let cluster = EtcdCluster::start(1).expect("etcd");
+    let m = cluster.member(0);
+    let out = agent()
+        .args(["--etcd-endpoint", &m.client_url, "collect", "--once"])
+        .output()
+        .expect("run agent");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("cluster local "), "{stdout}");
+    let probe = m.data_dir.join(".etcdmon-fsync-probe");
+    let fsync = stdout
+        .lines()
+        .find(|l| l.starts_with("FSYNC"))
+        .unwrap_or_else(|| panic!("no fsync probe ran:\n{stdout}"));
+    assert!(
+        fsync.contains(&probe.display().to_string()) && fsync.contains("p99"),
+        "{fsync}"
+    );
+    assert!(!stdout.contains("etcd.data_dir is not set"), "{stdout}");
+}
+
 #[test]
 fn collect_once_table_exits_non_zero_with_the_reason_when_unreachable() {
     let port = free_port();

@@ -22,8 +22,8 @@ pub struct UpArgs {
     /// Client URL of any member of the cluster to watch.
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     pub etcd: String,
-    /// Name shown for the cluster.
-    #[arg(long, default_value = "local")]
+    /// Name shown for the cluster (the agent's `identity.cluster` has the same default).
+    #[arg(long, default_value = etcdmon_core::DEFAULT_CLUSTER)]
     pub cluster: String,
     /// Where the embedded store and the agents' spools live
     /// [default: ~/.local/share/etcdmon, /var/lib/etcdmon for root].
@@ -176,8 +176,10 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
 
     let acfg = alerter_config(&args)?;
 
-    // Agents stop first so their last batches reach a running collector, whose last
-    // alert candidates reach a running alerter.
+    // The rules stop first, so that the agents' streams closing is never judged
+    // as members going down; then the agents, so their last batches reach a
+    // running collector, whose last alert candidates reach a running alerter.
+    let rules_stop = CancellationToken::new();
     let collector_stop = CancellationToken::new();
     let alerter_stop = CancellationToken::new();
     let mut c = Collector::build(&ccfg, collector_stop.clone()).await?;
@@ -195,7 +197,7 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         ccfg.rules_interval,
         c.metrics.clone(),
         Some(alerting.transitions),
-        collector_stop.clone(),
+        rules_stop.clone(),
     ));
     let retention = tokio::spawn(etcdmon_collector::run_retention(
         c.storage.clone(),
@@ -253,7 +255,9 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
     println!("etcdmon up: {}", alerting.describe);
 
     shutdown.cancelled().await;
-    println!("etcdmon up: stopping (agents flush, then the collector drains)");
+    println!("etcdmon up: stopping (rules first, then agents flush and the collector drains)");
+    rules_stop.cancel();
+    rules.await.context("rules task")?;
     agent_stop.cancel();
     for a in agents {
         if let Err(e) = a.await.context("agent task")? {
@@ -262,7 +266,6 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
     }
     collector_stop.cancel();
     writer.await.context("writer task")?;
-    rules.await.context("rules task")?;
     for t in alerting.collector_tasks {
         t.await.context("alert publishing task")?;
     }

@@ -95,6 +95,21 @@ fn up_watches_every_member_and_stops_on_sigterm() {
         "fsync probe did not run for every local member"
     );
 
+    // A browser opening the address gets a page that links the API and the docs.
+    let home = http_get(&api("/"), Duration::from_secs(2)).expect("get /");
+    assert_eq!(home.status, 200);
+    assert!(
+        home.body.contains("<title>etcd-monitor</title>")
+            && home.body.contains("first-look")
+            && home.body.contains("href=\"/api/v1/clusters\"")
+            && home.body.contains("href=\"/docs/api.md\""),
+        "{}",
+        home.body
+    );
+    let doc = http_get(&api("/docs/api.md"), Duration::from_secs(2)).expect("get doc");
+    assert_eq!(doc.status, 200);
+    assert!(doc.body.starts_with("# REST API"), "{}", doc.body);
+
     // A bad request is a 400 with a JSON error.
     let r = http_get(
         &api("/api/v1/clusters/first-look/metrics/history"),
@@ -231,4 +246,56 @@ fn up_with_a_webhook_notifies_a_killed_member_once_and_its_recovery_once() {
 
     let out = stop(&mut child, &log_text);
     assert!(out.contains("receiver(s) up-webhook"), "{out}");
+}
+
+/// Stopping the monitor is not an incident: with a healthy 3-member cluster,
+/// SIGTERM makes no alert transition, neither stored (the embedded alerter
+/// records every transition it gets) nor logged, although every agent stops.
+#[test]
+fn sigterm_with_a_healthy_cluster_records_no_alert_transition() {
+    use etcdmon_storage::AlertStore as _;
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("up.log")).expect("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_etcdmon"))
+        .args(["up", "--etcd", &etcd.member(0).client_url])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn etcdmon up");
+    let log_text = || std::fs::read_to_string(dir.path().join("up.log")).unwrap_or_default();
+    let healthy = poll(Duration::from_secs(30), || {
+        let r = http_get(
+            &format!("http://127.0.0.1:{port}/api/v1/clusters"),
+            Duration::from_secs(2),
+        )
+        .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        let members = v["clusters"][0]["members"].as_object()?.clone();
+        (members.len() == 3 && members.values().all(|m| m["healthy"] == true)).then_some(())
+    });
+    assert!(healthy.is_some(), "{}", log_text());
+    // A few rule rounds on the healthy cluster.
+    std::thread::sleep(Duration::from_secs(3));
+
+    stop(&mut child, &log_text);
+    let log = log_text();
+    assert!(!log.contains("alert transition"), "{log}");
+    let store = etcdmon_storage::sqlite::SqliteStorage::open(
+        dir.path().join("data/etcdmon.sqlite"),
+        etcdmon_storage::Retention::default(),
+    )
+    .expect("open the store");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let transitions = rt
+        .block_on(store.latest_transitions(0))
+        .expect("read transitions");
+    assert!(
+        transitions.is_empty(),
+        "stopping recorded {transitions:?}\n{log}"
+    );
 }

@@ -7,6 +7,7 @@ use clap::Parser as _;
 use etcdmon_collector::cli::{load_config, Cli};
 use etcdmon_collector::{run_retention, Collector};
 use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
 
 /// mimalloc rather than glibc's malloc: the collector allocates per sample, and glibc's
 /// malloc and free took about 40% of the collector's CPU under load (perf,
@@ -44,7 +45,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: etcdmon_collector::config::CollectorConfig) -> anyhow::Result<()> {
-    let shutdown = etcdmon_core::shutdown::token_on_signals();
+    let signal = etcdmon_core::shutdown::token_on_signals();
+    // The rules stop first, on their own token: the streams that close after
+    // them must not be judged as members going down (no alert on shutdown).
+    let rules_stop = CancellationToken::new();
+    let shutdown = CancellationToken::new();
     let mut c = Collector::build(&cfg, shutdown.clone()).await?;
     c.restore_alerts(cfg.ingest.agent_timeout).await;
     let http = etcdmon_core::ops::bind(cfg.http.listen).await?;
@@ -81,7 +86,7 @@ async fn run(cfg: etcdmon_collector::config::CollectorConfig) -> anyhow::Result<
         cfg.rules_interval,
         c.metrics.clone(),
         sink,
-        shutdown.clone(),
+        rules_stop.clone(),
     ));
     let retention = tokio::spawn(run_retention(
         c.storage.clone(),
@@ -90,17 +95,30 @@ async fn run(cfg: etcdmon_collector::config::CollectorConfig) -> anyhow::Result<
     ));
     let http_task = tokio::spawn(etcdmon_core::ops::serve(http, c.router, shutdown.clone()));
     let grpc_shutdown = shutdown.clone();
-    tonic::transport::Server::builder()
-        .add_service(c.ingest)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc),
-            async move { grpc_shutdown.cancelled().await },
-        )
-        .await
-        .context("serve gRPC")?;
+    let mut grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(c.ingest)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc),
+                async move { grpc_shutdown.cancelled().await },
+            ),
+    );
+    let early = tokio::select! {
+        _ = signal.cancelled() => None,
+        r = &mut grpc_task => Some(r),
+    };
+    rules_stop.cancel();
+    rules.await.context("rules task")?;
+    shutdown.cancel();
+    match early {
+        Some(r) => r.context("gRPC task")?.context("serve gRPC")?,
+        None => grpc_task
+            .await
+            .context("gRPC task")?
+            .context("serve gRPC")?,
+    }
     // Sessions end on the token; the writer drains what they queued.
     writer.await.context("writer task")?;
-    rules.await.context("rules task")?;
     for t in alert_tasks {
         t.await.context("alert publishing task")?;
     }

@@ -102,3 +102,43 @@ async fn a_killed_member_is_published_once_and_its_recovery_survives_a_nats_outa
     assert!(resolved[0].transition > 1);
     agents.stop().await;
 }
+
+/// Stopping the collector is not an incident: with a healthy cluster, SIGTERM
+/// publishes no alert candidate and logs no transition, although every agent's
+/// stream closes as the collector goes (the rules stop before the streams).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_healthy_cluster_publishes_no_alert() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let nats = NatsServer::start().expect("nats");
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("etcdmon.sqlite");
+    let mut collector = CollectorProc::start_with_env(
+        &format!("sqlite:{}", db.display()),
+        dir.path(),
+        &[("ETCDMON_COLLECTOR_ALERTING__JETSTREAM__URL", &nats.url())],
+    );
+    let agents = Agents::start("calm", &etcd, &collector.grpc_url(), dir.path());
+    let healthy = common::eventually(Duration::from_secs(20), || {
+        let r =
+            etcdmon_testkit::http_get(&collector.url("/api/v1/clusters"), Duration::from_secs(2))
+                .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+        let members = v["clusters"][0]["members"].as_object()?.clone();
+        (members.len() == 3 && members.values().all(|m| m["healthy"] == true)).then_some(())
+    })
+    .await;
+    assert!(healthy.is_some(), "{}", collector.log_text());
+    // A few rule rounds on the healthy cluster.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let status = collector.terminate();
+    assert!(status.success(), "{status:?}: {}", collector.log_text());
+    let log = collector.log_text();
+    assert!(!log.contains("alert transition"), "{log}");
+
+    let bus = JetStreamBus::connect(js(&nats)).await.expect("connect");
+    let mut sub = bus.subscriber().await.expect("subscriber");
+    let got = receive(&mut sub, Duration::from_secs(2)).await;
+    assert!(got.is_empty(), "stopping published {got:?}");
+    agents.shutdown.cancel();
+}

@@ -4,8 +4,10 @@
 //! - `GET /api/v1/clusters`
 //! - `GET /api/v1/clusters/{cluster}/metrics/history?metric=NAME&member=M&labels=L&from=T&to=T&step=S`
 //! - alerts, their history, acknowledgements and silences: see [`alerts`].
+//! - `GET /` and `GET /docs/{name}`: a page for the browser, see [`home`].
 
 pub mod alerts;
+pub mod home;
 
 use crate::state::LiveState;
 use axum::extract::{Path, Query, State};
@@ -39,8 +41,12 @@ pub fn router(
     Router::new()
         .route("/api/v1/clusters", get(clusters))
         .route("/api/v1/clusters/{cluster}/metrics/history", get(history))
-        .with_state(Api { storage, state })
+        .with_state(Api {
+            storage,
+            state: state.clone(),
+        })
         .merge(alerts::router(alert_store))
+        .merge(home::router(state))
 }
 
 /// An API error: status plus a one-sentence message.

@@ -119,6 +119,9 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
+            // Stopping wins over a pending round: the owner stops the rules before
+            // the agents' streams close, and no round may judge those closings.
+            biased;
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
             // A member went down or up, a leader changed...: judge it now. This is

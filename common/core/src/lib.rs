@@ -11,3 +11,8 @@ pub mod config;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
+
+/// The cluster name used when none is configured: the agent's
+/// `identity.cluster` and `etcdmon up --cluster` default to it, so that a first
+/// look through either names the local cluster the same way.
+pub const DEFAULT_CLUSTER: &str = "local";

@@ -272,6 +272,21 @@ pub fn discover_data_dir(endpoint: &str) -> Option<PathBuf> {
     dir.is_dir().then_some(dir)
 }
 
+/// Fills `etcd.data_dir` from the flags of the etcd process that serves
+/// `etcd.endpoint` on this host, when the config leaves it unset, so that the
+/// fsync probe and the filesystem metrics run without configuration beside a
+/// local member (as `etcdmon up` does). A configured value is kept; a remote
+/// or undiscoverable member leaves it unset.
+pub fn fill_data_dir(cfg: &mut AgentConfig) {
+    if cfg.etcd.data_dir.is_some() || cfg.fsync.dir.is_some() {
+        return;
+    }
+    if let Some(dir) = discover_data_dir(&cfg.etcd.endpoint) {
+        tracing::debug!(data_dir = %dir.display(), "etcd.data_dir found from the local etcd's flags");
+        cfg.etcd.data_dir = Some(dir);
+    }
+}
+
 /// The pid still belongs to the process found earlier (not reused).
 fn still_same(f: Found) -> bool {
     Process::new(f.pid)
