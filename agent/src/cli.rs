@@ -1,7 +1,7 @@
 //! Command line of `etcdmon-agent`: global flags that override the config
 //! file and environment, and the subcommands.
 
-use crate::config::{AgentConfig, ENV_PREFIX};
+use crate::config::AgentConfig;
 use crate::output::Format;
 use clap::{Args, Parser, Subcommand};
 use etcdmon_core::config::Overrides;
@@ -79,7 +79,7 @@ pub struct Flags {
     /// Tag KEY=VALUE, repeatable [identity.tags].
     #[arg(long = "tag", global = true, value_parser = parse_tag)]
     pub tags: Vec<(String, String)>,
-    /// Collector gRPC address [collector.address].
+    /// Collector gRPC URL [upstream.address].
     #[arg(long, global = true)]
     pub collector: Option<String>,
     /// Listen address of /metrics and /healthz [http.listen].
@@ -113,7 +113,7 @@ impl Flags {
             .set_opt("identity.member_name", self.member_name.as_ref())
             .set_opt("identity.node", self.node.as_ref())
             .set_opt("identity.region", self.region.as_ref())
-            .set_opt("collector.address", self.collector.as_ref())
+            .set_opt("upstream.address", self.collector.as_ref())
             .set_opt("http.listen", self.http_listen)
             .set_opt("log.level", self.log_level.as_ref());
         if !self.tags.is_empty() {
@@ -130,10 +130,7 @@ impl Flags {
 
 /// Loads and validates the config for `cli`; the error names the field.
 pub fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
-    let cfg: AgentConfig =
-        etcdmon_core::config::load(cli.config.as_deref(), ENV_PREFIX, &cli.flags.overrides())?;
-    cfg.validate()?;
-    Ok(cfg)
+    AgentConfig::load(cli.config.as_deref(), &cli.flags.overrides())
 }
 
 #[cfg(test)]

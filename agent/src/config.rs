@@ -1,11 +1,18 @@
 //! The agent's configuration: who it is (identity), which etcd member it
-//! watches, and one section per collector with its interval.
+//! watches, where it streams (upstream), and one section per probe with its
+//! interval (each defined beside its probe, in `probes/<name>/config.rs`).
 //!
 //! Every field has a default so an empty file is a working config for a
 //! local etcd on the standard port. See `deploy/config/agent.example.toml`
 //! for a commented example (a test parses it) and `docs/agent.md`.
 
-use etcdmon_core::config::FieldError;
+use crate::probes::certs::CertsConfig;
+use crate::probes::fsync::FsyncConfig;
+use crate::probes::host::HostConfig;
+use crate::probes::metrics::MetricsConfig;
+use crate::probes::peers::PeersConfig;
+use crate::probes::status::StatusConfig;
+use etcdmon_core::config::{positive, FieldError};
 use etcdmon_core::telemetry::LogConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,6 +23,10 @@ use std::time::Duration;
 /// Environment prefix: `ETCDMON_AGENT_ETCD__ENDPOINT` sets `etcd.endpoint`.
 pub const ENV_PREFIX: &str = "ETCDMON_AGENT_";
 
+/// Sections that were renamed, `(old, new)`: configs, environments and scripts
+/// written for the old name keep working (`ETCDMON_AGENT_COLLECTOR__SPOOL_DIR`).
+pub const RENAMED: &[(&str, &str)] = &[("collector", "upstream")];
+
 /// The whole agent configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -24,8 +35,9 @@ pub struct AgentConfig {
     pub identity: IdentityConfig,
     /// The etcd member to watch.
     pub etcd: EtcdConfig,
-    /// Where to stream results (used by `etcdmon-agent run`).
-    pub collector: CollectorConfig,
+    /// Where to stream results (used by `etcdmon-agent run`); `[collector]`, its
+    /// name before, is still read (see [`RENAMED`]).
+    pub upstream: UpstreamConfig,
     /// The agent's own `/metrics` and `/healthz`.
     pub http: HttpConfig,
     /// Logging.
@@ -134,13 +146,14 @@ pub struct TlsConfig {
     pub server_name: Option<String>,
 }
 
-/// Where the agent streams to, and how much it keeps while the collector
-/// is away.
+/// Where the agent streams to (the collector), and how much it keeps while
+/// the collector is away.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CollectorConfig {
-    /// Collector gRPC address, e.g. `http://collector:7070`.
-    pub address: Option<String>,
+pub struct UpstreamConfig {
+    /// The collector's gRPC URL, e.g. `http://collector:7070`; parsed when the
+    /// config is read (`validate` checks the scheme and host).
+    pub address: Option<url::Url>,
     /// Stable id of this agent, the key under which the collector tracks
     /// sequence numbers; empty = `<node>/<cluster>/<endpoint host:port>`.
     pub agent_id: String,
@@ -180,7 +193,7 @@ pub enum Compression {
     Gzip,
 }
 
-impl Default for CollectorConfig {
+impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
             address: None,
@@ -197,7 +210,7 @@ impl Default for CollectorConfig {
     }
 }
 
-impl CollectorConfig {
+impl UpstreamConfig {
     /// The spool directory, defaulted as documented.
     pub fn effective_spool_dir(&self) -> PathBuf {
         if let Some(d) = &self.spool_dir {
@@ -228,219 +241,38 @@ impl Default for HttpConfig {
     }
 }
 
-/// Scrape of etcd's own metrics.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MetricsConfig {
-    /// Run this collector.
-    pub enabled: bool,
-    /// How often.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Give up on a scrape after this long.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Refuse payloads larger than this many bytes (memory bound).
-    pub max_payload_bytes: u64,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(4),
-            max_payload_bytes: 16 * 1024 * 1024,
-        }
-    }
-}
-
-/// Status through etcd's gRPC API.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StatusConfig {
-    /// Run this collector.
-    pub enabled: bool,
-    /// How often.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// A call with no answer after this long is recorded as a timeout.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Key read by the linearizable and serializable health reads (read only;
-    /// it need not exist).
-    pub health_key: String,
-    /// Keep a watch on `health_key` open so that a member that exits is noticed
-    /// the moment its connection closes, not at the next round (see
-    /// docs/agent.md, "Event-driven detection").
-    pub liveness_watch: bool,
-}
-
-impl Default for StatusConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(800),
-            health_key: "health".into(),
-            liveness_watch: true,
-        }
-    }
-}
-
-/// Host USE metrics.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HostConfig {
-    /// Run this collector.
-    pub enabled: bool,
-    /// How often.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Name of the etcd process, used when neither a pid file nor the
-    /// endpoint's port identifies it.
-    pub process_name: String,
-    /// Report only these network interfaces; empty means all.
-    pub interfaces: Vec<String>,
-}
-
-impl Default for HostConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: Duration::from_secs(5),
-            process_name: "etcd".into(),
-            interfaces: Vec::new(),
-        }
-    }
-}
-
-/// The fsync probe.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FsyncConfig {
-    /// Run this collector (needs `etcd.data_dir` or `fsync.dir`).
-    pub enabled: bool,
-    /// How often.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Directory of the probe file; defaults to `etcd.data_dir`.
-    pub dir: Option<PathBuf>,
-    /// Writes per round, each followed by fdatasync.
-    pub writes: u32,
-    /// Bytes per write; 2300 is the size etcd's WAL writes are typically near
-    /// and what the well-known fio recipe uses.
-    pub block_size: u32,
-}
-
-impl Default for FsyncConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: Duration::from_secs(10),
-            dir: None,
-            writes: 20,
-            block_size: 2300,
-        }
-    }
-}
-
-/// TCP round-trip to peers.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PeersConfig {
-    /// Run this collector.
-    pub enabled: bool,
-    /// How often.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Connect timeout per peer.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-}
-
-impl Default for PeersConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Certificate expiry.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CertsConfig {
-    /// Run this collector.
-    pub enabled: bool,
-    /// How often.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Certificate files besides `etcd.tls.ca` and `etcd.tls.cert`, e.g. the
-    /// member's server and peer certificates.
-    pub files: Vec<CertFile>,
-}
-
-impl Default for CertsConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            interval: Duration::from_secs(3600),
-            files: Vec::new(),
-        }
-    }
-}
-
-/// One certificate file to watch.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertFile {
-    /// PEM file (the first certificate in it is checked).
-    pub path: PathBuf,
-    /// `ca`, `client`, `server` or `peer`.
-    pub role: CertRoleConfig,
-}
-
-/// Role of a certificate file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CertRoleConfig {
-    /// A CA bundle.
-    Ca,
-    /// A client certificate.
-    Client,
-    /// A server certificate.
-    Server,
-    /// A peer certificate.
-    Peer,
-}
-
-/// Largest fsync write accepted, so a typo cannot make the probe hurt etcd.
-pub const MAX_FSYNC_BLOCK: u32 = 1024 * 1024;
-/// Most fsync writes per round.
-pub const MAX_FSYNC_WRITES: u32 = 1000;
-
 impl AgentConfig {
+    /// Loads the config from an optional TOML file, the `ETCDMON_AGENT_*`
+    /// environment and `overrides` (flags, or what `etcdmon up` sets), later
+    /// winning, and checks it; the error names the field. The one way every
+    /// agent's config is made.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        overrides: &serde_json::Value,
+    ) -> anyhow::Result<Self> {
+        let cfg: Self = etcdmon_core::config::load_renamed(file, ENV_PREFIX, overrides, RENAMED)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Checks values that parse but make no sense. The error names the field.
     pub fn validate(&self) -> Result<(), FieldError> {
         check_url("etcd.endpoint", &self.etcd.endpoint)?;
         if !self.etcd.metrics_url.is_empty() {
             check_url("etcd.metrics_url", &self.etcd.metrics_url)?;
         }
-        if let Some(addr) = &self.collector.address {
-            check_url("collector.address", addr)?;
+        if let Some(addr) = &self.upstream.address {
+            check_url("upstream.address", addr.as_str())?;
         }
-        positive("collector.batch_interval", self.collector.batch_interval)?;
-        if self.collector.max_batch_bytes < 1024 {
+        positive("upstream.batch_interval", self.upstream.batch_interval)?;
+        if self.upstream.max_batch_bytes < 1024 {
             return Err(FieldError::new(
-                "collector.max_batch_bytes",
+                "upstream.max_batch_bytes",
                 "must be at least 1024",
             ));
         }
-        if self.collector.window == 0 {
-            return Err(FieldError::new("collector.window", "must be positive"));
+        if self.upstream.window == 0 {
+            return Err(FieldError::new("upstream.window", "must be positive"));
         }
         if self.identity.cluster.is_empty() {
             return Err(FieldError::new("identity.cluster", "must not be empty"));
@@ -457,53 +289,18 @@ impl AgentConfig {
                 "etcd.username and etcd.password must be given together",
             ));
         }
-        positive("metrics.interval", self.metrics.interval)?;
-        positive("metrics.timeout", self.metrics.timeout)?;
-        positive("status.interval", self.status.interval)?;
-        positive("status.timeout", self.status.timeout)?;
-        positive("host.interval", self.host.interval)?;
-        positive("fsync.interval", self.fsync.interval)?;
-        positive("peers.interval", self.peers.interval)?;
-        positive("peers.timeout", self.peers.timeout)?;
-        positive("certs.interval", self.certs.interval)?;
-        if self.metrics.max_payload_bytes == 0 {
-            return Err(FieldError::new(
-                "metrics.max_payload_bytes",
-                "must be positive",
-            ));
-        }
-        if !(1..=MAX_FSYNC_BLOCK).contains(&self.fsync.block_size) {
-            return Err(FieldError::new(
-                "fsync.block_size",
-                format!(
-                    "must be between 1 and {MAX_FSYNC_BLOCK}, got {}",
-                    self.fsync.block_size
-                ),
-            ));
-        }
-        if !(1..=MAX_FSYNC_WRITES).contains(&self.fsync.writes) {
-            return Err(FieldError::new(
-                "fsync.writes",
-                format!(
-                    "must be between 1 and {MAX_FSYNC_WRITES}, got {}",
-                    self.fsync.writes
-                ),
-            ));
-        }
+        self.metrics.validate()?;
+        self.status.validate()?;
+        self.host.validate()?;
+        self.fsync.validate()?;
+        self.peers.validate()?;
+        self.certs.validate()?;
         Ok(())
     }
 
     /// Directory of the fsync probe file, if one is known.
     pub fn fsync_dir(&self) -> Option<&PathBuf> {
         self.fsync.dir.as_ref().or(self.etcd.data_dir.as_ref())
-    }
-}
-
-fn positive(field: &'static str, d: Duration) -> Result<(), FieldError> {
-    if d.is_zero() {
-        Err(FieldError::new(field, "must be longer than zero"))
-    } else {
-        Ok(())
     }
 }
 
@@ -571,6 +368,31 @@ mod tests {
 
         let c: AgentConfig = from_toml_str("[etcd.tls]\ncert = \"/c.pem\"\n").expect("parse");
         assert_eq!(c.validate().expect_err("invalid").field, "etcd.tls.key");
+    }
+
+    #[test]
+    fn the_old_collector_section_still_configures_the_upstream() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("agent.toml");
+        std::fs::write(
+            &file,
+            "[collector]\naddress = \"http://c:7070\"\nwindow = 7\n",
+        )
+        .expect("write");
+        let c = AgentConfig::load(Some(&file), &serde_json::json!({})).expect("loads");
+        assert_eq!(
+            c.upstream.address.as_ref().map(url::Url::as_str),
+            Some("http://c:7070/")
+        );
+        assert_eq!(c.upstream.window, 7);
+        // A flag (the new name) beside the file (the old name): both count.
+        let flags = serde_json::json!({ "upstream": { "address": "http://d:7070" } });
+        let c = AgentConfig::load(Some(&file), &flags).expect("loads");
+        assert_eq!(
+            c.upstream.address.map(String::from).as_deref(),
+            Some("http://d:7070/")
+        );
+        assert_eq!(c.upstream.window, 7);
     }
 
     #[test]

@@ -1,24 +1,36 @@
 //! etcdmon-agent: runs beside one etcd member and gathers everything the
 //! collector needs to judge it.
 //!
-//! Each collector in [`collectors`] produces one kind of [`Report`] body on
-//! its own interval; [`runner`] schedules them, stamps each result with the
-//! member's identity and the time, records failures in the agent's own
-//! metrics ([`selfmetrics`]) and hands the report to a sink. The sink is a
-//! bounded channel: `collect --once` prints what arrives, `run` forwards it.
+//! ```text
+//! probes (status, metrics, host, fsync, peers, certs; each on its interval)
+//!   └─> runner: stamps identity and time, counts failures (selfmetrics)
+//!         └─> bounded channel ─> stream: batches ─> spool ─gRPC─> collector
+//!                               (or `collect`: printed here)
+//! ```
+//!
+//! Each probe in [`probes`] produces one kind of [`Report`] body on its own
+//! interval; [`runner`] schedules them, stamps each result with the member's
+//! identity and the time, records failures in the agent's own metrics
+//! ([`selfmetrics`]) and hands the report to a sink. [`Agent::serve`] starts
+//! the probes and the stream to the collector, and [`RunningAgent::drain`]
+//! stops them without losing a batch; the `etcdmon-agent` binary and
+//! `etcdmon up` both run agents that way.
 //!
 //! [`Report`]: etcdmon_proto::v1::Report
 
-pub mod classify;
 pub mod cli;
-pub mod collectors;
 pub mod config;
+pub mod error_kind;
+pub mod member_view;
 pub mod output;
+pub mod probes;
 pub mod runner;
 pub mod selfmetrics;
-pub mod shared;
+pub mod service;
 pub mod spool;
 pub mod stream;
 pub mod tls;
 
 pub use config::AgentConfig;
+pub use probes::host::process::{discover_data_dir, fill_data_dir};
+pub use service::{Agent, RunningAgent};

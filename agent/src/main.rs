@@ -5,8 +5,10 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use etcdmon_agent::cli::{self, Cli, Command};
 use etcdmon_agent::output::{render_all, render_one};
-use etcdmon_agent::runner::Agent;
+use etcdmon_agent::runner::Probes;
 use etcdmon_agent::selfmetrics::AgentMetrics;
+use etcdmon_agent::Agent;
+use etcdmon_core::shutdown::Shutdown;
 use etcdmon_proto::v1::report::Body;
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -46,12 +48,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, mut cfg: etcdmon_agent::AgentConfig) -> anyhow::Result<ExitCode> {
-    etcdmon_agent::collectors::host::process::fill_data_dir(&mut cfg);
+    etcdmon_agent::fill_data_dir(&mut cfg);
     let metrics = AgentMetrics::new();
-    let mut agent = Agent::new(&cfg, metrics.clone())?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Collect { once: true, format } => {
-            let reports = agent.collect_once().await;
+            let mut probes = Probes::new(&cfg, metrics)?;
+            let reports = probes.collect_once().await;
             print!("{}", render_all(&reports, format));
             // The operator asked "can the agent see etcd?": answer with the exit code.
             let unreachable = reports.iter().find_map(|r| match &r.body {
@@ -76,14 +78,21 @@ async fn run(cli: Cli, mut cfg: etcdmon_agent::AgentConfig) -> anyhow::Result<Ex
             once: false,
             format,
         } => {
-            let shutdown = etcdmon_core::shutdown::token_on_signals();
-            let ops = serve_ops(&cfg, &agent, &metrics, shutdown.clone()).await?;
+            let probes = Probes::new(&cfg, metrics.clone())?;
+            let shutdown = Shutdown::on_signals();
+            let listener = etcdmon_core::ops::bind(cfg.http.listen).await?;
+            tracing::info!(addr = %cfg.http.listen, "serving /metrics and /healthz");
+            let router = etcdmon_core::ops::router(metrics.registry().clone(), probes.health());
+            let ops = shutdown.spawn_server(
+                "ops server",
+                etcdmon_core::ops::serve(listener, router, shutdown.token()),
+            );
             let (tx, mut rx) = tokio::sync::mpsc::channel(64);
-            let tasks = agent.spawn(tx, shutdown.clone());
+            let tasks = probes.spawn(tx, shutdown.token());
             // stdout may block (a slow pipe); write from a blocking thread so
-            // the collectors and /healthz keep running. When the reader
-            // falls behind, the channel fills and reports are dropped and
-            // counted rather than buffered without bound.
+            // the probes and /healthz keep running. When the reader falls
+            // behind, the channel fills and reports are dropped and counted
+            // rather than buffered without bound.
             let printer = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                 let mut out = std::io::stdout().lock();
                 while let Some(r) = rx.blocking_recv() {
@@ -97,13 +106,13 @@ async fn run(cli: Cli, mut cfg: etcdmon_agent::AgentConfig) -> anyhow::Result<Ex
                 .await
                 .context("stdout task")?
                 .context("write to stdout")?;
-            ops.await.context("ops server task")??;
+            ops.await.context("ops server task")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
-            if cfg.collector.address.is_none() {
+            if cfg.upstream.address.is_none() {
                 eprintln!(
-                    "etcdmon-agent: no collector address: set --collector or collector.address \
+                    "etcdmon-agent: no collector address: set --collector or upstream.address \
                      (or use `etcdmon-agent collect` to print results here)"
                 );
                 return Ok(ExitCode::from(2));
@@ -115,35 +124,16 @@ async fn run(cli: Cli, mut cfg: etcdmon_agent::AgentConfig) -> anyhow::Result<Ex
                      agent of one etcd cluster the same name (--cluster) so clusters do not mix"
                 );
             }
-            let shutdown = etcdmon_core::shutdown::token_on_signals();
-            let ops = serve_ops(&cfg, &agent, &metrics, shutdown.clone()).await?;
-            let (tx, rx) = tokio::sync::mpsc::channel(256);
-            let shared = agent.shared();
-            let tasks = agent.spawn(tx, shutdown.clone());
-            let streamer =
-                etcdmon_agent::stream::run(&cfg, shared, rx, metrics.clone(), shutdown.clone());
-            let result = streamer.await;
-            // A streamer that failed early (spool unusable) must not leave
-            // the collectors running with nobody reading their reports.
-            shutdown.cancel();
-            futures::future::join_all(tasks).await;
-            ops.await.context("ops server task")??;
-            result?;
-            Ok(ExitCode::SUCCESS)
+            let shutdown = Shutdown::on_signals();
+            let ops = etcdmon_core::ops::bind(cfg.http.listen).await?;
+            tracing::info!(addr = %cfg.http.listen, "serving /metrics and /healthz");
+            let agent = Agent::serve(&cfg, metrics, Some(ops), &shutdown)?;
+            shutdown.cancelled().await;
+            agent.drain().await?;
+            match shutdown.failure() {
+                Some(reason) => anyhow::bail!(reason),
+                None => Ok(ExitCode::SUCCESS),
+            }
         }
     }
-}
-
-async fn serve_ops(
-    cfg: &etcdmon_agent::AgentConfig,
-    agent: &Agent,
-    metrics: &AgentMetrics,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let listener = etcdmon_core::ops::bind(cfg.http.listen).await?;
-    tracing::info!(addr = %cfg.http.listen, "serving /metrics and /healthz");
-    let router = etcdmon_core::ops::router(metrics.registry().clone(), agent.health());
-    Ok(tokio::spawn(etcdmon_core::ops::serve(
-        listener, router, shutdown,
-    )))
 }

@@ -1,7 +1,7 @@
 //! Rendering of reports for `etcdmon-agent collect`: a readable table for
 //! people (the default) and JSON for scripts.
 
-use crate::collectors::metrics::find_sample;
+use crate::probes::metrics::find_sample;
 use etcdmon_proto::v1::{
     report::Body, CertExpiry, CertRole, ErrorKind, EtcdStatus, Failure, FsyncProbe, HostMetrics,
     MetricsScrape, PeerRtt, ProcessDiscovery, Report,

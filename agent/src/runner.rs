@@ -1,16 +1,16 @@
-//! Schedules the collectors and stamps their results.
+//! Schedules the probes and stamps their results.
 //!
-//! `run` mode: one task per collector, each on its own interval
+//! `run` mode: one task per probe, each on its own interval
 //! (missed ticks are delayed, not bunched), pushing reports into a bounded
 //! channel; when the channel is full the report is dropped and counted
 //! (`etcdmon_agent_reports_dropped_total`) rather than buffering without
 //! bound. `once` mode: status first (it learns the member list the peer
 //! probe needs), then everything else concurrently, peers last.
 
-use crate::collectors::{self, Collector};
 use crate::config::AgentConfig;
+use crate::member_view::MemberView;
+use crate::probes::{self, Probe};
 use crate::selfmetrics::AgentMetrics;
-use crate::shared::Shared;
 use etcdmon_core::ops::{Health, HealthFn};
 use etcdmon_proto::v1::Report;
 use std::collections::HashMap;
@@ -20,11 +20,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// The agent: its collectors and what they share.
-pub struct Agent {
-    shared: Shared,
+/// The agent's probes, what they share, and their schedule.
+pub struct Probes {
+    shared: MemberView,
     metrics: AgentMetrics,
-    collectors: Vec<Box<dyn Collector>>,
+    probes: Vec<Box<dyn Probe>>,
     progress: Progress,
 }
 
@@ -55,37 +55,35 @@ impl Progress {
     }
 }
 
-impl Agent {
-    /// Builds the enabled collectors. Fails on unreadable TLS files or bad URLs.
+impl Probes {
+    /// Builds the enabled probes. Fails on unreadable TLS files or bad URLs.
     pub fn new(cfg: &AgentConfig, metrics: AgentMetrics) -> anyhow::Result<Self> {
-        let shared = Shared::new(&cfg.identity);
-        let collectors = collectors::build(cfg, &shared)?;
+        let shared = MemberView::new(&cfg.identity);
+        let probes = probes::build(cfg, &shared)?;
         Ok(Self {
             shared,
             metrics,
-            collectors,
+            probes,
             progress: Progress::default(),
         })
     }
 
-    /// The state shared by the collectors (identity, member list).
-    pub fn shared(&self) -> Shared {
+    /// The state shared by the probes (identity, member list).
+    pub fn shared(&self) -> MemberView {
         self.shared.clone()
     }
 
-    /// Names of the enabled collectors.
-    pub fn collector_names(&self) -> Vec<&'static str> {
-        self.collectors.iter().map(|c| c.name()).collect()
+    /// Names of the enabled probes.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.probes.iter().map(|c| c.name()).collect()
     }
 
-    /// Runs every collector once and returns the reports in a stable order.
+    /// Runs every probe once and returns the reports in a stable order.
     pub async fn collect_once(&mut self) -> Vec<Report> {
         let (shared, metrics) = (&self.shared, &self.metrics);
-        let mut reports = Vec::with_capacity(self.collectors.len());
-        let (first, rest): (Vec<_>, Vec<_>) = self
-            .collectors
-            .iter_mut()
-            .partition(|c| c.name() == "status");
+        let mut reports = Vec::with_capacity(self.probes.len());
+        let (first, rest): (Vec<_>, Vec<_>) =
+            self.probes.iter_mut().partition(|c| c.name() == "status");
         for c in first {
             reports.push(run_one(c.as_mut(), shared, metrics).await);
         }
@@ -104,7 +102,7 @@ impl Agent {
         reports
     }
 
-    /// A `/healthz` function: healthy while every collector loop keeps going.
+    /// A `/healthz` function: healthy while every probe loop keeps going.
     pub fn health(&self) -> HealthFn {
         let progress = self.progress.clone();
         Arc::new(move || {
@@ -117,33 +115,33 @@ impl Agent {
             } else {
                 Health {
                     healthy: false,
-                    detail: format!("collectors stalled: {}", stalled.join(", ")),
+                    detail: format!("probes stalled: {}", stalled.join(", ")),
                 }
             }
         })
     }
 
-    /// Starts one task per collector, sending reports to `sink` until
+    /// Starts one task per probe, sending reports to `sink` until
     /// `shutdown` is cancelled.
     pub fn spawn(
         self,
         sink: mpsc::Sender<Report>,
         shutdown: CancellationToken,
     ) -> Vec<JoinHandle<()>> {
-        let Agent {
+        let Probes {
             shared,
             metrics,
-            collectors,
+            probes,
             progress,
         } = self;
         // Reports carry the member's identity, which the first status round
         // completes (member id, and name unless configured). The other
-        // collectors wait for that round, so even their first reports are
+        // probes wait for that round, so even their first reports are
         // attributed to the right member; the wait is bounded, because an
         // unreachable etcd must not stop host metrics.
-        let has_status = collectors.iter().any(|c| c.name() == "status");
+        let has_status = probes.iter().any(|c| c.name() == "status");
         let (first_status, _) = tokio::sync::watch::channel(!has_status);
-        collectors
+        probes
             .into_iter()
             .map(|c| {
                 let ctx = (shared.clone(), metrics.clone(), progress.clone());
@@ -165,12 +163,12 @@ enum Gate {
     Waits(tokio::sync::watch::Receiver<bool>),
 }
 
-/// Longest wait for the first status round before other collectors start.
+/// Longest wait for the first status round before other probes start.
 const FIRST_STATUS_WAIT: Duration = Duration::from_secs(3);
 
 async fn run_loop(
-    mut c: Box<dyn Collector>,
-    (shared, metrics, progress): (Shared, AgentMetrics, Progress),
+    mut c: Box<dyn Probe>,
+    (shared, metrics, progress): (MemberView, AgentMetrics, Progress),
     sink: mpsc::Sender<Report>,
     shutdown: CancellationToken,
     gate: Gate,
@@ -215,7 +213,7 @@ async fn run_loop(
 }
 
 /// One round of one collector, stamped and recorded in the self-metrics.
-async fn run_one(c: &mut dyn Collector, shared: &Shared, metrics: &AgentMetrics) -> Report {
+async fn run_one(c: &mut dyn Probe, shared: &MemberView, metrics: &AgentMetrics) -> Report {
     let started = Instant::now();
     let timestamp_unix_ms = unix_ms();
     let body = c.collect().await;

@@ -1,7 +1,7 @@
 //! The agent's own metrics, served on its `/metrics`: one counter per
 //! failure mode so an operator can tell a dead etcd from a broken agent.
 
-use etcdmon_proto::v1::{report::Body, ErrorKind, Failure};
+use etcdmon_proto::v1::{report::Body, ErrorKind};
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -199,7 +199,7 @@ impl AgentMetrics {
         self.duration
             .with_label_values(&[collector])
             .observe(seconds);
-        let failures = failures_of(body);
+        let failures = body.failures();
         for f in &failures {
             let kind = ErrorKind::try_from(f.kind).unwrap_or(ErrorKind::Other);
             self.failures
@@ -226,21 +226,5 @@ impl AgentMetrics {
 impl Default for AgentMetrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// Every failure recorded in a report body.
-pub fn failures_of(body: &Body) -> Vec<&Failure> {
-    match body {
-        Body::Metrics(m) => m.failure.iter().collect(),
-        Body::Status(s) => s.failures.iter().collect(),
-        Body::Host(h) => h.failures.iter().collect(),
-        Body::Fsync(f) => f.failure.iter().collect(),
-        Body::PeerRtt(p) => p.peers.iter().filter_map(|p| p.failure.as_ref()).collect(),
-        Body::Certs(c) => c
-            .certificates
-            .iter()
-            .filter_map(|c| c.failure.as_ref())
-            .collect(),
     }
 }

@@ -241,3 +241,48 @@ fn continuous_collect_serves_metrics_and_healthz_and_stops_on_sigterm() {
     let first: serde_json::Value = serde_json::from_str(&first_line).expect("json line");
     assert!(first["identity"].is_object());
 }
+
+/// The shutdown policy every service shares: the first SIGTERM drains (here the
+/// agent waits for acks from a collector that never answers, up to a long
+/// `upstream.shutdown_grace`), a second one exits at once with status 130.
+#[test]
+fn a_second_sigterm_exits_at_once_while_draining() {
+    let cluster = EtcdCluster::start(1).expect("etcd");
+    let m = cluster.member(0);
+    let dir = tempfile::tempdir().expect("tmp");
+    let nobody = free_port();
+    let mut child = agent()
+        .args(["--etcd-endpoint", &m.client_url])
+        .args(["--collector", &format!("http://127.0.0.1:{nobody}")])
+        .args(["--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .env("ETCDMON_AGENT_UPSTREAM__SPOOL_DIR", dir.path())
+        .env("ETCDMON_AGENT_UPSTREAM__SHUTDOWN_GRACE", "60s")
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Batches are spooled (nobody acknowledges them).
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let term = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    term();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the first SIGTERM drains: it waits for acks"
+    );
+    term();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a second SIGTERM must exit at once"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130), "{status:?}");
+}

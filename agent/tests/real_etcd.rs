@@ -3,9 +3,9 @@
 //! one as `timeout`, within the probe timeout, while the others keep
 //! reporting.
 
-use etcdmon_agent::collectors::fsync::PROBE_FILE;
-use etcdmon_agent::collectors::metrics::find_sample;
-use etcdmon_agent::runner::Agent;
+use etcdmon_agent::probes::fsync::PROBE_FILE;
+use etcdmon_agent::probes::metrics::find_sample;
+use etcdmon_agent::runner::Probes;
 use etcdmon_agent::selfmetrics::AgentMetrics;
 use etcdmon_agent::AgentConfig;
 use etcdmon_proto::v1::{report::Body, ErrorKind, ProcessDiscovery, Report};
@@ -49,7 +49,7 @@ fn body_name(b: &Body) -> &'static str {
 async fn every_collector_returns_real_values() {
     let cluster = EtcdCluster::start(3).expect("start etcd");
     let m = cluster.member(0);
-    let mut agent = Agent::new(&config_for(m), AgentMetrics::new()).expect("agent");
+    let mut agent = Probes::new(&config_for(m), AgentMetrics::new()).expect("agent");
     let reports = agent.collect_once().await;
 
     // Identity: configured labels plus what the status round learned.
@@ -162,7 +162,7 @@ impl Fleet {
             let mut cfg = config_for(m);
             cfg.fsync.interval = Duration::from_secs(1);
             cfg.host.interval = Duration::from_secs(1);
-            let agent = Agent::new(&cfg, AgentMetrics::new()).expect("agent");
+            let agent = Probes::new(&cfg, AgentMetrics::new()).expect("agent");
             agent.spawn(tx.clone(), shutdown.clone());
         }
         Self { rx, shutdown }
@@ -326,7 +326,7 @@ async fn the_liveness_watch_reports_an_exit_and_a_return_without_waiting_for_the
         cfg.fsync.enabled = false;
         cfg.peers.enabled = false;
         cfg.certs.enabled = false;
-        Agent::new(&cfg, AgentMetrics::new()).expect("agent")
+        Probes::new(&cfg, AgentMetrics::new()).expect("agent")
     };
     agent_for(1, true).spawn(tx.clone(), shutdown.clone());
     agent_for(2, false).spawn(tx.clone(), shutdown.clone());

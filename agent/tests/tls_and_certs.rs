@@ -1,8 +1,8 @@
 //! TLS towards etcd (client certificate auth), certificate expiry, and the
 //! `tls` failure kind.
 
-use etcdmon_agent::config::{CertFile, CertRoleConfig};
-use etcdmon_agent::runner::Agent;
+use etcdmon_agent::probes::certs::{CertFile, CertRoleConfig};
+use etcdmon_agent::runner::Probes;
 use etcdmon_agent::selfmetrics::AgentMetrics;
 use etcdmon_agent::AgentConfig;
 use etcdmon_proto::v1::{report::Body, CertRole, ErrorKind};
@@ -32,7 +32,7 @@ async fn tls_member_is_watched_and_certificates_expire_in_the_expected_days() {
         role: CertRoleConfig::Server,
     }];
     cfg.fsync.enabled = false;
-    let mut agent = Agent::new(&cfg, AgentMetrics::new()).expect("agent");
+    let mut agent = Probes::new(&cfg, AgentMetrics::new()).expect("agent");
     let reports = agent.collect_once().await;
 
     let status = reports
@@ -74,7 +74,7 @@ async fn tls_member_is_watched_and_certificates_expire_in_the_expected_days() {
     let mut bad = cfg.clone();
     bad.etcd.tls.ca = None;
     bad.certs.enabled = false;
-    let mut agent = Agent::new(&bad, AgentMetrics::new()).expect("agent");
+    let mut agent = Probes::new(&bad, AgentMetrics::new()).expect("agent");
     let reports = agent.collect_once().await;
     let status = reports
         .iter()
@@ -98,7 +98,7 @@ async fn tls_member_is_watched_and_certificates_expire_in_the_expected_days() {
 fn missing_tls_file_fails_at_start_naming_the_field() {
     let mut cfg = AgentConfig::default();
     cfg.etcd.tls.ca = Some("/nonexistent/ca.pem".into());
-    let err = Agent::new(&cfg, AgentMetrics::new())
+    let err = Probes::new(&cfg, AgentMetrics::new())
         .err()
         .expect("must fail");
     let msg = format!("{err:#}");

@@ -7,7 +7,8 @@ use clap::Parser;
 use etcdmon_core::config::Overrides;
 use serde_json::Value;
 
-use crate::config::{AlerterConfig, ENV_PREFIX};
+use crate::config::AlerterConfig;
+use crate::Setup;
 
 /// Turns alert candidates into notifications.
 #[derive(Debug, Parser)]
@@ -45,10 +46,9 @@ impl Cli {
     }
 }
 
-/// Loads and validates the config; the error names the field.
-pub fn load_config(cli: &Cli) -> anyhow::Result<AlerterConfig> {
-    let cfg: AlerterConfig =
-        etcdmon_core::config::load(cli.config.as_deref(), ENV_PREFIX, &cli.overrides())?;
-    cfg.build()?;
-    Ok(cfg)
+/// Loads the config, checks it and builds its routes and receivers (once); the
+/// error names the field.
+pub fn load(cli: &Cli) -> anyhow::Result<Setup> {
+    let cfg = AlerterConfig::load(cli.config.as_deref(), &cli.overrides())?;
+    Ok(Setup::new(cfg)?)
 }

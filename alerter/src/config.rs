@@ -121,28 +121,105 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// One `[[receivers]]` entry: a name and exactly one integration.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// One `[[receivers]]` entry: a name and exactly one integration, e.g.
+/// `name = "ops"` with a `[receivers.webhook]` table. Checked when the config is
+/// read: an entry with no integration or two is an error naming `receivers`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(try_from = "ReceiverEntry", into = "ReceiverEntry")]
 pub struct ReceiverConfig {
     /// Name used by routes and escalation steps.
     pub name: String,
+    /// The integration.
+    pub kind: ReceiverKind,
+}
+
+/// The integration of a receiver.
+#[derive(Debug, Clone)]
+pub enum ReceiverKind {
     /// Generic webhook (Alertmanager-compatible JSON, version 4).
-    pub webhook: Option<WebhookConfig>,
+    Webhook(WebhookConfig),
     /// Slack incoming webhook.
-    pub slack: Option<SlackConfig>,
+    Slack(SlackConfig),
     /// PagerDuty Events API v2.
-    pub pagerduty: Option<PagerDutyConfig>,
+    PagerDuty(PagerDutyConfig),
     /// SMTP email.
-    pub email: Option<EmailConfig>,
+    Email(EmailConfig),
     /// Writes notifications to the alerter's log (for a first look and for tests).
-    pub log: Option<LogReceiverConfig>,
+    Log,
+}
+
+impl ReceiverConfig {
+    /// A receiver named `name` of `kind`.
+    pub fn new(name: impl Into<String>, kind: ReceiverKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+        }
+    }
+}
+
+/// The written form of a `[[receivers]]` entry: a table per integration, of which
+/// exactly one must be present.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct ReceiverEntry {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook: Option<WebhookConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slack: Option<SlackConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pagerduty: Option<PagerDutyConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<EmailConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log: Option<LogReceiverConfig>,
 }
 
 /// The `log` receiver has no settings.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct LogReceiverConfig {}
+struct LogReceiverConfig {}
+
+impl TryFrom<ReceiverEntry> for ReceiverConfig {
+    type Error = String;
+
+    fn try_from(e: ReceiverEntry) -> Result<Self, String> {
+        let mut kinds: Vec<ReceiverKind> = Vec::new();
+        kinds.extend(e.webhook.map(ReceiverKind::Webhook));
+        kinds.extend(e.slack.map(ReceiverKind::Slack));
+        kinds.extend(e.pagerduty.map(ReceiverKind::PagerDuty));
+        kinds.extend(e.email.map(ReceiverKind::Email));
+        kinds.extend(e.log.map(|_| ReceiverKind::Log));
+        match kinds.len() {
+            1 => Ok(Self {
+                name: e.name,
+                kind: kinds.remove(0),
+            }),
+            n => Err(format!(
+                "receiver {:?} must set exactly one of webhook, slack, pagerduty, email, log (it sets {n})",
+                e.name
+            )),
+        }
+    }
+}
+
+impl From<ReceiverConfig> for ReceiverEntry {
+    fn from(r: ReceiverConfig) -> Self {
+        let mut e = ReceiverEntry {
+            name: r.name,
+            ..Default::default()
+        };
+        match r.kind {
+            ReceiverKind::Webhook(c) => e.webhook = Some(c),
+            ReceiverKind::Slack(c) => e.slack = Some(c),
+            ReceiverKind::PagerDuty(c) => e.pagerduty = Some(c),
+            ReceiverKind::Email(c) => e.email = Some(c),
+            ReceiverKind::Log => e.log = Some(LogReceiverConfig {}),
+        }
+        e
+    }
+}
 
 /// The receivers built from the config, by name.
 pub struct Receivers {
@@ -151,6 +228,16 @@ pub struct Receivers {
 }
 
 impl AlerterConfig {
+    /// Loads the config from an optional TOML file, the `ETCDMON_ALERTER_*`
+    /// environment and `overrides` (flags), later winning. Checking it (and
+    /// building its receivers) is [`Setup::new`](crate::Setup::new).
+    pub fn load(
+        file: Option<&std::path::Path>,
+        overrides: &serde_json::Value,
+    ) -> anyhow::Result<Self> {
+        Ok(etcdmon_core::config::load(file, ENV_PREFIX, overrides)?)
+    }
+
     /// Checks the config and builds the route tree and the receivers; the error names
     /// the field.
     pub fn build(&self) -> Result<(Route, Receivers), FieldError> {
@@ -195,6 +282,39 @@ impl AlerterConfig {
         Ok((route, Receivers { notifiers }))
     }
 
+    /// Adds `receiver` and routes every alert to it, besides wherever the
+    /// configured tree sends it (the old root becomes a catch-all child), as
+    /// `etcdmon up --webhook` does. Fails when a receiver of that name exists.
+    pub fn send_everything_to(&mut self, receiver: ReceiverConfig) -> anyhow::Result<()> {
+        let name = receiver.name.clone();
+        anyhow::ensure!(
+            self.receivers.iter().all(|r| r.name != name),
+            "a receiver named {name:?} is already configured"
+        );
+        let first = self.receivers.is_empty() && self.route.receiver.is_none();
+        self.receivers.push(receiver);
+        let only = RouteConfig {
+            receiver: Some(name.clone()),
+            ..RouteConfig::default()
+        };
+        self.route = if first {
+            only
+        } else {
+            let old_root = std::mem::take(&mut self.route);
+            RouteConfig {
+                routes: vec![
+                    RouteConfig {
+                        continue_matching: true,
+                        ..only.clone()
+                    },
+                    old_root,
+                ],
+                ..only
+            }
+        };
+        Ok(())
+    }
+
     /// The inhibition rules in force.
     pub fn inhibit_rules(&self) -> Vec<InhibitRule> {
         self.inhibit_rules.clone().unwrap_or_else(default_rules)
@@ -208,30 +328,65 @@ fn build_receiver(
     let field_err = |e: crate::receivers::BuildError| {
         FieldError::new("receivers", format!("{:?}: {e}", r.name))
     };
-    let mut built: Vec<Arc<dyn Notifier>> = Vec::new();
-    if let Some(c) = &r.webhook {
-        built.push(c.build(templates).map_err(field_err)?);
+    match &r.kind {
+        ReceiverKind::Webhook(c) => c.build(templates).map_err(field_err),
+        ReceiverKind::Slack(c) => c.build(templates).map_err(field_err),
+        ReceiverKind::PagerDuty(c) => c.build(templates).map_err(field_err),
+        ReceiverKind::Email(c) => c.build(templates).map_err(field_err),
+        ReceiverKind::Log => Ok(Arc::new(crate::sender::LogNotifier)),
     }
-    if let Some(c) = &r.slack {
-        built.push(c.build(templates).map_err(field_err)?);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdmon_alert::labels;
+
+    fn receivers_for(cfg: &AlerterConfig, pairs: &[(&str, &str)]) -> Vec<String> {
+        let (route, _) = cfg.build().expect("builds");
+        let mut got: Vec<String> = route
+            .matching(&labels(pairs))
+            .iter()
+            .map(|r| r.receiver.clone())
+            .collect();
+        got.sort();
+        got
     }
-    if let Some(c) = &r.pagerduty {
-        built.push(c.build(templates).map_err(field_err)?);
-    }
-    if let Some(c) = &r.email {
-        built.push(c.build(templates).map_err(field_err)?);
-    }
-    if r.log.is_some() {
-        built.push(Arc::new(crate::sender::LogNotifier));
-    }
-    match built.len() {
-        1 => Ok(built.remove(0)),
-        n => Err(FieldError::new(
-            "receivers",
-            format!(
-                "{:?} must set exactly one of webhook, slack, pagerduty, email, log (it sets {n})",
-                r.name
-            ),
-        )),
+
+    #[test]
+    fn everything_goes_to_an_added_receiver_and_still_where_the_tree_sends_it() {
+        let mut cfg: AlerterConfig = etcdmon_core::config::from_toml_str(
+            r#"
+            route.receiver = "team"
+            [[route.routes]]
+            matchers = ['severity="critical"']
+            receiver = "pager"
+            [[receivers]]
+            name = "team"
+            [receivers.log]
+            [[receivers]]
+            name = "pager"
+            [receivers.log]
+            "#,
+        )
+        .expect("parses");
+        cfg.send_everything_to(ReceiverConfig::new("hook", ReceiverKind::Log))
+            .expect("added");
+        assert_eq!(
+            receivers_for(&cfg, &[("severity", "critical")]),
+            ["hook", "pager"]
+        );
+        assert_eq!(
+            receivers_for(&cfg, &[("severity", "info")]),
+            ["hook", "team"]
+        );
+        let again = cfg.send_everything_to(ReceiverConfig::new("hook", ReceiverKind::Log));
+        assert!(again.unwrap_err().to_string().contains("hook"));
+
+        let mut empty = AlerterConfig::default();
+        empty
+            .send_everything_to(ReceiverConfig::new("log", ReceiverKind::Log))
+            .expect("added");
+        assert_eq!(receivers_for(&empty, &[("rule", "x")]), ["log"]);
     }
 }

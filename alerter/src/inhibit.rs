@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::matcher::{all_match, Matcher};
+use etcdmon_alert::{all_match, Matcher};
 
 /// One inhibition rule (`[[inhibit_rules]]`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -83,7 +83,7 @@ pub fn default_rules() -> Vec<InhibitRule> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::labels;
+    use etcdmon_alert::labels;
 
     #[test]
     fn quorum_lost_inhibits_member_symptoms_of_its_own_cluster_only() {

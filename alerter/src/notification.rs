@@ -3,25 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// The status of one alert inside a notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AlertStatus {
-    /// Active.
-    Firing,
-    /// Over.
-    Resolved,
-}
-
-impl AlertStatus {
-    /// `"firing"` or `"resolved"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertStatus::Firing => "firing",
-            AlertStatus::Resolved => "resolved",
-        }
-    }
-}
+use etcdmon_alert::AlertState;
 
 /// One alert as a receiver sees it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -31,7 +13,7 @@ pub struct NotifiedAlert {
     /// The transition this notification reports.
     pub transition: u64,
     /// Firing or resolved.
-    pub status: AlertStatus,
+    pub status: AlertState,
     /// Labels (cluster, member, rule, severity, ...).
     pub labels: BTreeMap<String, String>,
     /// Annotations (summary, description, runbook_url).
@@ -95,7 +77,7 @@ pub struct Notification {
     /// Annotations every alert of the group has with the same value.
     pub common_annotations: BTreeMap<String, String>,
     /// `firing` when at least one alert fires, else `resolved`.
-    pub status: AlertStatus,
+    pub status: AlertState,
     /// Why it is sent.
     pub reason: Reason,
     /// The alerts, firing first.
@@ -109,14 +91,14 @@ impl Notification {
     pub fn firing(&self) -> impl Iterator<Item = &NotifiedAlert> {
         self.alerts
             .iter()
-            .filter(|a| a.status == AlertStatus::Firing)
+            .filter(|a| a.status == AlertState::Firing)
     }
 
     /// Alerts that resolved.
     pub fn resolved(&self) -> impl Iterator<Item = &NotifiedAlert> {
         self.alerts
             .iter()
-            .filter(|a| a.status == AlertStatus::Resolved)
+            .filter(|a| a.status == AlertState::Resolved)
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::matcher::{all_match, Matcher};
+use etcdmon_alert::{all_match, Matcher};
 
 /// One node of the routing tree as configured (`[route]`, `[[route.routes]]`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -219,7 +219,7 @@ impl Route {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_support::labels;
+    use etcdmon_alert::labels;
 
     fn tree() -> Route {
         let cfg: RouteConfig = toml::from_str(

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use etcdmon_alert::AlertState;
+use etcdmon_core::retry::RetryPolicy;
 use etcdmon_storage::{AlertDeliveryRow, AlertStore};
 use rand::Rng as _;
 use tokio::sync::mpsc;
@@ -20,7 +22,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DeliveryConfig;
 use crate::metrics::AlerterMetrics;
-use crate::notification::{AlertStatus, Notification, Notifier, NotifyError, Reason};
+use crate::notification::{Notification, Notifier, NotifyError, Reason};
+
+/// Waits between attempts to record a delivery in an unavailable store, and how
+/// many attempts: a delivery not recorded is sent again after a restart.
+const RECORD_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(3));
+const RECORD_ATTEMPTS: usize = 5;
 
 /// Hands notifications to the per-receiver workers.
 #[derive(Clone)]
@@ -101,7 +109,8 @@ impl Worker {
 
     /// Delivers with retries; false when interrupted by shutdown.
     async fn deliver(&self, n: &Notification, shutdown: &CancellationToken) -> bool {
-        let mut backoff = self.policy.initial_backoff;
+        let mut backoff =
+            RetryPolicy::new(self.policy.initial_backoff, self.policy.max_backoff).backoff();
         for attempt in 1..=self.policy.max_attempts {
             let started_ms = now_ms();
             let timer = std::time::Instant::now();
@@ -114,8 +123,15 @@ impl Worker {
             let (outcome, detail, wait) = match &result {
                 Ok(detail) => ("ok", detail.clone(), None),
                 Err(e @ NotifyError::Retryable { retry_after, .. }) if !last => {
-                    let hinted = retry_after.map(|d| d.min(self.policy.max_retry_after));
-                    let wait = hinted.unwrap_or(backoff);
+                    // The receiver's Retry-After, when it gave one (with up to 20%
+                    // more, so many alerters do not return in step); else our
+                    // backoff, which has its own jitter.
+                    let wait = match retry_after {
+                        Some(hint) => (*hint)
+                            .min(self.policy.max_retry_after)
+                            .mul_f64(rand::rng().random_range(1.0..1.2)),
+                        None => backoff.next_wait(),
+                    };
                     ("retry", e.to_string(), Some(wait))
                 }
                 Err(e) => ("failed", e.to_string(), None),
@@ -136,25 +152,10 @@ impl Worker {
             let Some(wait) = wait else {
                 return true;
             };
-            // Jitter spreads retries of many alerters; it only ever lengthens a wait
-            // the receiver asked for (Retry-After), never shortens it.
-            let jitter = if matches!(
-                result,
-                Err(NotifyError::Retryable {
-                    retry_after: Some(_),
-                    ..
-                })
-            ) {
-                rand::rng().random_range(1.0..1.2)
-            } else {
-                rand::rng().random_range(0.8..1.2)
-            };
-            let wait = wait.mul_f64(jitter);
             tokio::select! {
                 _ = shutdown.cancelled() => return false,
                 _ = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(self.policy.max_backoff);
         }
         true
     }
@@ -178,11 +179,11 @@ impl Worker {
                 fingerprint: a.fingerprint.clone(),
                 transition: a.transition,
                 state: match (a.status, n.reason) {
-                    (AlertStatus::Resolved, _) => "resolved",
-                    (AlertStatus::Firing, Reason::Acknowledged) => "acknowledged",
+                    (AlertState::Resolved, _) => "resolved",
+                    (AlertState::Firing, Reason::Acknowledged) => "acknowledged",
                     // A flapping report is not the firing notification of the episode.
-                    (AlertStatus::Firing, Reason::Flapping) => "flapping",
-                    (AlertStatus::Firing, _) => "firing",
+                    (AlertState::Firing, Reason::Flapping) => "flapping",
+                    (AlertState::Firing, _) => "firing",
                 }
                 .to_owned(),
                 group_key: n.group_key.clone(),
@@ -193,14 +194,11 @@ impl Worker {
                 detail: detail.chars().take(1000).collect(),
             })
             .collect();
-        let mut wait = Duration::from_millis(200);
-        for _ in 0..5 {
+        let mut backoff = RECORD_RETRY.backoff();
+        for _ in 0..RECORD_ATTEMPTS {
             match self.store.record_deliveries(&rows).await {
                 Ok(()) => return,
-                Err(e) if e.is_retryable() => {
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
+                Err(e) if e.is_retryable() => tokio::time::sleep(backoff.next_wait()).await,
                 Err(e) => {
                     self.metrics.record_failures.inc();
                     tracing::error!(receiver = %self.receiver, error = %e, "record delivery");

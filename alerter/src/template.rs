@@ -457,9 +457,11 @@ Started: {{ alert.starts_at }}{% if alert.ends_at %} &middot; Resolved: {{ alert
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notification::{AlertStatus, Reason};
+    use etcdmon_alert::AlertState;
 
-    fn alert(rule: &str, member: &str, status: AlertStatus) -> NotifiedAlert {
+    use crate::notification::Reason;
+
+    fn alert(rule: &str, member: &str, status: AlertState) -> NotifiedAlert {
         NotifiedAlert {
             fingerprint: format!("fp-{rule}-{member}"),
             transition: 3,
@@ -486,7 +488,7 @@ mod tests {
             .collect(),
             value: 0.25,
             starts_at_ms: 1_714_564_800_000,
-            ends_at_ms: (status == AlertStatus::Resolved).then_some(1_714_565_100_500),
+            ends_at_ms: (status == AlertState::Resolved).then_some(1_714_565_100_500),
             acknowledged: false,
             generator_url: "http://etcdmon.invalid/alerts/1".to_owned(),
         }
@@ -505,12 +507,12 @@ mod tests {
             group_labels: labels(&[("cluster", "prod"), ("rule", "NoLeader")]),
             common_labels: labels(&[("cluster", "prod"), ("rule", "NoLeader")]),
             common_annotations: BTreeMap::new(),
-            status: AlertStatus::Firing,
+            status: AlertState::Firing,
             reason: Reason::New,
             alerts: vec![
-                alert("NoLeader", "m1", AlertStatus::Firing),
-                alert("NoLeader", "m2", AlertStatus::Firing),
-                alert("NoLeader", "m3", AlertStatus::Resolved),
+                alert("NoLeader", "m1", AlertState::Firing),
+                alert("NoLeader", "m2", AlertState::Firing),
+                alert("NoLeader", "m3", AlertState::Resolved),
             ],
             external_url: "http://etcdmon.invalid".to_owned(),
         }
@@ -529,7 +531,7 @@ mod tests {
 
         let mut n = notification();
         n.reason = Reason::Acknowledged;
-        n.status = AlertStatus::Resolved;
+        n.status = AlertState::Resolved;
         let title = template(defaults::TITLE, None).render(&context(&n));
         assert_eq!(title, "[RESOLVED] NoLeader cluster=prod (acknowledged)");
     }
@@ -596,8 +598,8 @@ mod tests {
     #[test]
     fn resolved_only_body() {
         let mut n = notification();
-        n.alerts.retain(|a| a.status == AlertStatus::Resolved);
-        n.status = AlertStatus::Resolved;
+        n.alerts.retain(|a| a.status == AlertState::Resolved);
+        n.status = AlertState::Resolved;
         let text = template(defaults::EMAIL_TEXT, None).render(&context(&n));
         assert!(
             text.starts_with(

@@ -6,9 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use etcdmon_alert::AlertState;
 use etcdmon_alerter::config::DeliveryConfig;
 use etcdmon_alerter::metrics::AlerterMetrics;
-use etcdmon_alerter::notification::{AlertStatus, Notification, NotifiedAlert, Notifier, Reason};
+
+use etcdmon_alerter::notification::{Notification, NotifiedAlert, Notifier, Reason};
 use etcdmon_alerter::receivers::WebhookConfig;
 use etcdmon_alerter::sender::Sender;
 use etcdmon_alerter::template::Templates;
@@ -28,12 +30,12 @@ fn notification(fingerprint: &str) -> Notification {
         group_labels: BTreeMap::new(),
         common_labels: labels.clone(),
         common_annotations: BTreeMap::new(),
-        status: AlertStatus::Firing,
+        status: AlertState::Firing,
         reason: Reason::New,
         alerts: vec![NotifiedAlert {
             fingerprint: fingerprint.into(),
             transition: 7,
-            status: AlertStatus::Firing,
+            status: AlertState::Firing,
             labels,
             annotations: BTreeMap::new(),
             value: 1.0,

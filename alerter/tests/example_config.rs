@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use etcdmon_alerter::config::{AlerterConfig, DeliveryConfig};
+use etcdmon_alerter::config::{AlerterConfig, DeliveryConfig, ReceiverKind};
 use etcdmon_alerter::flap::FlapConfig;
 use etcdmon_alerter::receivers::TlsMode;
 use etcdmon_alerter::route::{EscalationStep, Route};
@@ -28,17 +28,12 @@ fn secret_files(cfg: &mut AlerterConfig) -> Vec<(String, &mut Option<PathBuf>)> 
     let mut out = Vec::new();
     for r in &mut cfg.receivers {
         let name = r.name.clone();
-        if let Some(w) = &mut r.webhook {
-            out.push((name.clone(), &mut w.hmac_secret_file));
-        }
-        if let Some(s) = &mut r.slack {
-            out.push((name.clone(), &mut s.url_file));
-        }
-        if let Some(p) = &mut r.pagerduty {
-            out.push((name.clone(), &mut p.routing_key_file));
-        }
-        if let Some(e) = &mut r.email {
-            out.push((name.clone(), &mut e.password_file));
+        match &mut r.kind {
+            ReceiverKind::Webhook(w) => out.push((name, &mut w.hmac_secret_file)),
+            ReceiverKind::Slack(s) => out.push((name, &mut s.url_file)),
+            ReceiverKind::PagerDuty(p) => out.push((name, &mut p.routing_key_file)),
+            ReceiverKind::Email(e) => out.push((name, &mut e.password_file)),
+            ReceiverKind::Log => {}
         }
     }
     out
@@ -90,12 +85,13 @@ fn secrets_come_from_the_units_credentials_and_none_is_inline() {
         "the unit loads exactly the credentials the example uses"
     );
     for r in &cfg.receivers {
-        let inline = r.webhook.as_ref().is_some_and(|w| w.hmac_secret.is_some())
-            || r.slack.as_ref().is_some_and(|s| s.url.is_some())
-            || r.pagerduty
-                .as_ref()
-                .is_some_and(|p| p.routing_key.is_some())
-            || r.email.as_ref().is_some_and(|e| e.password.is_some());
+        let inline = match &r.kind {
+            ReceiverKind::Webhook(w) => w.hmac_secret.is_some(),
+            ReceiverKind::Slack(s) => s.url.is_some(),
+            ReceiverKind::PagerDuty(p) => p.routing_key.is_some(),
+            ReceiverKind::Email(e) => e.password.is_some(),
+            ReceiverKind::Log => false,
+        };
         assert!(!inline, "{}: inline secret in the example", r.name);
     }
 }
@@ -134,7 +130,10 @@ fn the_example_builds_and_routes_as_its_comments_say() {
     let email = cfg
         .receivers
         .iter()
-        .find_map(|r| r.email.as_ref())
+        .find_map(|r| match &r.kind {
+            ReceiverKind::Email(e) => Some(e),
+            _ => None,
+        })
         .expect("an email receiver");
     assert_eq!((email.tls, email.port), (TlsMode::Starttls, Some(587)));
 

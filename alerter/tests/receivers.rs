@@ -15,9 +15,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use etcdmon_alerter::notification::{
-    AlertStatus, Notification, NotifiedAlert, Notifier, NotifyError, Reason,
-};
+use etcdmon_alert::AlertState;
+
+use etcdmon_alerter::notification::{Notification, NotifiedAlert, Notifier, NotifyError, Reason};
 use etcdmon_alerter::receivers::{EmailConfig, PagerDutyConfig, SlackConfig, WebhookConfig};
 use etcdmon_alerter::template::Templates;
 use etcdmon_testkit::smtp::{SmtpSink, SmtpTls};
@@ -177,7 +177,7 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 const STARTS_AT_MS: i64 = 1_714_564_800_000; // 2024-05-01T12:00:00Z
 const STARTS_AT: &str = "2024-05-01T12:00:00.000Z";
 
-fn alert(member: &str, status: AlertStatus, severity: &str) -> NotifiedAlert {
+fn alert(member: &str, status: AlertState, severity: &str) -> NotifiedAlert {
     NotifiedAlert {
         fingerprint: format!("fp-{member}"),
         transition: 1,
@@ -198,7 +198,7 @@ fn alert(member: &str, status: AlertStatus, severity: &str) -> NotifiedAlert {
         ]),
         value: 0.0,
         starts_at_ms: STARTS_AT_MS,
-        ends_at_ms: (status == AlertStatus::Resolved).then_some(STARTS_AT_MS + 300_000),
+        ends_at_ms: (status == AlertState::Resolved).then_some(STARTS_AT_MS + 300_000),
         acknowledged: false,
         generator_url: format!("http://etcdmon.invalid/api/v1/alerts/fp-{member}"),
     }
@@ -219,12 +219,12 @@ fn notification() -> Notification {
             "runbook_url",
             "https://runbooks.invalid/alerts.md#NoLeader",
         )]),
-        status: AlertStatus::Firing,
+        status: AlertState::Firing,
         reason: Reason::New,
         alerts: vec![
-            alert("m1", AlertStatus::Firing, "critical"),
-            alert("m2", AlertStatus::Firing, "critical"),
-            alert("m3", AlertStatus::Resolved, "critical"),
+            alert("m1", AlertState::Firing, "critical"),
+            alert("m2", AlertState::Firing, "critical"),
+            alert("m3", AlertState::Resolved, "critical"),
         ],
         external_url: "http://etcdmon.invalid".to_owned(),
     }
@@ -554,7 +554,7 @@ async fn slack_cuts_large_groups_to_slack_limits() {
     n.group_labels.insert("cluster".into(), long_cluster);
     n.alerts = (0..120)
         .map(|i| {
-            let mut a = alert(&format!("m{i}"), AlertStatus::Firing, "warning");
+            let mut a = alert(&format!("m{i}"), AlertState::Firing, "warning");
             a.annotations.insert("description".into(), "x".repeat(5000));
             a
         })
@@ -695,9 +695,9 @@ async fn pagerduty_trigger_acknowledge_resolve_share_one_dedup_key() {
     assert_eq!(ack["dedup_key"], dedup_key.as_str());
 
     n.reason = Reason::New;
-    n.status = AlertStatus::Resolved;
+    n.status = AlertState::Resolved;
     for a in &mut n.alerts {
-        a.status = AlertStatus::Resolved;
+        a.status = AlertState::Resolved;
         a.ends_at_ms = Some(STARTS_AT_MS + 1);
     }
     pd.notify(&n).await.unwrap();
@@ -711,8 +711,8 @@ async fn pagerduty_trigger_acknowledge_resolve_share_one_dedup_key() {
 
     // Another group gets another incident.
     n.group_key.push('x');
-    n.status = AlertStatus::Firing;
-    n.alerts[0].status = AlertStatus::Firing;
+    n.status = AlertState::Firing;
+    n.alerts[0].status = AlertState::Firing;
     pd.notify(&n).await.unwrap();
     assert_ne!(endpoint.last().json()["dedup_key"], dedup_key.as_str());
 }
@@ -725,7 +725,7 @@ async fn pagerduty_severity_summary_and_failures() {
         n.alerts = severities
             .iter()
             .enumerate()
-            .map(|(i, s)| alert(&format!("m{i}"), AlertStatus::Firing, s))
+            .map(|(i, s)| alert(&format!("m{i}"), AlertState::Firing, s))
             .collect();
         if let [only] = &n.alerts[..] {
             // The dispatcher computes common labels; with one alert they are its own.

@@ -72,6 +72,9 @@ impl Stack {
                 .args(["--member-name", &name])
                 .args(["--collector", &s.collector_url()])
                 .args(["--http-listen", "127.0.0.1:0"])
+                // The section's name before it became `upstream`, on purpose beside the
+                // `--collector` flag (which sets `upstream.address`): old environments
+                // must keep working.
                 .env(
                     "ETCDMON_AGENT_COLLECTOR__SPOOL_DIR",
                     s.dir.path().join(format!("spool-{name}")),

@@ -1,15 +1,13 @@
-//! The collector under test, in this process on its own tokio runtime:
-//! `Collector::build` with the default configuration on
-//! `clickhouse://127.0.0.1:PORT/etcdmon`, the tonic ingest service on a
-//! loopback port and the writer task, composed as the `etcdmon-collector`
-//! binary composes them (the HTTP API is not served: nothing here reads it).
+//! The collector under test, in this process on its own tokio runtime, started
+//! as `etcdmon-collector` starts it (`Collector::serve`) with the default
+//! configuration on `clickhouse://127.0.0.1:PORT/etcdmon`, on free loopback
+//! ports, alerts logged only.
 
 use anyhow::Context as _;
 use etcdmon_collector::config::CollectorConfig;
 use etcdmon_collector::metrics::CollectorMetrics;
-use etcdmon_collector::Collector;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use etcdmon_collector::{AlertSink, Collector, Listeners, Running};
+use etcdmon_core::shutdown::Shutdown;
 
 /// A running in-process collector.
 pub struct RunningCollector {
@@ -17,9 +15,7 @@ pub struct RunningCollector {
     pub url: String,
     /// Its self-metrics.
     pub metrics: CollectorMetrics,
-    shutdown: CancellationToken,
-    writer: JoinHandle<()>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    running: Running,
 }
 
 /// The default configuration, storing into `etcdmon` on the given server.
@@ -33,42 +29,21 @@ pub fn config(clickhouse_http_port: u16) -> anyhow::Result<CollectorConfig> {
 /// Opens the store (running migrations) and starts serving. Call inside
 /// the collector's runtime: the tasks are spawned there.
 pub async fn start(cfg: &CollectorConfig) -> anyhow::Result<RunningCollector> {
-    let shutdown = CancellationToken::new();
-    let c = Collector::build(cfg, shutdown.clone())
+    let listeners = Listeners::loopback().await?;
+    let running = Collector::serve(cfg, listeners, AlertSink::LogOnly, &Shutdown::new())
         .await
-        .context("build the collector on ClickHouse")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("bind the gRPC port")?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let writer = tokio::spawn(c.writer.run(shutdown.clone()));
-    let stop = shutdown.clone();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(c.ingest)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move { stop.cancelled().await },
-            ),
-    );
+        .context("start the collector on ClickHouse")?
+        .context("stopped while opening the store")?;
     Ok(RunningCollector {
-        url,
-        metrics: c.metrics,
-        shutdown,
-        writer,
-        server,
+        url: running.grpc_url(),
+        metrics: running.metrics.clone(),
+        running,
     })
 }
 
 impl RunningCollector {
     /// Stops serving and lets the writer drain.
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        self.server
-            .await
-            .context("gRPC server task")?
-            .context("serve gRPC")?;
-        self.writer.await.context("writer task")?;
-        Ok(())
+        self.running.drain().await
     }
 }

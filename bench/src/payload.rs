@@ -65,7 +65,7 @@ impl Payload {
             body: Some(report::Body::Metrics(MetricsScrape {
                 url: "https://127.0.0.1:2379/metrics".into(),
                 failure: None,
-                families: etcdmon_agent::collectors::metrics::to_wire(&expo),
+                families: etcdmon_agent::probes::metrics::to_wire(&expo),
                 parse_errors: u32::try_from(expo.error_count()).unwrap_or(u32::MAX),
                 payload_bytes: FIXTURE.len() as u64,
             })),

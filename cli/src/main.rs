@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Up(args) => {
-                let shutdown = etcdmon_core::shutdown::token_on_signals();
+                let shutdown = etcdmon_core::shutdown::Shutdown::on_signals();
                 etcdmon::up::run(args, shutdown).await
             }
         }

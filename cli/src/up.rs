@@ -1,20 +1,30 @@
-//! `etcdmon up`: discover the members, start the collector and an agent per
-//! member, serve until SIGTERM, then stop agents first (they flush their
-//! last batches) and the collector last (it drains its writer).
+//! `etcdmon up`: discover the members, then run the collector (on the embedded
+//! store), the alerter (over an in-process channel) and an agent per member in
+//! one process, each started through its service's own entry point with a
+//! config made by the service's own loading and checks.
+//!
+//! ```text
+//! start:  collector ─> alerter ─> agents (one per member)
+//! stop:   rules ─> agents (flush their last batches) ─> collector (drains) ─> alerter
+//! ```
+//!
+//! The rules stop first so that the agents' streams closing is never judged as
+//! members going down: stopping the monitor makes no alert.
 
 use anyhow::Context as _;
 use clap::Args;
-use etcdmon_agent::runner::Agent;
 use etcdmon_agent::selfmetrics::AgentMetrics;
-use etcdmon_agent::AgentConfig;
-use etcdmon_alerter::config::{AlerterConfig, ReceiverConfig};
-use etcdmon_alerter::route::RouteConfig;
+use etcdmon_agent::{Agent, AgentConfig};
+use etcdmon_alerter::config::{AlerterConfig, ReceiverConfig, ReceiverKind};
+use etcdmon_alerter::{Alerter, Candidates, Setup};
 use etcdmon_collector::config::CollectorConfig;
-use etcdmon_collector::Collector;
+use etcdmon_collector::{AlertSink, Collector, Listeners};
+use etcdmon_core::config::Overrides;
+use etcdmon_core::shutdown::Shutdown;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// Options of `etcdmon up`.
 #[derive(Debug, Clone, Args)]
@@ -123,106 +133,92 @@ pub async fn discover(args: &UpArgs) -> anyhow::Result<Vec<DiscoveredMember>> {
     Ok(out)
 }
 
-/// The agent config for one discovered member.
+/// The agent config for one discovered member, made as `etcdmon-agent` makes
+/// its own (environment `ETCDMON_AGENT_*` included), with what `up` knows set as
+/// flags would.
 pub fn agent_config(
     args: &UpArgs,
     m: &DiscoveredMember,
-    data_dir: &std::path::Path,
+    data_dir: &Path,
     collector: &str,
-) -> AgentConfig {
-    let mut cfg = AgentConfig::default();
-    cfg.identity.cluster = args.cluster.clone();
-    cfg.identity.member_name = m.name.clone();
-    cfg.etcd.endpoint = m.client_url.clone();
-    cfg.etcd.tls.ca = args.cacert.clone();
-    cfg.etcd.tls.cert = args.cert.clone();
-    cfg.etcd.tls.key = args.key.clone();
+) -> anyhow::Result<AgentConfig> {
     // Host metrics, the etcd process and the fsync probe only make sense
     // for members on this host; the data dir comes from etcd's own flags.
-    let local_dir = etcdmon_agent::collectors::host::process::discover_data_dir(&m.client_url);
-    cfg.host.enabled = local_dir.is_some();
-    cfg.fsync.enabled = local_dir.is_some();
-    cfg.etcd.data_dir = local_dir;
-    cfg.collector.address = Some(collector.to_string());
-    cfg.collector.spool_dir = Some(data_dir.join("spool").join(sanitize(&m.name)));
-    cfg.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    cfg
+    let local_dir = etcdmon_agent::discover_data_dir(&m.client_url);
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let mut o = Overrides::new();
+    o.set("identity.cluster", args.cluster.as_str())
+        .set("identity.member_name", m.name.as_str())
+        .set("etcd.endpoint", m.client_url.as_str())
+        .set_opt("etcd.tls.ca", path(&args.cacert))
+        .set_opt("etcd.tls.cert", path(&args.cert))
+        .set_opt("etcd.tls.key", path(&args.key))
+        .set_opt("etcd.data_dir", path(&local_dir))
+        .set("host.enabled", local_dir.is_some())
+        .set("fsync.enabled", local_dir.is_some())
+        .set("upstream.address", collector)
+        .set(
+            "upstream.spool_dir",
+            data_dir
+                .join("spool")
+                .join(etcdmon_core::safe_token(&m.name))
+                .display()
+                .to_string(),
+        )
+        .set("http.listen", "127.0.0.1:0");
+    AgentConfig::load(None, &o.into_value()).with_context(|| format!("agent config for {}", m.name))
 }
 
-fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+/// The collector config of `up`, made as `etcdmon-collector` makes its own:
+/// the embedded store in the data dir, the API on `--listen`.
+pub fn collector_config(args: &UpArgs, data_dir: &Path) -> anyhow::Result<CollectorConfig> {
+    let mut o = Overrides::new();
+    o.set(
+        "storage.url",
+        format!("sqlite:{}", data_dir.join("etcdmon.sqlite").display()),
+    )
+    .set("http.listen", args.listen.to_string())
+    .set("grpc.listen", "127.0.0.1:0");
+    CollectorConfig::load(None, &o.into_value()).context("collector config")
 }
 
-/// Runs until `shutdown`.
-pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Runs until `shutdown`, then stops in the order in the module docs.
+pub async fn run(args: UpArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("create data dir {}", data_dir.display()))?;
     let members = discover(&args).await?;
-
-    let mut ccfg = CollectorConfig::default();
-    ccfg.storage.url = format!("sqlite:{}", data_dir.join("etcdmon.sqlite").display());
-    ccfg.http.listen = args.listen;
-    ccfg.grpc.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    ccfg.validate()?;
-
-    let acfg = alerter_config(&args)?;
-
-    // The rules stop first, so that the agents' streams closing is never judged
-    // as members going down; then the agents, so their last batches reach a
-    // running collector, whose last alert candidates reach a running alerter.
-    let rules_stop = CancellationToken::new();
-    let collector_stop = CancellationToken::new();
-    let alerter_stop = CancellationToken::new();
-    let mut c = Collector::build(&ccfg, collector_stop.clone()).await?;
-    c.restore_alerts(ccfg.ingest.agent_timeout).await;
-    let alerting = start_alerting(&ccfg, &acfg, &c, &collector_stop, &alerter_stop)?;
-    let http = etcdmon_core::ops::bind(args.listen).await?;
-    let grpc = tokio::net::TcpListener::bind(ccfg.grpc.listen)
-        .await
-        .context("bind internal gRPC port")?;
-    let grpc_url = format!("http://{}", grpc.local_addr().context("gRPC address")?);
-    let writer = tokio::spawn(c.writer.run(collector_stop.clone()));
-    let rules = tokio::spawn(etcdmon_collector::rules::run(
-        c.rules,
-        c.state.clone(),
-        ccfg.rules_interval,
-        c.metrics.clone(),
-        Some(alerting.transitions),
-        rules_stop.clone(),
-    ));
-    let retention = tokio::spawn(etcdmon_collector::run_retention(
-        c.storage.clone(),
-        ccfg.storage.retention_interval,
-        collector_stop.clone(),
-    ));
-    let http_task = tokio::spawn(etcdmon_core::ops::serve(
-        http,
-        c.router,
-        collector_stop.clone(),
-    ));
-    let grpc_stop = collector_stop.clone();
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(c.ingest)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc),
-                async move { grpc_stop.cancelled().await },
-            ),
+    let ccfg = collector_config(&args, &data_dir)?;
+    let setup = Setup::new(alerter_config(&args)?).context("alerter config")?;
+    let describe = format!(
+        "alerts go to receiver(s) {}",
+        receiver_names(setup.config())
     );
 
+    let listeners = Listeners {
+        grpc: tokio::net::TcpListener::bind(ccfg.grpc.listen)
+            .await
+            .context("bind the internal gRPC port")?,
+        http: etcdmon_core::ops::bind(args.listen)
+            .await
+            .context("--listen")?,
+    };
+    let (publisher, subscriber) = etcdmon_bus::memory::channel(1024);
+    let sink = AlertSink::Publish(Arc::new(publisher));
+    let Some(mut collector) = Collector::serve(&ccfg, listeners, sink, &shutdown).await? else {
+        return Ok(());
+    };
+    let alerter = Alerter::serve(
+        setup,
+        collector.stores.alerts.clone(),
+        Candidates::Subscriber(Box::new(subscriber)),
+        None,
+        &shutdown,
+    );
+    let grpc_url = collector.grpc_url();
     let mut agents = Vec::new();
-    let agent_stop = CancellationToken::new();
     for m in &members {
-        let cfg = agent_config(&args, m, &data_dir, &grpc_url);
+        let cfg = agent_config(&args, m, &data_dir, &grpc_url)?;
         let local = if cfg.etcd.data_dir.is_some() {
             "on this host"
         } else {
@@ -232,18 +228,9 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
             "etcdmon up: watching {} at {} ({local})",
             m.name, m.client_url
         );
-        let metrics = AgentMetrics::new();
-        let agent =
-            Agent::new(&cfg, metrics.clone()).with_context(|| format!("agent for {}", m.name))?;
-        let shared = agent.shared();
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
-        let loops = agent.spawn(tx, agent_stop.clone());
-        let stop = agent_stop.clone();
-        agents.push(tokio::spawn(async move {
-            let r = etcdmon_agent::stream::run(&cfg, shared, rx, metrics, stop).await;
-            futures::future::join_all(loops).await;
-            r
-        }));
+        let agent = Agent::serve(&cfg, AgentMetrics::new(), None, &shutdown)
+            .with_context(|| format!("agent for {}", m.name))?;
+        agents.push(agent);
     }
     println!(
         "etcdmon up: cluster {:?} with {} member(s); API on http://{}/api/v1/clusters; data in {}",
@@ -252,142 +239,43 @@ pub async fn run(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<()
         args.listen,
         data_dir.display()
     );
-    println!("etcdmon up: {}", alerting.describe);
+    println!("etcdmon up: {describe}");
 
     shutdown.cancelled().await;
     println!("etcdmon up: stopping (rules first, then agents flush and the collector drains)");
-    rules_stop.cancel();
-    rules.await.context("rules task")?;
-    agent_stop.cancel();
+    collector.stop_rules().await?;
     for a in agents {
-        if let Err(e) = a.await.context("agent task")? {
-            tracing::warn!(error = %format!("{e:#}"), "agent stopped with an error");
-        }
+        a.drain().await?;
     }
-    collector_stop.cancel();
-    writer.await.context("writer task")?;
-    for t in alerting.collector_tasks {
-        t.await.context("alert publishing task")?;
+    collector.drain().await?;
+    alerter.drain().await?;
+    match shutdown.failure() {
+        Some(reason) => anyhow::bail!(reason),
+        None => Ok(()),
     }
-    alerter_stop.cancel();
-    for t in alerting.alerter_tasks {
-        t.await.context("alerter task")?;
-    }
-    retention.await.context("retention task")?;
-    grpc_task
-        .await
-        .context("gRPC task")?
-        .context("serve gRPC")?;
-    http_task.await.context("HTTP task")??;
-    Ok(())
+}
+
+fn receiver_names(cfg: &AlerterConfig) -> String {
+    let mut names: Vec<&str> = cfg.receivers.iter().map(|r| r.name.as_str()).collect();
+    names.sort_unstable();
+    names.join(", ")
 }
 
 /// The alerter's config for `up`: the file given, plus `--webhook`, else a log receiver.
 pub fn alerter_config(args: &UpArgs) -> anyhow::Result<AlerterConfig> {
-    let mut cfg: AlerterConfig = match &args.alerter_config {
-        Some(path) => etcdmon_core::config::load(
-            Some(path),
-            etcdmon_alerter::config::ENV_PREFIX,
-            &serde_json::json!({}),
-        )?,
-        None => AlerterConfig::default(),
-    };
+    let mut cfg = AlerterConfig::load(args.alerter_config.as_deref(), &serde_json::json!({}))?;
     if let Some(url) = &args.webhook {
-        const NAME: &str = "up-webhook";
-        anyhow::ensure!(
-            cfg.receivers.iter().all(|r| r.name != NAME),
-            "--webhook adds a receiver named {NAME:?}; the alerter config already has one"
-        );
         let webhook =
             serde_json::from_value(serde_json::json!({ "url": url })).context("--webhook")?;
-        cfg.receivers.push(ReceiverConfig {
-            name: NAME.into(),
-            webhook: Some(webhook),
-            ..ReceiverConfig::default()
-        });
-        cfg.route = if args.alerter_config.is_some() {
-            // Every alert goes to the webhook and, as before, wherever the
-            // configured tree sends it (the old root becomes a catch-all child).
-            let old_root = std::mem::take(&mut cfg.route);
-            RouteConfig {
-                receiver: Some(NAME.into()),
-                routes: vec![
-                    RouteConfig {
-                        receiver: Some(NAME.into()),
-                        continue_matching: true,
-                        ..RouteConfig::default()
-                    },
-                    old_root,
-                ],
-                ..RouteConfig::default()
-            }
-        } else {
-            RouteConfig {
-                receiver: Some(NAME.into()),
-                ..RouteConfig::default()
-            }
-        };
+        cfg.send_everything_to(ReceiverConfig::new(
+            "up-webhook",
+            ReceiverKind::Webhook(webhook),
+        ))
+        .context("--webhook")?;
     }
     if cfg.receivers.is_empty() {
-        cfg.receivers.push(ReceiverConfig {
-            name: "log".into(),
-            log: Some(Default::default()),
-            ..ReceiverConfig::default()
-        });
-        cfg.route.receiver = Some("log".into());
+        cfg.send_everything_to(ReceiverConfig::new("log", ReceiverKind::Log))?;
     }
     cfg.external_url = format!("http://{}", args.listen);
     Ok(cfg)
-}
-
-/// The running alert pipeline of `up`.
-struct Alerting {
-    /// Where the rules send transitions.
-    transitions: tokio::sync::mpsc::Sender<etcdmon_collector::rules::engine::Transition>,
-    /// Candidate conversion and publishing; they end with the collector.
-    collector_tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// The alerter and its delivery workers; they end after the collector's.
-    alerter_tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// One line for the start-up banner.
-    describe: String,
-}
-
-/// Rules -> outbox -> in-process channel -> alerter, on the collector's own store.
-fn start_alerting(
-    ccfg: &CollectorConfig,
-    acfg: &AlerterConfig,
-    c: &Collector,
-    collector_stop: &CancellationToken,
-    alerter_stop: &CancellationToken,
-) -> anyhow::Result<Alerting> {
-    let (publisher, subscriber) = etcdmon_bus::memory::channel(1024);
-    let (sender, outbox) =
-        etcdmon_bus::Outbox::new(std::sync::Arc::new(publisher), ccfg.alerting.outbox_bytes);
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let collector_tasks = vec![
-        tokio::spawn(outbox.run(collector_stop.clone())),
-        tokio::spawn(etcdmon_collector::alerts::run(
-            rx,
-            sender,
-            ccfg.alerting.runbook_url_prefix.clone(),
-            c.metrics.clone(),
-            collector_stop.clone(),
-        )),
-    ];
-    let parts = etcdmon_alerter::build(acfg, c.alert_store.clone(), alerter_stop.clone())
-        .context("alerter config")?;
-    let mut alerter_tasks = parts.workers;
-    alerter_tasks.push(tokio::spawn(
-        parts
-            .alerter
-            .run(Box::new(subscriber), alerter_stop.clone()),
-    ));
-    let mut names: Vec<&str> = acfg.receivers.iter().map(|r| r.name.as_str()).collect();
-    names.sort_unstable();
-    Ok(Alerting {
-        transitions: tx,
-        collector_tasks,
-        alerter_tasks,
-        describe: format!("alerts go to receiver(s) {}", names.join(", ")),
-    })
 }

@@ -1,6 +1,6 @@
 //! Command line of `etcdmon-collector`.
 
-use crate::config::{CollectorConfig, ENV_PREFIX};
+use crate::config::CollectorConfig;
 use clap::Parser;
 use etcdmon_core::config::Overrides;
 use serde_json::Value;
@@ -46,8 +46,5 @@ impl Cli {
 
 /// Loads and validates the config; the error names the field.
 pub fn load_config(cli: &Cli) -> anyhow::Result<CollectorConfig> {
-    let cfg: CollectorConfig =
-        etcdmon_core::config::load(cli.config.as_deref(), ENV_PREFIX, &cli.overrides())?;
-    cfg.validate()?;
-    Ok(cfg)
+    CollectorConfig::load(cli.config.as_deref(), &cli.overrides())
 }

@@ -28,13 +28,19 @@ pub struct CollectorConfig {
     /// Logging.
     pub log: LogConfig,
     /// Overrides of the built-in rules, by rule name (see docs/alerts.md):
-    /// `[rules.db_near_quota] fire = 0.9`.
-    pub rules: std::collections::BTreeMap<String, crate::rules::config::RuleOverride>,
+    /// `[rules.db_near_quota] fire = 0.9`; resolved against the defaults when
+    /// the config is loaded.
+    pub rules: crate::rules::config::RuleSet,
     /// How often the rules are evaluated.
     #[serde(with = "humantime_serde")]
     pub rules_interval: Duration,
     /// Where alert candidates are published.
-    pub alerting: crate::alerts::AlertingConfig,
+    pub alerting: crate::candidates::AlertingConfig,
+    /// After SIGTERM, how long the last writes to an unavailable store and the
+    /// last alert publishes are retried before the collector exits (batches not
+    /// stored by then stay unacknowledged, and their agents send them again).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for CollectorConfig {
@@ -48,6 +54,7 @@ impl Default for CollectorConfig {
             rules: Default::default(),
             rules_interval: Duration::from_secs(1),
             alerting: Default::default(),
+            shutdown_grace: etcdmon_core::shutdown::DEFAULT_GRACE,
         }
     }
 }
@@ -130,6 +137,19 @@ impl Default for IngestConfig {
 }
 
 impl CollectorConfig {
+    /// Loads the config from an optional TOML file, the `ETCDMON_COLLECTOR_*`
+    /// environment and `overrides` (flags, or what `etcdmon up` sets), later
+    /// winning, and checks it (the rules are resolved as they are read); the
+    /// error names the field. The one way every collector's config is made.
+    pub fn load(
+        file: Option<&std::path::Path>,
+        overrides: &serde_json::Value,
+    ) -> anyhow::Result<Self> {
+        let cfg: Self = etcdmon_core::config::load(file, ENV_PREFIX, overrides)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), FieldError> {
         self.storage.target()?;
@@ -157,7 +177,6 @@ impl CollectorConfig {
                 "must be longer than zero",
             ));
         }
-        crate::rules::config::resolve(&self.rules)?;
         if let Some(js) = &self.alerting.jetstream {
             js.validate()
                 .map_err(|e| FieldError::new("alerting.jetstream", e.to_string()))?;

@@ -127,7 +127,7 @@ pub struct MemberState {
     /// Days left per certificate file the agent watches.
     pub certificates: Vec<CertFigure>,
     /// Quantiles and rates from etcd's own metrics, between scrapes.
-    pub derived: crate::derive::Derived,
+    pub derived: crate::rates::Derived,
 }
 
 /// The host figures rules look at.

@@ -4,7 +4,8 @@
 //! acknowledged without being stored twice. Invalid config exits 2.
 
 use etcdmon_collector::config::CollectorConfig;
-use etcdmon_collector::Collector;
+use etcdmon_collector::{AlertSink, Collector, Listeners, Running};
+use etcdmon_core::shutdown::Shutdown;
 use etcdmon_proto::v1::ingest_service_client::IngestServiceClient;
 use etcdmon_proto::v1::{
     report, stream_request, stream_response, Batch, EtcdStatus, Hello, Identity, Report,
@@ -15,21 +16,15 @@ use etcdmon_storage::sqlite::SqliteStorage;
 use etcdmon_storage::{Retention, Storage};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 struct Server {
     url: String,
     storage: Arc<dyn Storage>,
     metrics: etcdmon_collector::metrics::CollectorMetrics,
-    shutdown: CancellationToken,
+    // Its tasks end with the test's runtime.
+    _collector: Running,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
 }
 
 async fn server(max_batch_bytes: usize) -> Server {
@@ -54,27 +49,14 @@ async fn server_with(
     let mut cfg = CollectorConfig::default();
     cfg.ingest.max_batch_bytes = max_batch_bytes;
     cfg.ingest.flush_interval = Duration::from_millis(50);
-    let shutdown = CancellationToken::new();
-    let c = Collector::with_storage(&cfg, stores, shutdown.clone()).expect("collector");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(c.writer.run(shutdown.clone()));
-    let token = shutdown.clone();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(c.ingest)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async move { token.cancelled().await },
-            ),
-    );
+    let shutdown = Shutdown::new();
+    let listeners = Listeners::loopback().await.expect("bind");
+    let c = Collector::serve_on(&cfg, stores, listeners, AlertSink::LogOnly, &shutdown).await;
     Server {
-        url,
+        url: c.grpc_url(),
         storage,
-        metrics: c.metrics,
-        shutdown,
+        metrics: c.metrics.clone(),
+        _collector: c,
         _dir: dir,
     }
 }

@@ -5,19 +5,18 @@
 #![allow(dead_code)] // each test binary uses a different subset
 #![allow(missing_docs)] // test support, not an API
 
-use etcdmon_agent::runner::Agent;
 use etcdmon_agent::selfmetrics::AgentMetrics;
-use etcdmon_agent::AgentConfig;
+use etcdmon_agent::{Agent, AgentConfig, RunningAgent};
 use etcdmon_collector::ingest::convert::{report_rows, Target};
 use etcdmon_collector::state::member_key;
+use etcdmon_core::shutdown::Shutdown;
+use etcdmon_proto::v1::Report;
 use etcdmon_testkit::{free_port, http_get, EtcdCluster};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// The collector binary on free ports.
 pub struct CollectorProc {
@@ -146,10 +145,10 @@ impl Drop for CollectorProc {
 /// Samples each member's agents produced: member -> {(name, labels, ts)}.
 pub type Expected = Arc<Mutex<BTreeMap<String, BTreeSet<(String, String, i64)>>>>;
 
-/// In-process agents streaming to a collector.
+/// In-process agents streaming to a collector, started as `etcdmon-agent run`
+/// starts them, with every report teed so the test knows what must be stored.
 pub struct Agents {
-    pub shutdown: CancellationToken,
-    pub streams: Vec<JoinHandle<anyhow::Result<()>>>,
+    pub running: Vec<RunningAgent>,
     pub metrics: Vec<AgentMetrics>,
     pub expected: Expected,
 }
@@ -169,66 +168,50 @@ pub fn agent_config(
     cfg.host.interval = Duration::from_secs(1);
     cfg.fsync.interval = Duration::from_secs(2);
     cfg.fsync.writes = 3;
-    cfg.collector.address = Some(collector.into());
-    cfg.collector.batch_interval = Duration::from_millis(200);
-    cfg.collector.spool_dir = Some(spool.join(&m.name));
-    cfg.collector.shutdown_grace = Duration::from_secs(10);
+    cfg.upstream.address = Some(collector.parse().expect("collector URL"));
+    cfg.upstream.batch_interval = Duration::from_millis(200);
+    cfg.upstream.spool_dir = Some(spool.join(&m.name));
+    cfg.upstream.shutdown_grace = Duration::from_secs(10);
     // A mixed fleet: the first member's agent streams gzip (as agents before zstd
     // did), the others zstd, so every system test proves the collector takes both.
     if m.name == "m0" {
-        cfg.collector.compression = etcdmon_agent::config::Compression::Gzip;
+        cfg.upstream.compression = etcdmon_agent::config::Compression::Gzip;
     }
     cfg
 }
 
 impl Agents {
     pub fn start(cluster_name: &str, cluster: &EtcdCluster, collector: &str, spool: &Path) -> Self {
-        let shutdown = CancellationToken::new();
         let expected: Expected = Arc::default();
-        let mut streams = Vec::new();
+        let mut running = Vec::new();
         let mut metrics = Vec::new();
         for m in cluster.members() {
             let cfg = agent_config(cluster_name, m, collector, spool);
             let am = AgentMetrics::new();
-            let agent = Agent::new(&cfg, am.clone()).expect("agent");
-            let shared = agent.shared();
-            let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-            let (tee_tx, tee_rx) = tokio::sync::mpsc::channel(256);
-            agent.spawn(tx, shutdown.clone());
             let exp = expected.clone();
-            tokio::spawn(async move {
-                while let Some(r) = rx.recv().await {
-                    let id = r.identity.clone().unwrap_or_default();
-                    let member = member_key(&id);
-                    let (rows, _) = report_rows(
-                        &Target {
-                            cluster: &id.cluster,
-                            member: &member,
-                        },
-                        &r,
-                    );
-                    {
-                        let mut e = exp.lock().expect("lock");
-                        let set = e.entry(member).or_default();
-                        for s in rows {
-                            set.insert((s.name, s.labels, s.ts_ms));
-                        }
-                    }
-                    if tee_tx.send(r).await.is_err() {
-                        break;
-                    }
+            let tap = Box::new(move |r: &Report| {
+                let id = r.identity.clone().unwrap_or_default();
+                let member = member_key(&id);
+                let (rows, _) = report_rows(
+                    &Target {
+                        cluster: &id.cluster,
+                        member: &member,
+                    },
+                    r,
+                );
+                let mut e = exp.lock().expect("lock");
+                let set = e.entry(member).or_default();
+                for s in rows {
+                    set.insert((s.name, s.labels, s.ts_ms));
                 }
             });
-            let token = shutdown.clone();
-            let am2 = am.clone();
-            streams.push(tokio::spawn(async move {
-                etcdmon_agent::stream::run(&cfg, shared, tee_rx, am2, token).await
-            }));
+            let agent = Agent::serve_tapped(&cfg, am.clone(), None, Some(tap), &Shutdown::new())
+                .expect("agent");
+            running.push(agent);
             metrics.push(am);
         }
         Self {
-            shutdown,
-            streams,
+            running,
             metrics,
             expected,
         }
@@ -236,9 +219,8 @@ impl Agents {
 
     /// Stops the agents; they flush and wait for their last acks.
     pub async fn stop(self) -> (BTreeMap<String, usize>, Vec<AgentMetrics>) {
-        self.shutdown.cancel();
-        for s in self.streams {
-            s.await.expect("join").expect("stream ran");
+        for a in self.running {
+            a.drain().await.expect("agent drained");
         }
         let e = self.expected.lock().expect("lock");
         (

@@ -45,3 +45,36 @@ impl v1::ErrorKind {
         }
     }
 }
+
+impl v1::report::Body {
+    /// The probe that produced the body, as agents label it and the collector
+    /// stores it: `metrics`, `status`, `host`, `fsync`, `peers` or `certs`.
+    pub fn kind(&self) -> &'static str {
+        use v1::report::Body::*;
+        match self {
+            Metrics(_) => "metrics",
+            Status(_) => "status",
+            Host(_) => "host",
+            Fsync(_) => "fsync",
+            PeerRtt(_) => "peers",
+            Certs(_) => "certs",
+        }
+    }
+
+    /// Every failure recorded in the body, wherever its message keeps them.
+    pub fn failures(&self) -> Vec<&v1::Failure> {
+        use v1::report::Body::*;
+        match self {
+            Metrics(m) => m.failure.iter().collect(),
+            Status(s) => s.failures.iter().collect(),
+            Host(h) => h.failures.iter().collect(),
+            Fsync(f) => f.failure.iter().collect(),
+            PeerRtt(p) => p.peers.iter().filter_map(|p| p.failure.as_ref()).collect(),
+            Certs(c) => c
+                .certificates
+                .iter()
+                .filter_map(|c| c.failure.as_ref())
+                .collect(),
+        }
+    }
+}

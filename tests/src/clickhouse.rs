@@ -73,7 +73,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
@@ -83,6 +83,7 @@ use tempfile::TempDir;
 use crate::http::{http_get, http_post};
 use crate::ports::free_port;
 use crate::process::{log_tail, require_binary, ChildProcess};
+use crate::service::{retry_on_taken_port, service_temp_dir, wait_ready};
 
 /// How long `start` and `start_again` wait for `/ping`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -94,12 +95,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Deadline of one [`ClickHouseServer::query`]; generous because a 2-core machine running
 /// compiles can make even small merges slow.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Pause between readiness probes.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Log lines shown in errors, per log file.
 const LOG_TAIL_LINES: usize = 20;
-/// Start attempts when a port turns out to be taken.
-const START_ATTEMPTS: usize = 3;
 /// Mark cache and uncompressed cache size, instead of the shipped 5 GiB and 8 GiB.
 const CACHE_BYTES: u64 = 64 << 20;
 
@@ -127,21 +124,7 @@ impl ClickHouseServer {
     /// port can be tested.
     fn start_with_ports(next_port: &mut dyn FnMut() -> u16) -> Result<ClickHouseServer> {
         let binary = require_binary("clickhouse-server")?;
-        let mut attempt = 1;
-        loop {
-            match Self::try_start(&binary, next_port) {
-                Ok(server) => return Ok(server),
-                Err(e)
-                    if attempt < START_ATTEMPTS
-                        && format!("{e:#}")
-                            .to_ascii_lowercase()
-                            .contains("address already in use") =>
-                {
-                    attempt += 1;
-                }
-                Err(e) => return Err(e).context("start clickhouse-server"),
-            }
-        }
+        retry_on_taken_port("clickhouse-server", || Self::try_start(&binary, next_port))
     }
 
     /// The HTTP interface, `http://127.0.0.1:PORT`, without a trailing slash.
@@ -286,7 +269,7 @@ impl ClickHouseServer {
     }
 
     fn try_start(binary: &Path, next_port: &mut dyn FnMut() -> u16) -> Result<ClickHouseServer> {
-        let dir = make_temp_dir()?;
+        let dir = service_temp_dir("clickhouse")?;
         for sub in ["data", "tmp", "user_files", "format_schemas", "logs"] {
             let path = dir.path().join(sub);
             std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
@@ -325,36 +308,25 @@ impl ClickHouseServer {
     }
 
     fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
         let url = format!("{}/ping", self.http_url());
-        loop {
-            let process = self
-                .process
-                .as_ref()
-                .context("clickhouse-server is not running")?;
-            if let Some(status) = process.exit_status() {
-                bail!(
-                    "clickhouse-server exited during startup ({status})\n{}",
-                    self.log_tail(LOG_TAIL_LINES)
-                );
-            }
-            let last = match http_get(&url, PROBE_TIMEOUT) {
-                Ok(response) if response.status == 200 && response.body.trim() == "Ok." => {
-                    return Ok(());
-                }
-                Ok(response) => format!("answered {} {:?}", response.status, response.body),
-                Err(e) => format!("{e:#}"),
-            };
-            if Instant::now() >= deadline {
-                bail!(
-                    "clickhouse-server in {} did not answer GET /ping within \
-                     {READY_TIMEOUT:?} (last: {last})\n{}",
-                    self.dir.path().display(),
-                    self.log_tail(LOG_TAIL_LINES)
-                );
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        let process = self
+            .process
+            .as_ref()
+            .context("clickhouse-server is not running")?;
+        wait_ready(
+            &format!(
+                "clickhouse-server in {} to answer GET /ping",
+                self.dir.path().display()
+            ),
+            process,
+            READY_TIMEOUT,
+            &|| self.log_tail(LOG_TAIL_LINES),
+            || match http_get(&url, PROBE_TIMEOUT) {
+                Ok(r) if r.status == 200 && r.body.trim() == "Ok." => Ok(()),
+                Ok(r) => Err(format!("answered {} {:?}", r.status, r.body)),
+                Err(e) => Err(format!("{e:#}")),
+            },
+        )
     }
 
     fn write_config(&self) -> Result<()> {
@@ -491,44 +463,14 @@ fn abbreviate(sql: &str) -> String {
     out
 }
 
-/// Creates the server's temp dir; see the module docs for why tmpfs is preferred.
-fn make_temp_dir() -> Result<TempDir> {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("etcdmon-clickhouse-");
-    if let Some(base) = std::env::var_os("ETCDMON_TEST_TMPDIR") {
-        return builder
-            .tempdir_in(&base)
-            .with_context(|| format!("create temp dir in ETCDMON_TEST_TMPDIR={base:?}"));
-    }
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = builder.tempdir_in(shm) {
-            return Ok(dir);
-        }
-    }
-    builder
-        .tempdir()
-        .context("create temp dir for clickhouse-server")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, TcpListener};
 
     #[test]
     fn start_retries_on_fresh_ports_when_a_port_is_taken() {
-        // Hold a port so the server's bind fails, and hand it out as the first HTTP port.
-        let squatter = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let taken = squatter.local_addr().unwrap().port();
-        let mut first = true;
-        let mut ports = || {
-            if std::mem::take(&mut first) {
-                taken
-            } else {
-                free_port()
-            }
-        };
+        // A held port comes first, so the first bind fails.
+        let (_squatter, taken, mut ports) = crate::service::taken_port_first();
         let server = ClickHouseServer::start_with_ports(&mut ports).unwrap();
         assert_ne!(server.http_port(), taken);
         assert_eq!(server.query("SELECT 1").unwrap(), "1\n");

@@ -54,6 +54,7 @@ use tempfile::TempDir;
 use crate::http::http_get;
 use crate::ports::free_port;
 use crate::process::{require_binary, ChildProcess};
+use crate::service::{retry_on_taken_port, service_temp_dir};
 use crate::tls::TlsFiles;
 
 /// How long `start` and `restart` wait for members to become healthy.
@@ -65,8 +66,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Log lines per member shown in errors.
 const LOG_TAIL_LINES: usize = 15;
-/// Whole-cluster start attempts when a port turns out to be taken.
-const START_ATTEMPTS: usize = 3;
 
 /// Makes cluster tokens unique between clusters of one process.
 static CLUSTER_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -136,22 +135,9 @@ impl EtcdClusterBuilder {
             "an etcd cluster needs at least one member"
         );
         let etcd = require_binary("etcd")?;
-        let mut attempt = 1;
-        loop {
-            match EtcdCluster::try_start(&self, &etcd, next_port) {
-                Ok(cluster) => return Ok(cluster),
-                Err(e)
-                    if attempt < START_ATTEMPTS
-                        && format!("{e:#}").contains("address already in use") =>
-                {
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(e)
-                        .with_context(|| format!("start {}-member etcd cluster", self.members))
-                }
-            }
-        }
+        retry_on_taken_port(&format!("{}-member etcd cluster", self.members), || {
+            EtcdCluster::try_start(&self, &etcd, next_port)
+        })
     }
 }
 
@@ -472,7 +458,7 @@ impl EtcdCluster {
         etcd: &Path,
         next_port: &mut dyn FnMut() -> u16,
     ) -> Result<EtcdCluster> {
-        let dir = make_temp_dir()?;
+        let dir = service_temp_dir("etcd")?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -737,44 +723,14 @@ fn clear_etcd_env(command: &mut Command) {
     }
 }
 
-/// Creates the cluster's temp dir; see the module docs for why tmpfs is preferred.
-fn make_temp_dir() -> Result<TempDir> {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("etcdmon-etcd-");
-    if let Some(base) = std::env::var_os("ETCDMON_TEST_TMPDIR") {
-        return builder
-            .tempdir_in(&base)
-            .with_context(|| format!("create temp dir in ETCDMON_TEST_TMPDIR={base:?}"));
-    }
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = builder.tempdir_in(shm) {
-            return Ok(dir);
-        }
-    }
-    builder
-        .tempdir()
-        .context("create temp dir for etcd cluster")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
 
     #[test]
     fn start_retries_on_fresh_ports_when_a_port_is_taken() {
-        // Hold a port so etcd's bind fails, and hand it out as the first client port.
-        let squatter = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let taken = squatter.local_addr().unwrap().port();
-        let mut first = true;
-        let mut ports = || {
-            if std::mem::take(&mut first) {
-                taken
-            } else {
-                free_port()
-            }
-        };
+        // A held port comes first, so the first bind fails.
+        let (_squatter, taken, mut ports) = crate::service::taken_port_first();
         let cluster = EtcdCluster::builder()
             .members(1)
             .start_with_ports(&mut ports)

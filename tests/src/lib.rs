@@ -6,6 +6,9 @@
 //! * [`ChildProcess`] ([`process`]) is the guard every service uses: stdout and stderr go
 //!   to a log file in the temp dir, SIGSTOP/SIGCONT freeze and thaw it, and dropping it
 //!   SIGKILLs and reaps the process, also when a test panics.
+//! * [`service`] is how every service starts: a temp dir on tmpfs, a retry on fresh
+//!   ports when a port was taken, and a wait for readiness that fails early when the
+//!   process exits.
 //! * [`EtcdCluster`] ([`etcd`]) runs an N-member cluster of Debian's `etcd` binary and
 //!   injects faults: kill, stop, resume and restart members. See the module docs for how
 //!   readiness and cleanup work.
@@ -39,6 +42,7 @@ pub mod http_sink;
 pub mod nats;
 pub mod ports;
 pub mod process;
+pub mod service;
 pub mod smtp;
 pub mod tls;
 

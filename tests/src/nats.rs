@@ -78,6 +78,7 @@ use tempfile::TempDir;
 use crate::http::http_get;
 use crate::ports::free_port;
 use crate::process::{log_tail, require_binary, ChildProcess};
+use crate::service::{retry_on_taken_port, service_temp_dir, wait_ready};
 
 /// How long `start` and `start_again` wait for `/healthz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,12 +86,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of one `/healthz` probe.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
-/// Pause between readiness probes.
-const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// Log lines shown in errors.
 const LOG_TAIL_LINES: usize = 30;
-/// Start attempts when a port turns out to be taken.
-const START_ATTEMPTS: usize = 3;
 /// Largest reply [`NatsServer::request`] accepts; JetStream API answers are a few KiB.
 const MAX_REPLY_BYTES: usize = 8 << 20;
 
@@ -117,21 +114,7 @@ impl NatsServer {
     /// port can be tested.
     fn start_with_ports(next_port: &mut dyn FnMut() -> u16) -> Result<NatsServer> {
         let binary = require_binary("nats-server")?;
-        let mut attempt = 1;
-        loop {
-            match Self::try_start(&binary, next_port) {
-                Ok(server) => return Ok(server),
-                Err(e)
-                    if attempt < START_ATTEMPTS
-                        && format!("{e:#}")
-                            .to_ascii_lowercase()
-                            .contains("address already in use") =>
-                {
-                    attempt += 1;
-                }
-                Err(e) => return Err(e).context("start nats-server"),
-            }
-        }
+        retry_on_taken_port("nats-server", || Self::try_start(&binary, next_port))
     }
 
     /// The client URL, `nats://127.0.0.1:PORT`.
@@ -250,7 +233,7 @@ impl NatsServer {
     }
 
     fn try_start(binary: &Path, next_port: &mut dyn FnMut() -> u16) -> Result<NatsServer> {
-        let dir = make_temp_dir()?;
+        let dir = service_temp_dir("nats")?;
         let mut server = NatsServer {
             process: None,
             binary: binary.to_owned(),
@@ -284,34 +267,25 @@ impl NatsServer {
     }
 
     fn wait_ready(&self) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
         let url = format!("{}/healthz", self.monitor_url());
-        loop {
-            let process = self
-                .process
-                .as_ref()
-                .context("nats-server is not running")?;
-            if let Some(status) = process.exit_status() {
-                bail!(
-                    "nats-server exited during startup ({status})\n{}",
-                    self.log_tail(LOG_TAIL_LINES)
-                );
-            }
-            let last = match http_get(&url, PROBE_TIMEOUT) {
-                Ok(response) if response.status == 200 => return Ok(()),
-                Ok(response) => format!("answered {} {:?}", response.status, response.body),
-                Err(e) => format!("{e:#}"),
-            };
-            if Instant::now() >= deadline {
-                bail!(
-                    "nats-server in {} did not answer GET /healthz within \
-                     {READY_TIMEOUT:?} (last: {last})\n{}",
-                    self.dir.path().display(),
-                    self.log_tail(LOG_TAIL_LINES)
-                );
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        let process = self
+            .process
+            .as_ref()
+            .context("nats-server is not running")?;
+        wait_ready(
+            &format!(
+                "nats-server in {} to answer GET /healthz",
+                self.dir.path().display()
+            ),
+            process,
+            READY_TIMEOUT,
+            &|| self.log_tail(LOG_TAIL_LINES),
+            || match http_get(&url, PROBE_TIMEOUT) {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!("answered {} {:?}", r.status, r.body)),
+                Err(e) => Err(format!("{e:#}")),
+            },
+        )
     }
 
     fn write_config(&self) -> Result<()> {
@@ -453,41 +427,14 @@ fn next_inbox_id() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Creates the server's temp dir; see the module docs for why tmpfs is preferred.
-fn make_temp_dir() -> Result<TempDir> {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("etcdmon-nats-");
-    if let Some(base) = std::env::var_os("ETCDMON_TEST_TMPDIR") {
-        return builder
-            .tempdir_in(&base)
-            .with_context(|| format!("create temp dir in ETCDMON_TEST_TMPDIR={base:?}"));
-    }
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = builder.tempdir_in(shm) {
-            return Ok(dir);
-        }
-    }
-    builder.tempdir().context("create temp dir for nats-server")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
 
     #[test]
     fn start_retries_on_fresh_ports_when_a_port_is_taken() {
-        let squatter = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let taken = squatter.local_addr().unwrap().port();
-        let mut first = true;
-        let mut ports = || {
-            if std::mem::take(&mut first) {
-                taken
-            } else {
-                free_port()
-            }
-        };
+        // A held port comes first, so the first bind fails.
+        let (_squatter, taken, mut ports) = crate::service::taken_port_first();
         let server = NatsServer::start_with_ports(&mut ports).unwrap();
         assert_ne!(server.port(), taken);
         let info = server

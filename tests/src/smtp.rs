@@ -56,6 +56,7 @@ use tempfile::TempDir;
 
 use crate::ports::free_port;
 use crate::process::{log_tail, require_binary, ChildProcess};
+use crate::service::{retry_on_taken_port, service_temp_dir, wait_ready};
 use crate::tls::TlsFiles;
 
 /// How long `start` waits for the port to accept connections.
@@ -64,8 +65,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
 /// Log lines shown in errors.
 const LOG_TAIL_LINES: usize = 30;
-/// Start attempts when the port turns out to be taken.
-const START_ATTEMPTS: usize = 3;
 
 /// The aiosmtpd handler: see the module docs.
 const HANDLER: &str = r#"
@@ -227,25 +226,11 @@ impl SmtpSink {
     fn start_with(tls: Option<SmtpTls<'_>>) -> Result<Self> {
         let binary = require_binary("aiosmtpd")
             .context("aiosmtpd (Debian package python3-aiosmtpd) is needed for the SMTP sink")?;
-        let mut attempt = 1;
-        loop {
-            match Self::try_start(&binary, tls) {
-                Ok(sink) => return Ok(sink),
-                Err(e)
-                    if attempt < START_ATTEMPTS
-                        && format!("{e:#}")
-                            .to_ascii_lowercase()
-                            .contains("address already in use") =>
-                {
-                    attempt += 1;
-                }
-                Err(e) => return Err(e).context("start aiosmtpd"),
-            }
-        }
+        retry_on_taken_port("aiosmtpd", || Self::try_start(&binary, tls))
     }
 
     fn try_start(binary: &Path, tls: Option<SmtpTls<'_>>) -> Result<Self> {
-        let dir = temp_dir()?;
+        let dir = service_temp_dir("smtp")?;
         std::fs::write(dir.path().join("etcdmon_smtp_sink.py"), HANDLER)
             .context("write the SMTP sink handler")?;
         let port = free_port();
@@ -287,25 +272,17 @@ impl SmtpSink {
 
     fn wait_ready(&self) -> Result<()> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if !self.process.is_running() {
-                bail!(
-                    "aiosmtpd exited before it listened on {addr}; log:\n{}",
-                    log_tail(self.process.log_path(), LOG_TAIL_LINES)
-                );
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "aiosmtpd did not listen on {addr} within {READY_TIMEOUT:?}; log:\n{}",
-                    log_tail(self.process.log_path(), LOG_TAIL_LINES)
-                );
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        wait_ready(
+            &format!("aiosmtpd to listen on {addr}"),
+            &self.process,
+            READY_TIMEOUT,
+            &|| log_tail(self.process.log_path(), LOG_TAIL_LINES),
+            || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        )
     }
 
     /// The SMTP port on 127.0.0.1.
@@ -371,18 +348,6 @@ impl SmtpSink {
             }
             std::thread::sleep(POLL_INTERVAL);
         }
-    }
-}
-
-/// The temp dir, in `$ETCDMON_TEST_TMPDIR` when set (like the other services).
-fn temp_dir() -> Result<TempDir> {
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("etcdmon-smtp-");
-    match std::env::var_os("ETCDMON_TEST_TMPDIR") {
-        Some(base) => builder
-            .tempdir_in(&base)
-            .with_context(|| format!("create temp dir in ETCDMON_TEST_TMPDIR={base:?}")),
-        None => builder.tempdir().context("create temp dir for aiosmtpd"),
     }
 }
 

@@ -26,8 +26,8 @@
 //! still unacknowledged is written to disk for the next start.
 
 use crate::config::AgentConfig;
+use crate::member_view::MemberView;
 use crate::selfmetrics::AgentMetrics;
-use crate::shared::Shared;
 use crate::spool::{Spool, SpoolConfig};
 use anyhow::Context as _;
 use backon::BackoffBuilder as _;
@@ -86,9 +86,9 @@ impl Ctx {
 }
 
 /// The stable agent id from config.
-pub fn agent_id(cfg: &AgentConfig, shared: &Shared) -> String {
-    if !cfg.collector.agent_id.is_empty() {
-        return cfg.collector.agent_id.clone();
+pub fn agent_id(cfg: &AgentConfig, shared: &MemberView) -> String {
+    if !cfg.upstream.agent_id.is_empty() {
+        return cfg.upstream.agent_id.clone();
     }
     let hostport = url::Url::parse(&cfg.etcd.endpoint)
         .ok()
@@ -106,22 +106,26 @@ pub fn agent_id(cfg: &AgentConfig, shared: &Shared) -> String {
 /// stopped) and the grace period has passed; then spills to disk.
 pub async fn run(
     cfg: &AgentConfig,
-    shared: Shared,
+    shared: MemberView,
     reports: mpsc::Receiver<Report>,
     metrics: AgentMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let address = cfg
-        .collector
+        .upstream
         .address
-        .clone()
-        .context("no collector address: set --collector or collector.address")?;
-    let dir = cfg.collector.effective_spool_dir();
+        .as_ref()
+        .context("no collector address: set --collector or upstream.address")?
+        .as_str()
+        // Url keeps a root path ("http://c:7070/"); gRPC paths are appended to the origin.
+        .trim_end_matches('/')
+        .to_owned();
+    let dir = cfg.upstream.effective_spool_dir();
     let spool = tokio::task::spawn_blocking({
         let c = SpoolConfig {
             dir: dir.clone(),
-            memory_bytes: cfg.collector.spool_memory_bytes,
-            disk_bytes: cfg.collector.spool_disk_bytes,
+            memory_bytes: cfg.upstream.spool_memory_bytes,
+            disk_bytes: cfg.upstream.spool_disk_bytes,
         };
         move || Spool::open(c)
     })
@@ -143,8 +147,8 @@ pub async fn run(
     let batcher = tokio::spawn(batcher(
         ctx.clone(),
         reports,
-        cfg.collector.batch_interval,
-        cfg.collector.max_batch_bytes,
+        cfg.upstream.batch_interval,
+        cfg.upstream.max_batch_bytes,
         batcher_done.clone(),
     ));
     let hello = Hello {
@@ -158,15 +162,15 @@ pub async fn run(
         address,
         hello,
         shared,
-        window: cfg.collector.window,
-        compression: match cfg.collector.compression {
+        window: cfg.upstream.window,
+        compression: match cfg.upstream.compression {
             crate::config::Compression::Zstd => CompressionEncoding::Zstd,
             crate::config::Compression::Gzip => CompressionEncoding::Gzip,
         },
     };
     // The sender stops once the batcher is done and everything is acked,
     // or the grace period after shutdown has passed.
-    let grace = cfg.collector.shutdown_grace;
+    let grace = cfg.upstream.shutdown_grace;
     let stop_sending = CancellationToken::new();
     let sender = tokio::spawn(conn.run(batcher_done.clone(), stop_sending.clone()));
     shutdown.cancelled().await;
@@ -290,7 +294,7 @@ struct Connection {
     ctx: Ctx,
     address: String,
     hello: Hello,
-    shared: Shared,
+    shared: MemberView,
     window: usize,
     compression: CompressionEncoding,
 }
@@ -330,7 +334,7 @@ impl Connection {
     /// collector closed it cleanly (reconnect at once).
     async fn session(&self, batcher_done: &CancellationToken) -> anyhow::Result<bool> {
         let channel = tonic::transport::Endpoint::from_shared(self.address.clone())
-            .context("parse collector.address")?
+            .context("parse upstream.address")?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10))

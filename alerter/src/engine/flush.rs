@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::{Alert, Engine, Group, Told};
-use crate::notification::{AlertStatus, Notification, NotifiedAlert, Reason};
+use etcdmon_alert::AlertState;
+
+use crate::notification::{Notification, NotifiedAlert, Reason};
 
 /// One receiver's view of a group at one moment.
 struct Audience {
@@ -74,10 +76,10 @@ impl Engine {
                 .filter(|a| {
                     let told = self.told(&step.receiver, &a.fingerprint).is_some();
                     match a.status {
-                        AlertStatus::Firing => {
+                        AlertState::Firing => {
                             told || (!self.is_acked(a) && now_ms >= a.starts_at_ms + after)
                         }
-                        AlertStatus::Resolved => told,
+                        AlertState::Resolved => told,
                     }
                 })
                 .cloned()
@@ -106,7 +108,7 @@ impl Engine {
         let firing: Vec<&Alert> = a
             .alerts
             .iter()
-            .filter(|x| x.status == AlertStatus::Firing)
+            .filter(|x| x.status == AlertState::Firing)
             .collect();
         let new_firing = firing
             .iter()
@@ -115,7 +117,7 @@ impl Engine {
             .alerts
             .iter()
             .filter(|x| {
-                x.status == AlertStatus::Resolved
+                x.status == AlertState::Resolved
                     && matches!(told(x), Some(Told::Firing(e) | Told::Acknowledged(e)) if e < x.episode)
             })
             .collect();
@@ -149,10 +151,10 @@ impl Engine {
         let included: Vec<Alert> = included.into_iter().cloned().collect();
         for alert in &included {
             let t = match (alert.status, reason) {
-                (AlertStatus::Resolved, _) => Told::Resolved(alert.episode),
-                (AlertStatus::Firing, Reason::Acknowledged) => Told::Acknowledged(alert.episode),
+                (AlertState::Resolved, _) => Told::Resolved(alert.episode),
+                (AlertState::Firing, Reason::Acknowledged) => Told::Acknowledged(alert.episode),
                 // A repeat or a new notification must not undo "acknowledged".
-                (AlertStatus::Firing, _) => match self.told(&a.receiver, &alert.fingerprint) {
+                (AlertState::Firing, _) => match self.told(&a.receiver, &alert.fingerprint) {
                     Some(t @ Told::Acknowledged(e)) if e == alert.episode => t,
                     _ => Told::Firing(alert.episode),
                 },
@@ -219,10 +221,10 @@ impl Engine {
                 ),
             })
             .collect();
-        let status = if notified.iter().any(|a| a.status == AlertStatus::Firing) {
-            AlertStatus::Firing
+        let status = if notified.iter().any(|a| a.status == AlertState::Firing) {
+            AlertState::Firing
         } else {
-            AlertStatus::Resolved
+            AlertState::Resolved
         };
         Notification {
             receiver: receiver.to_owned(),

@@ -41,15 +41,14 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use etcdmon_bus::{AlertCandidate, AlertState};
+use etcdmon_alert::{AlertCandidate, AlertState};
 use etcdmon_storage::AlertTransitionRow;
 
 use crate::flap::{FlapConfig, FlapDetector};
 use crate::inhibit::InhibitRule;
-use crate::matcher::all_match;
-use crate::notification::AlertStatus;
 use crate::route::{EscalationStep, Route};
-use crate::silence::Silence;
+use etcdmon_alert::all_match;
+use etcdmon_alert::Silence;
 
 /// How long a resolved alert is remembered (to recognise stale redeliveries and to
 /// let every receiver be told) before it is forgotten.
@@ -68,7 +67,7 @@ pub struct Alert {
     /// Transition number that started the current state: the notification identity.
     pub episode: u64,
     /// Firing or resolved.
-    pub status: AlertStatus,
+    pub status: AlertState,
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// Annotations.
@@ -85,10 +84,7 @@ pub struct Alert {
 
 impl Alert {
     fn from_candidate(c: &AlertCandidate, now_ms: i64) -> Self {
-        let status = match c.state {
-            AlertState::Firing => AlertStatus::Firing,
-            AlertState::Resolved => AlertStatus::Resolved,
-        };
+        let status = c.state;
         Self {
             fingerprint: c.fingerprint.clone(),
             transition: c.transition,
@@ -98,7 +94,7 @@ impl Alert {
             annotations: c.annotations.clone(),
             value: c.value,
             starts_at_ms: c.active_since_ms,
-            ends_at_ms: (status == AlertStatus::Resolved).then_some(c.active_since_ms),
+            ends_at_ms: (status == AlertState::Resolved).then_some(c.active_since_ms),
             updated_ms: now_ms,
         }
     }
@@ -109,7 +105,7 @@ impl Alert {
         AlertTransitionRow {
             fingerprint: self.fingerprint.clone(),
             transition: self.episode,
-            state: self.status.as_str().to_owned(),
+            state: self.status,
             cluster: label("cluster"),
             rule: label("rule"),
             severity: label("severity"),
@@ -117,8 +113,8 @@ impl Alert {
             annotations_json: serde_json::to_string(&self.annotations).unwrap_or_default(),
             value: self.value,
             active_since_ms: match self.status {
-                AlertStatus::Firing => self.starts_at_ms,
-                AlertStatus::Resolved => self.ends_at_ms.unwrap_or(self.starts_at_ms),
+                AlertState::Firing => self.starts_at_ms,
+                AlertState::Resolved => self.ends_at_ms.unwrap_or(self.starts_at_ms),
             },
             received_ms,
         }
@@ -126,11 +122,7 @@ impl Alert {
 
     /// Rebuilds an alert from its stored latest transition (start-up).
     pub fn from_row(row: &AlertTransitionRow) -> Option<Self> {
-        let status = match row.state.as_str() {
-            "firing" => AlertStatus::Firing,
-            "resolved" => AlertStatus::Resolved,
-            _ => return None,
-        };
+        let status = row.state;
         Some(Self {
             fingerprint: row.fingerprint.clone(),
             transition: row.transition,
@@ -140,7 +132,7 @@ impl Alert {
             annotations: serde_json::from_str(&row.annotations_json).unwrap_or_default(),
             value: row.value,
             starts_at_ms: row.active_since_ms,
-            ends_at_ms: (status == AlertStatus::Resolved).then_some(row.active_since_ms),
+            ends_at_ms: (status == AlertState::Resolved).then_some(row.active_since_ms),
             updated_ms: row.received_ms,
         })
     }
@@ -322,7 +314,7 @@ impl Engine {
             }
         }
         let mut alert = incoming;
-        if alert.status == AlertStatus::Resolved {
+        if alert.status == AlertState::Resolved {
             if let Some(known) = self.alerts.get(&c.fingerprint) {
                 alert.starts_at_ms = known.starts_at_ms;
             }
@@ -365,14 +357,14 @@ impl Engine {
     pub fn oldest_firing_since_ms(&self) -> Option<i64> {
         self.alerts
             .values()
-            .filter(|a| a.status == AlertStatus::Firing)
+            .filter(|a| a.status == AlertState::Firing)
             .map(|a| a.starts_at_ms)
             .min()
     }
 
     /// Whether the alert's current firing episode is acknowledged.
     pub fn is_acked(&self, alert: &Alert) -> bool {
-        alert.status == AlertStatus::Firing
+        alert.status == AlertState::Firing
             && self
                 .acks
                 .contains(&(alert.fingerprint.clone(), alert.episode))
@@ -389,7 +381,7 @@ impl Engine {
     pub fn is_inhibited(&self, alert: &Alert) -> bool {
         self.config.inhibit_rules.iter().any(|rule| {
             self.alerts.values().any(|source| {
-                source.status == AlertStatus::Firing && rule.inhibits(&source.labels, &alert.labels)
+                source.status == AlertState::Firing && rule.inhibits(&source.labels, &alert.labels)
             })
         })
     }
@@ -403,8 +395,8 @@ impl Engine {
     pub fn alerts(&self) -> Vec<&Alert> {
         let mut v: Vec<&Alert> = self.alerts.values().collect();
         v.sort_by(|a, b| {
-            (a.status != AlertStatus::Firing, &a.fingerprint)
-                .cmp(&(b.status != AlertStatus::Firing, &b.fingerprint))
+            (a.status != AlertState::Firing, &a.fingerprint)
+                .cmp(&(b.status != AlertState::Firing, &b.fingerprint))
         });
         v
     }
@@ -439,7 +431,7 @@ impl Engine {
             .values()
             .filter(|a| {
                 let age = now_ms - a.updated_ms;
-                a.status == AlertStatus::Resolved
+                a.status == AlertState::Resolved
                     && (age > RESOLVED_RETENTION_MAX_MS
                         || (age > RESOLVED_RETENTION_MS
                             && !waiting.contains(a.fingerprint.as_str())))

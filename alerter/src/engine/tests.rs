@@ -3,15 +3,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use etcdmon_bus::{AlertCandidate, AlertState};
+use etcdmon_alert::{AlertCandidate, AlertState};
 
 use super::{Applied, Engine, EngineConfig, Told};
 use crate::flap::FlapConfig;
 use crate::inhibit::default_rules;
-use crate::matcher::Matcher;
-use crate::notification::{AlertStatus, Notification, Reason};
+use crate::notification::{Notification, Reason};
 use crate::route::{Route, RouteConfig};
-use crate::silence::Silence;
+use etcdmon_alert::Matcher;
+use etcdmon_alert::Silence;
 
 const S: i64 = 1_000;
 
@@ -64,7 +64,7 @@ fn resolved(rule: &str, member: &str, t: u64) -> AlertCandidate {
 }
 
 /// (receiver, reason, [(fingerprint, status)]) of one notification.
-type Summary = (String, Reason, Vec<(String, AlertStatus)>);
+type Summary = (String, Reason, Vec<(String, AlertState)>);
 
 fn summary(ns: &[Notification]) -> Vec<Summary> {
     ns.iter()
@@ -92,7 +92,7 @@ fn one_notification_per_transition_despite_duplicates_restatements_and_stale_red
         [(
             "hook".into(),
             Reason::New,
-            vec![("member_unreachable/m1".into(), AlertStatus::Firing)]
+            vec![("member_unreachable/m1".into(), AlertState::Firing)]
         )]
     );
     assert_eq!(
@@ -123,7 +123,7 @@ fn one_notification_per_transition_despite_duplicates_restatements_and_stale_red
         [(
             "hook".into(),
             Reason::New,
-            vec![("member_unreachable/m1".into(), AlertStatus::Resolved)]
+            vec![("member_unreachable/m1".into(), AlertState::Resolved)]
         )]
     );
     assert!(e.due(200 * S).is_empty());
@@ -185,10 +185,7 @@ fn repeats_stop_when_acknowledged_and_pagerduty_is_told_once() {
     );
     // The resolve is still sent.
     e.on_candidate(&resolved("no_leader", "", 8), 11 * 60 * S);
-    assert_eq!(
-        summary(&e.due(11 * 60 * S))[0].2[0].1,
-        AlertStatus::Resolved
-    );
+    assert_eq!(summary(&e.due(11 * 60 * S))[0].2[0].1, AlertState::Resolved);
 }
 
 #[test]
@@ -208,7 +205,7 @@ fn escalation_goes_to_the_next_receiver_unless_acknowledged() {
         [(
             "secondary".into(),
             Reason::Escalation,
-            vec![("alarm_active/".into(), AlertStatus::Firing)]
+            vec![("alarm_active/".into(), AlertState::Firing)]
         )],
         "the acknowledged quorum_lost is not escalated"
     );
@@ -237,7 +234,7 @@ fn silences_mute_while_active_and_alerts_surface_when_they_expire() {
     let ns = e.due(S);
     assert_eq!(
         summary(&ns)[0].2,
-        [("member_unreachable/m2".into(), AlertStatus::Firing)]
+        [("member_unreachable/m2".into(), AlertState::Firing)]
     );
     // Silenced and resolved within the silence: never told, so never resolved either.
     e.on_candidate(&firing("frequent_leader_changes", "m1", 1), 2 * S);
@@ -295,10 +292,10 @@ fn a_flapping_alert_is_reported_once_held_then_notified_when_stable() {
     assert_eq!(
         reasons,
         [
-            (Reason::New, AlertStatus::Firing),
-            (Reason::New, AlertStatus::Resolved),
-            (Reason::New, AlertStatus::Firing),
-            (Reason::Flapping, AlertStatus::Resolved),
+            (Reason::New, AlertState::Firing),
+            (Reason::New, AlertState::Resolved),
+            (Reason::New, AlertState::Firing),
+            (Reason::Flapping, AlertState::Resolved),
         ]
     );
     // Transition 7 (firing) at 114 s; stable 30 s later: the firing episode 7 is new.
@@ -306,7 +303,7 @@ fn a_flapping_alert_is_reported_once_held_then_notified_when_stable() {
     let ns = e.due(144 * S);
     assert_eq!(
         summary(&ns)[0].2,
-        [("member_unreachable/m1".into(), AlertStatus::Firing)]
+        [("member_unreachable/m1".into(), AlertState::Firing)]
     );
     assert_eq!(ns[0].alerts[0].transition, 7);
 }
@@ -343,7 +340,7 @@ fn restore_after_restart_neither_resends_nor_forgets() {
         [(
             "hook".into(),
             Reason::New,
-            vec![("member_unreachable/m1".into(), AlertStatus::Firing)]
+            vec![("member_unreachable/m1".into(), AlertState::Firing)]
         )],
         "the undelivered one is sent, the delivered one is not"
     );

@@ -120,7 +120,7 @@ fn spawn_agent(
         .args(["--collector", collector_url])
         .args(["--http-listen", "127.0.0.1:0"])
         .env(
-            "ETCDMON_AGENT_COLLECTOR__SPOOL_DIR",
+            "ETCDMON_AGENT_UPSTREAM__SPOOL_DIR",
             dir.join(format!("spool-{name}")),
         );
     ChildProcess::spawn(

@@ -3,12 +3,13 @@
 //!
 //! - `GET /api/v1/clusters`
 //! - `GET /api/v1/clusters/{cluster}/metrics/history?metric=NAME&member=M&labels=L&from=T&to=T&step=S`
-//! - alerts, their history, acknowledgements and silences: see [`alerts`].
+//! - alerts, their history, acknowledgements and silences: see [`alerting`].
 //! - `GET /` and `GET /docs/{name}`: a page for the browser, see [`home`].
 
-pub mod alerts;
+pub mod alerting;
 pub mod home;
 
+use crate::now_ms;
 use crate::state::LiveState;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -18,7 +19,7 @@ use axum::{Json, Router};
 use etcdmon_storage::{AlertStore, PointQuery, Storage, StorageError};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Longest range answered with raw points (no step): beyond it a step is
 /// required, so one request cannot pull millions of rows.
@@ -45,7 +46,7 @@ pub fn router(
             storage,
             state: state.clone(),
         })
-        .merge(alerts::router(alert_store))
+        .merge(alerting::router(alert_store))
         .merge(home::router(state))
 }
 
@@ -238,13 +239,6 @@ fn parse_step(s: &str) -> Result<i64, ApiError> {
         return Err(bad("`step` must be positive"));
     }
     Ok(ms)
-}
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

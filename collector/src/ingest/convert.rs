@@ -14,8 +14,8 @@
 //! | every report | `etcdmon_probe_failures{collector,call,kind}` per failure |
 
 use etcdmon_proto::v1::{
-    report::Body, CertExpiry, ErrorKind, EtcdStatus, Failure, FsyncProbe, HostMetrics, Label,
-    MetricType, MetricsScrape, PeerRtt, Report,
+    report::Body, CertExpiry, ErrorKind, EtcdStatus, FsyncProbe, HostMetrics, Label, MetricType,
+    MetricsScrape, PeerRtt, Report,
 };
 use etcdmon_storage::{canonical_labels, SampleRow, SeriesRow};
 use std::sync::Arc;
@@ -86,14 +86,14 @@ pub fn report_rows_where(
         None => {}
     }
     if let Some(body) = &r.body {
-        for f in failures(body) {
+        for f in body.failures() {
             let kind = ErrorKind::try_from(f.kind)
                 .unwrap_or(ErrorKind::Other)
                 .short_name();
             out.push(
                 "etcdmon_probe_failures",
                 &[
-                    ("collector", collector_name(body)),
+                    ("collector", body.kind()),
                     ("call", &f.call),
                     ("kind", kind),
                 ],
@@ -102,33 +102,6 @@ pub fn report_rows_where(
         }
     }
     (out.rows, series)
-}
-
-/// The collector name of a body, as the agent labels it.
-pub fn collector_name(b: &Body) -> &'static str {
-    match b {
-        Body::Metrics(_) => "metrics",
-        Body::Status(_) => "status",
-        Body::Host(_) => "host",
-        Body::Fsync(_) => "fsync",
-        Body::PeerRtt(_) => "peers",
-        Body::Certs(_) => "certs",
-    }
-}
-
-fn failures(b: &Body) -> Vec<&Failure> {
-    match b {
-        Body::Metrics(m) => m.failure.iter().collect(),
-        Body::Status(s) => s.failures.iter().collect(),
-        Body::Host(h) => h.failures.iter().collect(),
-        Body::Fsync(f) => f.failure.iter().collect(),
-        Body::PeerRtt(p) => p.peers.iter().filter_map(|p| p.failure.as_ref()).collect(),
-        Body::Certs(c) => c
-            .certificates
-            .iter()
-            .filter_map(|c| c.failure.as_ref())
-            .collect(),
-    }
 }
 
 fn metrics(
@@ -502,7 +475,11 @@ mod tests {
     #[test]
     fn unreachable_status_is_up_zero_with_failure_kinds() {
         let r = report(Body::Status(EtcdStatus {
-            failures: vec![Failure::new("status", ErrorKind::Refused, "x")],
+            failures: vec![etcdmon_proto::v1::Failure::new(
+                "status",
+                ErrorKind::Refused,
+                "x",
+            )],
             ..Default::default()
         }));
         let (rows, _) = report_rows(

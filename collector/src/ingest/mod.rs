@@ -18,6 +18,7 @@
 pub mod convert;
 
 use crate::metrics::CollectorMetrics;
+use crate::now_ms;
 use crate::state::{member_key, LiveState};
 use crate::writer::{WriteError, WriteRequest};
 use convert::{report_rows_where, Target};
@@ -522,11 +523,4 @@ fn stream_error_reason(s: &Status) -> &'static str {
         tonic::Code::Cancelled => "cancelled",
         _ => "transport",
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -6,122 +6,151 @@
 use super::config::RuleSettings;
 use super::engine::Observation;
 use crate::state::{ClusterState, MemberState};
-use std::collections::{BTreeMap, BTreeSet};
+use etcdmon_alert::labels;
+use etcdmon_alert::Severity::{self, Critical, Info, Warning};
+use std::collections::BTreeSet;
+use std::time::Duration;
 
-/// A rule's identity and its observation function.
+/// One built-in rule: its name, what it observes, and its settings unless
+/// overridden under `[rules.<name>]` (docs/alerts.md lists them).
 pub struct Rule {
     /// Name, also the `rule` label.
     pub name: &'static str,
     /// What it observes.
     pub check: fn(&ClusterState, &RuleSettings) -> Vec<Observation>,
+    /// Its settings when the config does not override them.
+    pub defaults: RuleSettings,
+    /// Whether its value counts down (days or hours left): it fires below `fire`
+    /// and clears above `clear`, where the others fire above and clear below.
+    pub countdown: bool,
 }
 
-/// Every built-in rule, in evaluation order.
+const fn rule(
+    name: &'static str,
+    check: fn(&ClusterState, &RuleSettings) -> Vec<Observation>,
+    for_secs: u64,
+    fire: f64,
+    clear: f64,
+    severity: Severity,
+) -> Rule {
+    Rule {
+        name,
+        check,
+        defaults: RuleSettings {
+            enabled: true,
+            for_: Duration::from_secs(for_secs),
+            fire,
+            clear,
+            severity,
+        },
+        countdown: false,
+    }
+}
+
+const fn counting_down(
+    name: &'static str,
+    check: fn(&ClusterState, &RuleSettings) -> Vec<Observation>,
+    for_secs: u64,
+    fire: f64,
+    clear: f64,
+    severity: Severity,
+) -> Rule {
+    Rule {
+        countdown: true,
+        ..rule(name, check, for_secs, fire, clear, severity)
+    }
+}
+
+/// Every built-in rule, in evaluation order: name, check, `for` (seconds), fire
+/// and clear thresholds (unused by yes/no rules), severity.
 pub const RULES: &[Rule] = &[
-    Rule {
-        name: "member_unreachable",
-        check: member_unreachable,
-    },
-    Rule {
-        name: "agent_silent",
-        check: agent_silent,
-    },
-    Rule {
-        name: "no_leader",
-        check: no_leader,
-    },
-    Rule {
-        name: "quorum_lost",
-        check: quorum_lost,
-    },
-    Rule {
-        name: "quorum_at_risk",
-        check: quorum_at_risk,
-    },
-    Rule {
-        name: "members_disagree",
-        check: members_disagree,
-    },
-    Rule {
-        name: "raft_index_divergence",
-        check: raft_index_divergence,
-    },
-    Rule {
-        name: "alarm_active",
-        check: alarm_active,
-    },
-    Rule {
-        name: "db_near_quota",
-        check: db_near_quota,
-    },
-    Rule {
-        name: "db_fragmented",
-        check: db_fragmented,
-    },
-    Rule {
-        name: "fs_nearly_full",
-        check: fs_nearly_full,
-    },
-    Rule {
-        name: "fds_near_limit",
-        check: fds_near_limit,
-    },
-    Rule {
-        name: "memory_low",
-        check: memory_low,
-    },
-    Rule {
-        name: "fsync_probe_slow",
-        check: fsync_probe_slow,
-    },
-    Rule {
-        name: "cert_expiring",
-        check: cert_expiring,
-    },
-    Rule {
-        name: "wal_fsync_slow",
-        check: wal_fsync_slow,
-    },
-    Rule {
-        name: "backend_commit_slow",
-        check: backend_commit_slow,
-    },
-    Rule {
-        name: "peer_rtt_high",
-        check: peer_rtt_high,
-    },
-    Rule {
-        name: "grpc_errors",
-        check: grpc_errors,
-    },
-    Rule {
-        name: "grpc_slow_unary",
-        check: grpc_slow_unary,
-    },
-    Rule {
-        name: "proposals_failing",
-        check: proposals_failing,
-    },
-    Rule {
-        name: "proposals_pending",
-        check: proposals_pending,
-    },
-    Rule {
-        name: "db_quota_exhaustion",
-        check: db_quota_exhaustion,
-    },
-    Rule {
-        name: "frequent_leader_changes",
-        check: frequent_leader_changes,
-    },
+    // Yes/no rules: fire/clear unused. Member down, no leader and quorum fire at
+    // once: these are the pages that must be fast.
+    rule(
+        "member_unreachable",
+        member_unreachable,
+        0,
+        0.0,
+        0.0,
+        Critical,
+    ),
+    rule("agent_silent", agent_silent, 15, 0.0, 0.0, Warning),
+    rule("no_leader", no_leader, 0, 0.0, 0.0, Critical),
+    rule("quorum_lost", quorum_lost, 0, 0.0, 0.0, Critical),
+    rule("quorum_at_risk", quorum_at_risk, 0, 0.0, 0.0, Warning),
+    // Elections make views differ for a moment; a partition persists.
+    rule("members_disagree", members_disagree, 10, 0.0, 0.0, Critical),
+    rule(
+        "raft_index_divergence",
+        raft_index_divergence,
+        30,
+        1000.0,
+        500.0,
+        Warning,
+    ),
+    rule("alarm_active", alarm_active, 0, 0.0, 0.0, Critical),
+    rule("db_near_quota", db_near_quota, 0, 0.8, 0.75, Warning),
+    rule("db_fragmented", db_fragmented, 600, 0.5, 0.4, Info),
+    rule("fs_nearly_full", fs_nearly_full, 60, 0.9, 0.85, Warning),
+    rule("fds_near_limit", fds_near_limit, 60, 0.8, 0.7, Warning),
+    rule("memory_low", memory_low, 120, 0.9, 0.85, Warning),
+    // etcd's guidance: WAL fsync p99 under 10 ms.
+    rule(
+        "fsync_probe_slow",
+        fsync_probe_slow,
+        60,
+        0.010,
+        0.008,
+        Warning,
+    ),
+    // Counts down, in days: fires when less than two weeks are left.
+    counting_down("cert_expiring", cert_expiring, 0, 14.0, 15.0, Warning),
+    rule("wal_fsync_slow", wal_fsync_slow, 60, 0.010, 0.008, Warning),
+    rule(
+        "backend_commit_slow",
+        backend_commit_slow,
+        60,
+        0.025,
+        0.020,
+        Warning,
+    ),
+    rule("peer_rtt_high", peer_rtt_high, 60, 0.050, 0.040, Warning),
+    rule("grpc_errors", grpc_errors, 120, 0.01, 0.005, Warning),
+    rule("grpc_slow_unary", grpc_slow_unary, 120, 0.15, 0.10, Warning),
+    rule(
+        "proposals_failing",
+        proposals_failing,
+        120,
+        0.01,
+        0.001,
+        Warning,
+    ),
+    rule(
+        "proposals_pending",
+        proposals_pending,
+        60,
+        5.0,
+        2.0,
+        Warning,
+    ),
+    // Counts down, in hours: fires when the quota is less than a day away.
+    counting_down(
+        "db_quota_exhaustion",
+        db_quota_exhaustion,
+        300,
+        24.0,
+        36.0,
+        Warning,
+    ),
+    rule(
+        "frequent_leader_changes",
+        frequent_leader_changes,
+        0,
+        3.0,
+        2.0,
+        Warning,
+    ),
 ];
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 fn member_obs(
     c: &ClusterState,

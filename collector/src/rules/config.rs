@@ -1,7 +1,8 @@
 //! Settings of the built-in rules: every threshold and `for` duration can
 //! be changed, and every rule can be turned off, under `[rules.<name>]`.
 
-use super::engine::Severity;
+use super::builtin::RULES;
+use etcdmon_alert::Severity;
 use etcdmon_core::config::FieldError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -42,63 +43,72 @@ pub struct RuleOverride {
     pub severity: Option<Severity>,
 }
 
-fn s(for_secs: u64, fire: f64, clear: f64, severity: Severity) -> RuleSettings {
-    RuleSettings {
-        enabled: true,
-        for_: Duration::from_secs(for_secs),
-        fire,
-        clear,
-        severity,
+/// The settings of every built-in rule after the config's overrides: resolved
+/// once, when the config is loaded (an unknown rule or thresholds on the wrong
+/// side are load errors naming `rules`), then only read.
+///
+/// In the config it is the table of overrides (`[rules.db_near_quota] fire =
+/// 0.9`); it serializes back as every rule's full settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(
+    try_from = "BTreeMap<String, RuleOverride>",
+    into = "BTreeMap<String, RuleOverride>"
+)]
+pub struct RuleSet(BTreeMap<&'static str, RuleSettings>);
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        Self(defaults())
     }
 }
 
-/// The defaults of every built-in rule.
-pub fn defaults() -> BTreeMap<&'static str, RuleSettings> {
-    use Severity::*;
-    [
-        // Yes/no rules: fire/clear unused. Member down, no leader and
-        // quorum fire at once: these are the pages that must be fast.
-        ("member_unreachable", s(0, 0.0, 0.0, Critical)),
-        ("agent_silent", s(15, 0.0, 0.0, Warning)),
-        ("no_leader", s(0, 0.0, 0.0, Critical)),
-        ("quorum_lost", s(0, 0.0, 0.0, Critical)),
-        ("quorum_at_risk", s(0, 0.0, 0.0, Warning)),
-        // Elections make views differ for a moment; a partition persists.
-        ("members_disagree", s(10, 0.0, 0.0, Critical)),
-        ("raft_index_divergence", s(30, 1000.0, 500.0, Warning)),
-        ("alarm_active", s(0, 0.0, 0.0, Critical)),
-        ("db_near_quota", s(0, 0.8, 0.75, Warning)),
-        ("db_fragmented", s(600, 0.5, 0.4, Info)),
-        ("fs_nearly_full", s(60, 0.9, 0.85, Warning)),
-        ("fds_near_limit", s(60, 0.8, 0.7, Warning)),
-        ("memory_low", s(120, 0.9, 0.85, Warning)),
-        // etcd's guidance: WAL fsync p99 under 10 ms.
-        ("fsync_probe_slow", s(60, 0.010, 0.008, Warning)),
-        ("cert_expiring", s(0, 14.0, 15.0, Warning)),
-        ("wal_fsync_slow", s(60, 0.010, 0.008, Warning)),
-        ("backend_commit_slow", s(60, 0.025, 0.020, Warning)),
-        ("peer_rtt_high", s(60, 0.050, 0.040, Warning)),
-        ("grpc_errors", s(120, 0.01, 0.005, Warning)),
-        ("grpc_slow_unary", s(120, 0.15, 0.10, Warning)),
-        ("proposals_failing", s(120, 0.01, 0.001, Warning)),
-        ("proposals_pending", s(60, 5.0, 2.0, Warning)),
-        // Counts down, in hours: fires when the quota is less than a day away.
-        ("db_quota_exhaustion", s(300, 24.0, 36.0, Warning)),
-        ("frequent_leader_changes", s(0, 3.0, 2.0, Warning)),
-    ]
-    .into_iter()
-    .collect()
+impl RuleSet {
+    /// The settings of rule `name`, if it is a built-in rule.
+    pub fn get(&self, name: &str) -> Option<&RuleSettings> {
+        self.0.get(name)
+    }
+
+    /// Every rule's settings, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &RuleSettings)> {
+        self.0.iter().map(|(k, v)| (*k, v))
+    }
 }
 
-/// Rules whose value counts down (days, hours left): they fire below.
-pub const COUNTDOWN: &[&str] = &["cert_expiring", "db_quota_exhaustion"];
+impl TryFrom<BTreeMap<String, RuleOverride>> for RuleSet {
+    type Error = String;
+
+    fn try_from(overrides: BTreeMap<String, RuleOverride>) -> Result<Self, String> {
+        resolve(&overrides).map_err(|e| e.reason)
+    }
+}
+
+impl From<RuleSet> for BTreeMap<String, RuleOverride> {
+    fn from(set: RuleSet) -> Self {
+        set.0
+            .into_iter()
+            .map(|(name, r)| {
+                let o = RuleOverride {
+                    enabled: Some(r.enabled),
+                    for_: Some(r.for_),
+                    fire: Some(r.fire),
+                    clear: Some(r.clear),
+                    severity: Some(r.severity),
+                };
+                (name.to_owned(), o)
+            })
+            .collect()
+    }
+}
+
+/// The defaults of every built-in rule (each rule's row in [`RULES`]).
+pub fn defaults() -> BTreeMap<&'static str, RuleSettings> {
+    RULES.iter().map(|r| (r.name, r.defaults.clone())).collect()
+}
 
 /// Applies overrides to the defaults; an unknown rule name or a clear
 /// threshold on the wrong side of the fire threshold is an error naming
 /// the field.
-pub fn resolve(
-    overrides: &BTreeMap<String, RuleOverride>,
-) -> Result<BTreeMap<&'static str, RuleSettings>, FieldError> {
+pub fn resolve(overrides: &BTreeMap<String, RuleOverride>) -> Result<RuleSet, FieldError> {
     let mut all = defaults();
     for (name, o) in overrides {
         let Some(r) = all.get_mut(name.as_str()) else {
@@ -124,8 +134,11 @@ pub fn resolve(
         }
     }
     // Count-down rules fire below their threshold; the rest fire above.
-    for (name, r) in &all {
-        let ok = if COUNTDOWN.contains(name) {
+    for rule in RULES {
+        let Some(r) = all.get(rule.name) else {
+            continue;
+        };
+        let ok = if rule.countdown {
             r.clear >= r.fire
         } else {
             r.clear <= r.fire
@@ -134,11 +147,11 @@ pub fn resolve(
             return Err(FieldError::new(
                 "rules",
                 format!(
-                    "rules.{name}: clear ({}) must be on the safe side of fire ({})",
-                    r.clear, r.fire
+                    "rules.{}: clear ({}) must be on the safe side of fire ({})",
+                    rule.name, r.clear, r.fire
                 ),
             ));
         }
     }
-    Ok(all)
+    Ok(RuleSet(all))
 }

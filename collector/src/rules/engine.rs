@@ -19,28 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-/// Severity of a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Someone must act now.
-    Critical,
-    /// Needs attention soon.
-    Warning,
-    /// For context.
-    Info,
-}
-
-impl Severity {
-    /// Lowercase name, as in labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Critical => "critical",
-            Severity::Warning => "warning",
-            Severity::Info => "info",
-        }
-    }
-}
+use etcdmon_alert::{fingerprint, AlertState, Severity};
 
 /// What a rule sees about one subject in one evaluation.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,8 +47,8 @@ pub struct Transition {
     pub rule: &'static str,
     /// Severity.
     pub severity: Severity,
-    /// True for firing, false for resolved.
-    pub firing: bool,
+    /// Firing or resolved.
+    pub state: AlertState,
     /// The observation that caused it.
     pub observation: Observation,
     /// Increases with each emitted transition of this fingerprint.
@@ -251,7 +230,7 @@ impl Engine {
             fingerprint: fp.to_string(),
             rule,
             severity,
-            firing: true,
+            state: AlertState::Firing,
             observation: e.last.clone(),
             transition,
             since_ms,
@@ -272,37 +251,12 @@ impl Engine {
             fingerprint: fp.to_string(),
             rule,
             severity,
-            firing: false,
+            state: AlertState::Resolved,
             observation: obs,
             transition,
             since_ms: now_ms,
         }
     }
-}
-
-/// A stable fingerprint: FNV-1a 64 over the rule name and the sorted
-/// labels, in hex. Stable across processes and Rust versions (unlike
-/// `DefaultHasher`), which the alerter relies on to recognise an alert
-/// after a collector restart.
-pub fn fingerprint(rule: &str, labels: &BTreeMap<String, String>) -> String {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(PRIME);
-        }
-        // Separator so ("ab","c") and ("a","bc") differ.
-        h ^= 0xff;
-        h = h.wrapping_mul(PRIME);
-    };
-    eat(rule.as_bytes());
-    for (k, v) in labels {
-        eat(k.as_bytes());
-        eat(v.as_bytes());
-    }
-    format!("{h:016x}")
 }
 
 #[cfg(test)]
@@ -338,7 +292,7 @@ mod tests {
         );
         assert_eq!(t.len(), 1);
         // Transition numbers are at least the evaluation time (restart-safe).
-        assert!(t[0].firing && t[0].transition == 1_000 && t[0].since_ms == 1_000);
+        assert!(t[0].state.is_firing() && t[0].transition == 1_000 && t[0].since_ms == 1_000);
         // Still bad: nothing new.
         assert!(e
             .apply(
@@ -357,7 +311,7 @@ mod tests {
             3_000,
         );
         assert_eq!(t.len(), 1);
-        assert!(!t[0].firing && t[0].transition == 3_000);
+        assert!(!t[0].state.is_firing() && t[0].transition == 3_000);
         assert!(e
             .apply(
                 R,
@@ -398,7 +352,10 @@ mod tests {
             vec![obs("m1", Some(false))],
             11_000,
         );
-        assert_eq!((t[0].firing, t[0].transition), (false, 11_000));
+        assert_eq!(
+            (t[0].state, t[0].transition),
+            (AlertState::Resolved, 11_000)
+        );
 
         // Not observed (agents reconnecting): held until the grace ends, then resolved.
         let mut e = Engine::default();
@@ -407,7 +364,10 @@ mod tests {
             .apply(R, Severity::Critical, Duration::ZERO, vec![], 19_999)
             .is_empty());
         let t = e.apply(R, Severity::Critical, Duration::ZERO, vec![], 20_000);
-        assert_eq!((t[0].firing, t[0].transition), (false, 50_001));
+        assert_eq!(
+            (t[0].state, t[0].transition),
+            (AlertState::Resolved, 50_001)
+        );
     }
 
     #[test]
@@ -483,7 +443,7 @@ mod tests {
             1_000,
         );
         assert_eq!(t.len(), 1);
-        assert!(!t[0].firing);
+        assert!(!t[0].state.is_firing());
         assert!(t[0].observation.summary.contains("no longer observed"));
     }
 
@@ -502,21 +462,5 @@ mod tests {
             .apply("b", Severity::Critical, Duration::ZERO, vec![], 1_000)
             .is_empty());
         assert_eq!(e.firing().len(), 1);
-    }
-
-    #[test]
-    fn fingerprints_are_stable_and_distinct() {
-        let l = obs("m1", None).labels;
-        assert_eq!(fingerprint("r", &l), fingerprint("r", &l.clone()));
-        assert_ne!(fingerprint("r", &l), fingerprint("s", &l));
-        assert_ne!(
-            fingerprint("r", &l),
-            fingerprint("r", &obs("m2", None).labels)
-        );
-        // A known value, so an accidental change of the hash (which would
-        // orphan every alert across an upgrade) is caught.
-        let kv: BTreeMap<String, String> =
-            [("k".to_string(), "v".to_string())].into_iter().collect();
-        assert_eq!(fingerprint("r", &kv), "71b47e396f9de8b7");
     }
 }

@@ -11,19 +11,19 @@ pub mod engine;
 
 use crate::metrics::CollectorMetrics;
 use crate::state::{ClusterState, LiveState};
-use config::RuleSettings;
+use config::RuleSet;
 use engine::{Engine, Transition};
 use std::collections::BTreeMap;
 
 /// The built-in rule set with its settings.
 pub struct Rules {
-    settings: BTreeMap<&'static str, RuleSettings>,
+    settings: RuleSet,
     engine: Engine,
 }
 
 impl Rules {
-    /// Rules with resolved settings (see [`config::resolve`]).
-    pub fn new(settings: BTreeMap<&'static str, RuleSettings>) -> Self {
+    /// Rules with their resolved settings (the config's `rules`).
+    pub fn new(settings: RuleSet) -> Self {
         Self {
             settings,
             engine: Engine::default(),
@@ -54,6 +54,33 @@ impl Rules {
         self.engine.firing()
     }
 
+    /// Takes over the alerts that were firing before this start (see [`restore`]),
+    /// as `store` has them; `grace` is how long agents get to reconnect (the
+    /// config's `ingest.agent_timeout` is a good value). A store that does not
+    /// answer is logged and skipped: ingest must not wait for it.
+    ///
+    /// [`restore`]: Self::restore
+    pub async fn restore_from(
+        &mut self,
+        store: &dyn etcdmon_storage::AlertStore,
+        grace: std::time::Duration,
+    ) {
+        const WINDOW_MS: i64 = 30 * 24 * 3_600_000;
+        let now = crate::now_ms();
+        match store.latest_transitions(now - WINDOW_MS).await {
+            Ok(rows) => {
+                let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+                let n = self.restore(&rows, now, grace_ms);
+                if n > 0 {
+                    tracing::info!(alerts = n, "took over alerts firing before the restart");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "read firing alerts at start-up; rules start empty")
+            }
+        }
+    }
+
     /// Takes over the alerts that were firing before a restart, as the alert store
     /// has them (latest transition per fingerprint); returns how many. Without this a
     /// collector restarted during an incident would fire the alert again under a new
@@ -69,7 +96,7 @@ impl Rules {
         grace_ms: i64,
     ) -> usize {
         let mut restored = 0;
-        for row in latest.iter().filter(|r| r.state == "firing") {
+        for row in latest.iter().filter(|r| r.state.is_firing()) {
             let Some(rule) = builtin::RULES.iter().find(|r| r.name == row.rule) else {
                 continue;
             };
@@ -78,7 +105,7 @@ impl Rules {
             labels.remove("rule");
             labels.remove("severity");
             // Only alerts this rule set would compute the same fingerprint for.
-            if engine::fingerprint(rule.name, &labels) != row.fingerprint {
+            if etcdmon_alert::fingerprint(rule.name, &labels) != row.fingerprint {
                 continue;
             }
             let annotations: BTreeMap<String, String> =
@@ -139,7 +166,7 @@ pub async fn run(
             .observe(started.elapsed().as_secs_f64());
         metrics.alerts_firing.set(rules.firing().len() as i64);
         for t in transitions {
-            let state_name = if t.firing { "firing" } else { "resolved" };
+            let state_name = t.state.as_str();
             metrics
                 .alert_transitions
                 .with_label_values(&[t.rule, state_name])

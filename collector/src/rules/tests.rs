@@ -1,4 +1,4 @@
-use super::config::{defaults, resolve, RuleOverride};
+use super::config::{defaults, resolve, RuleOverride, RuleSet};
 use super::*;
 use crate::state::LiveState;
 use etcdmon_proto::v1::{
@@ -62,7 +62,7 @@ fn report(ts: i64, body: Body) -> Report {
 }
 
 fn rules() -> Rules {
-    Rules::new(defaults())
+    Rules::new(RuleSet::default())
 }
 
 /// Applies one status per member and evaluates at `ts`.
@@ -80,7 +80,7 @@ fn step(
     }
     r.evaluate(&st.snapshot_at(ts), ts)
         .into_iter()
-        .map(|t| (t.rule.to_string(), t.firing))
+        .map(|t| (t.rule.to_string(), t.state.is_firing()))
         .collect()
 }
 
@@ -245,7 +245,13 @@ fn settings_validate_and_override() {
             ..Default::default()
         },
     );
-    assert_eq!(resolve(&o).expect("valid")["db_near_quota"].fire, 0.9);
+    assert_eq!(
+        resolve(&o)
+            .expect("valid")
+            .get("db_near_quota")
+            .map(|r| r.fire),
+        Some(0.9)
+    );
     o.insert(
         "db_near_quota".to_string(),
         RuleOverride {
@@ -359,7 +365,7 @@ fn agents_that_have_not_reported_a_status_yet_do_not_count_as_lost_quorum() {
     let t: Vec<(String, bool)> = r
         .evaluate(&st.snapshot_at(T0), T0)
         .into_iter()
-        .map(|t| (t.rule.to_string(), t.firing))
+        .map(|t| (t.rule.to_string(), t.state.is_firing()))
         .collect();
     assert!(t.is_empty(), "no judgement before the first status: {t:?}");
     assert!(step(&st, &mut r, T0 + 1_000, healthy(2)).is_empty());

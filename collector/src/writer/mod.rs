@@ -162,13 +162,17 @@ impl Writer {
     /// writer in sequence order, so a stored mark still means every earlier
     /// batch of that agent is stored or was rejected, which is what
     /// `stored_through` reports to a reconnecting agent.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    ///
+    /// After `shutdown`, a store that is unavailable is retried for `grace`
+    /// more; batches not stored by then are not acknowledged.
+    pub async fn run(mut self, shutdown: CancellationToken, grace: std::time::Duration) {
         let slots = self.storage.concurrent_writes().max(1);
         let store = Arc::new(Store {
             storage: self.storage.clone(),
             metrics: self.metrics.clone(),
             health: self.health.clone(),
             shutdown: shutdown.clone(),
+            grace,
             separate_marks: slots > 1,
         });
         let mut in_flight: VecDeque<JoinHandle<RowsDone>> = VecDeque::new();

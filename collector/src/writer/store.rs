@@ -3,16 +3,15 @@
 
 use super::{rows_of, WriteError, WriteRequest};
 use crate::metrics::CollectorMetrics;
+use etcdmon_core::retry::RetryPolicy;
 use etcdmon_storage::{BatchMark, Storage, StorageError, WriteSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-/// Longest pause between retries of an unavailable store.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// After shutdown, how long the writer keeps retrying an unavailable store.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Waits between retries of an unavailable store.
+const RETRY: RetryPolicy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// What row tasks and the writer share.
 pub(super) struct Store {
@@ -20,6 +19,8 @@ pub(super) struct Store {
     pub metrics: CollectorMetrics,
     pub health: super::StorageHealth,
     pub shutdown: CancellationToken,
+    /// After shutdown, how long an unavailable store is still retried.
+    pub grace: Duration,
     /// Whether marks are written apart from their rows, after every earlier
     /// write's marks (row writes overlap). With one write at a time rows and
     /// marks go in one call, which SQLite makes one transaction.
@@ -165,7 +166,7 @@ impl Store {
     /// Retries while the store is unavailable; gives up only after
     /// shutdown plus a grace period. Other errors return at once.
     async fn write_with_retry(&self, set: &WriteSet) -> Result<(), StorageError> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = RETRY.backoff();
         let mut gave_up_at: Option<Instant> = None;
         loop {
             let started = Instant::now();
@@ -188,15 +189,15 @@ impl Store {
                         .write_failures
                         .with_label_values(&["unavailable"])
                         .inc();
-                    tracing::warn!(error = %e, retry_in = ?backoff, "storage unavailable; holding batches");
+                    let wait = backoff.next_wait();
+                    tracing::warn!(error = %e, retry_in = ?wait, "storage unavailable; holding batches");
                     if self.shutdown.is_cancelled() {
                         let since = *gave_up_at.get_or_insert_with(Instant::now);
-                        if since.elapsed() > SHUTDOWN_GRACE {
+                        if since.elapsed() > self.grace {
                             return Err(e);
                         }
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
                     self.metrics

@@ -167,7 +167,7 @@ impl Harness {
         });
         let (tx, writer, _) = channel(store.clone(), cfg, CollectorMetrics::new());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(writer.run(shutdown.clone()));
+        let task = tokio::spawn(writer.run(shutdown.clone(), std::time::Duration::from_secs(10)));
         Self {
             tx,
             store,

@@ -73,15 +73,16 @@
 //! # Ok(()) }
 //! ```
 
-mod candidate;
 pub mod jetstream;
 pub mod memory;
 pub mod outbox;
+pub mod subject;
 
-pub use candidate::{subject_token, AlertCandidate, AlertState};
 pub use outbox::{Outbox, OutboxSender, OutboxStats, OutboxTask};
 
 use std::time::Duration;
+
+use etcdmon_alert::AlertCandidate;
 
 /// Why a bus call failed; the caller branches on [`BusError::is_retryable`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

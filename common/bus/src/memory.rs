@@ -60,7 +60,7 @@ impl Subscriber for MemorySubscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::AlertState;
+    use etcdmon_alert::AlertState;
 
     fn candidate(transition: u64) -> AlertCandidate {
         AlertCandidate {

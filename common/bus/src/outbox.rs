@@ -398,7 +398,7 @@ fn serialized_size(candidate: &AlertCandidate) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::AlertState;
+    use etcdmon_alert::AlertState;
     use std::sync::atomic::AtomicBool;
 
     fn candidate(transition: u64) -> AlertCandidate {

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use etcdmon_alert::{AlertCandidate, AlertState};
 use etcdmon_bus::jetstream::{JetStreamBus, JetStreamConfig};
-use etcdmon_bus::{AlertCandidate, AlertState, BusError, Delivery, Outbox, Publisher, Subscriber};
+use etcdmon_bus::{BusError, Delivery, Outbox, Publisher, Subscriber};
 use etcdmon_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 

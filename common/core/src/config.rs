@@ -7,6 +7,7 @@
 //! sets `fsync.writes`.
 
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Value};
 use figment::Figment;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -114,6 +115,58 @@ where
     T: DeserializeOwned,
     O: Serialize,
 {
+    load_renamed(file, env_prefix, overrides, &[])
+}
+
+/// [`load`], also accepting the older name of a renamed section: for each `(old,
+/// new)` in `renames`, what is given under `old` (in any source) counts as given
+/// under `new`, unless `new` gives the same key, and a line on stderr says to use
+/// the new name. A serde alias would not do: a file using the old name and a flag
+/// setting the new one would be a duplicate field.
+pub fn load_renamed<T, O>(
+    file: Option<&Path>,
+    env_prefix: &str,
+    overrides: &O,
+    renames: &[(&str, &str)],
+) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned,
+    O: Serialize,
+{
+    let figment = merged(file, env_prefix, overrides)?;
+    let used: Vec<&(&str, &str)> = renames
+        .iter()
+        .filter(|(old, _)| figment.find_value(old).is_ok())
+        .collect();
+    if used.is_empty() {
+        return Ok(figment.extract()?);
+    }
+    let mut root: Dict = figment.extract()?;
+    for (old, new) in used {
+        // Config is read before logging starts, hence stderr.
+        eprintln!("config: section `{old}` is now called `{new}`; the old name still works");
+        let Some(Value::Dict(_, from_old)) = root.remove(*old) else {
+            return Err(ConfigError::Invalid(format!("`{old}`: expected a table")));
+        };
+        let entry = root
+            .entry((*new).to_owned())
+            .or_insert_with(|| Value::from(Dict::new()));
+        let Value::Dict(_, to_new) = entry else {
+            return Err(ConfigError::Invalid(format!("`{new}`: expected a table")));
+        };
+        for (key, value) in from_old {
+            to_new.entry(key).or_insert(value);
+        }
+    }
+    Ok(Figment::from(Serialized::defaults(root)).extract()?)
+}
+
+/// The file, the environment and the overrides, merged in that order.
+fn merged<O: Serialize>(
+    file: Option<&Path>,
+    env_prefix: &str,
+    overrides: &O,
+) -> Result<Figment, ConfigError> {
     let mut figment = Figment::new();
     if let Some(path) = file {
         // figment silently skips missing files; an explicit --config that
@@ -134,7 +187,7 @@ where
                 .ignore(&["config"]),
         )
         .merge(Serialized::defaults(overrides));
-    Ok(figment.extract()?)
+    Ok(figment)
 }
 
 /// Parses a TOML document into `T` with the same strictness as [`load`];
@@ -163,9 +216,49 @@ impl FieldError {
     }
 }
 
+/// A duration that must be above zero (intervals, timeouts); the error names `field`.
+pub fn positive(field: &'static str, d: std::time::Duration) -> Result<(), FieldError> {
+    if d.is_zero() {
+        Err(FieldError::new(field, "must be longer than zero"))
+    } else {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Renamed {
+        #[serde(default)]
+        upstream: std::collections::BTreeMap<String, String>,
+    }
+
+    #[test]
+    fn an_old_section_name_still_works_and_mixes_with_the_new_one() {
+        let dir = std::env::temp_dir().join(format!("etcdmon-core-rename-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[collector]\naddress = \"old\"\nspool = \"/s\"\n").unwrap();
+        let mut flags = Overrides::new();
+        flags.set("upstream.address", "new");
+        let got: Renamed = load_renamed(
+            Some(&file),
+            "ETCDMON_RENAME_TEST_",
+            &flags,
+            &[("collector", "upstream")],
+        )
+        .unwrap();
+        // The new name wins for a key given under both; the rest comes along.
+        assert_eq!(got.upstream["address"], "new");
+        assert_eq!(got.upstream["spool"], "/s");
+        // Without the rename, the old section is an unknown field.
+        let err = load::<Renamed, _>(Some(&file), "ETCDMON_RENAME_TEST_", &flags).unwrap_err();
+        assert!(err.to_string().contains("collector"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn overrides_nest_dotted_paths_and_skip_absent_flags() {

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod ops;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 
@@ -16,3 +17,18 @@ pub mod telemetry;
 /// `identity.cluster` and `etcdmon up --cluster` default to it, so that a first
 /// look through either names the local cluster the same way.
 pub const DEFAULT_CLUSTER: &str = "local";
+
+/// `name` as one safe token for a file name or a NATS subject: every character
+/// other than ASCII letters, digits, `-` and `_` becomes `_` (so no `.`, `/`,
+/// wildcard or whitespace survives). Different names may map to the same token.
+pub fn safe_token(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

@@ -16,13 +16,13 @@
 //! identical rows; every row has a natural key (series + timestamp) and
 //! every query deduplicates on it, so nothing is counted twice either way.
 
-pub mod alerts;
+pub mod alert_store;
 pub mod clickhouse;
 pub mod model;
 pub mod open;
 pub mod sqlite;
 
-pub use alerts::*;
+pub use alert_store::*;
 pub use model::*;
 
 use std::time::Duration;
@@ -43,6 +43,9 @@ pub enum StorageError {
     /// A query parameter was invalid (bad range, unknown metric).
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// The storage config cannot work (names the field); nothing was opened.
+    #[error("invalid storage config: {0}")]
+    InvalidConfig(String),
 }
 
 impl StorageError {

@@ -3,13 +3,14 @@
 
 use crate::clickhouse::{ClickHouseConfig, ClickHouseStorage};
 use crate::sqlite::SqliteStorage;
-use crate::{AlertStore, Retention, Storage};
-use anyhow::Context as _;
+use crate::{AlertStore, Retention, Storage, StorageError};
 use etcdmon_core::config::FieldError;
+use etcdmon_core::retry::{until_ok, RetryPolicy};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Which store, and how long data is kept.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -125,14 +126,18 @@ pub struct Stores {
     pub alerts: Arc<dyn AlertStore>,
 }
 
-/// Opens `cfg`'s store and migrates its schema (idempotent).
-pub async fn open(cfg: &StorageConfig) -> anyhow::Result<Stores> {
-    let stores = match cfg.target()? {
+/// How long a start waits between attempts to reach a store that is not up yet.
+const OPEN_RETRY: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(500), Duration::from_secs(10));
+
+/// Opens `cfg`'s store and migrates its schema (idempotent). An invalid config is
+/// [`StorageError::InvalidConfig`]; a store that cannot be reached is
+/// [`StorageError::Unavailable`] (see [`open_when_ready`]).
+pub async fn open(cfg: &StorageConfig) -> Result<Stores, StorageError> {
+    let invalid = |e: &dyn std::fmt::Display| StorageError::InvalidConfig(e.to_string());
+    let stores = match cfg.target().map_err(|e| invalid(&e))? {
         StorageTarget::Sqlite(path) => {
-            let s = Arc::new(
-                SqliteStorage::open(&path, cfg.retention.clone())
-                    .with_context(|| format!("open sqlite store {}", path.display()))?,
-            );
+            let s = Arc::new(SqliteStorage::open(&path, cfg.retention.clone())?);
             Stores {
                 storage: s.clone(),
                 alerts: s,
@@ -143,7 +148,7 @@ pub async fn open(cfg: &StorageConfig) -> anyhow::Result<Stores> {
             ch.url = url;
             ch.database = database;
             ch.retention = cfg.retention.clone();
-            let s = Arc::new(ClickHouseStorage::new(ch).context("configure clickhouse store")?);
+            let s = Arc::new(ClickHouseStorage::new(ch)?);
             Stores {
                 storage: s.clone(),
                 alerts: s,
@@ -151,11 +156,27 @@ pub async fn open(cfg: &StorageConfig) -> anyhow::Result<Stores> {
         }
     };
     let backend = stores.storage.backend();
-    stores
-        .storage
-        .migrate()
-        .await
-        .with_context(|| format!("migrate {backend} schema"))?;
+    stores.storage.migrate().await?;
     tracing::info!(backend, "storage ready");
     Ok(stores)
+}
+
+/// [`open`], retrying while a ClickHouse server is unreachable, so that a service
+/// may start before its database; any other error ends the start (a SQLite file
+/// that cannot be opened will not open by waiting). `None` when `shutdown` fires
+/// while waiting.
+pub async fn open_when_ready(
+    cfg: &StorageConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<Stores>, StorageError> {
+    let server = matches!(cfg.target(), Ok(StorageTarget::ClickHouse { .. }));
+    until_ok(
+        OPEN_RETRY,
+        shutdown,
+        "open the store",
+        |e: &StorageError| server && e.is_retryable(),
+        || open(cfg),
+    )
+    .await
+    .transpose()
 }

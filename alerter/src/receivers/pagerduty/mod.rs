@@ -29,7 +29,9 @@ use sha2::{Digest, Sha256};
 pub use config::{PagerDutyConfig, DEFAULT_URL};
 
 use super::{http, truncate_chars};
-use crate::notification::{AlertStatus, Notification, Notifier, NotifyError, Reason};
+use etcdmon_alert::AlertState;
+
+use crate::notification::{Notification, Notifier, NotifyError, Reason};
 use crate::template::{context, format_time_ms, MessageTemplate};
 
 /// PagerDuty's limit on `payload.summary`.
@@ -58,7 +60,7 @@ pub struct PagerDutyNotifier {
 
 /// `trigger`, `acknowledge` or `resolve` for `n`.
 pub fn event_action(n: &Notification) -> &'static str {
-    if n.status == AlertStatus::Resolved {
+    if n.status == AlertState::Resolved {
         "resolve"
     } else if n.reason == Reason::Acknowledged {
         "acknowledge"

@@ -23,7 +23,9 @@ use sha2::Sha256;
 pub use config::WebhookConfig;
 
 use super::http;
-use crate::notification::{AlertStatus, Notification, Notifier, NotifyError};
+use etcdmon_alert::AlertState;
+
+use crate::notification::{Notification, Notifier, NotifyError};
 use crate::template::format_time_ms;
 
 /// The header carrying the body's signature.
@@ -89,7 +91,7 @@ pub fn body(n: &Notification, max_alerts: usize) -> Vec<u8> {
             annotations: &a.annotations,
             starts_at: format_time_ms(a.starts_at_ms),
             ends_at: match (a.status, a.ends_at_ms) {
-                (AlertStatus::Resolved, Some(ms)) => format_time_ms(ms),
+                (AlertState::Resolved, Some(ms)) => format_time_ms(ms),
                 _ => ZERO_TIME.to_owned(),
             },
             generator_url: &a.generator_url,

@@ -200,7 +200,7 @@ impl Publisher for JetStreamPublisher {
         }
         let payload = serde_json::to_vec(candidate)
             .map_err(|e| BusError::Rejected(format!("serialize alert candidate: {e}")))?;
-        let subject = candidate.subject(&self.config.subject_prefix);
+        let subject = crate::subject::subject(&self.config.subject_prefix, candidate);
         let id = candidate.message_id();
         let attempt = async {
             match self.send(&subject, &id, &payload).await {

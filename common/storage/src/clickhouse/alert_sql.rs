@@ -1,4 +1,4 @@
-//! SQL of the alert tables (see `alerts.rs` for the schema and why reads look like this).
+//! SQL of the alert tables (see `alert_store.rs` for the schema and why reads look like this).
 //!
 //! As in `query.rs`, values are never formatted into the text: each builder returns `?`
 //! placeholders and their arguments, bound on the client. The transition reads nest

@@ -20,7 +20,7 @@
 //! ```
 //!
 //! The alert state and history ([`crate::AlertStore`]: `alert_transitions`,
-//! `alert_deliveries`, `silences`, `alert_acks`) follow the same rules; `alerts.rs`
+//! `alert_deliveries`, `silences`, `alert_acks`) follow the same rules; `alert_store.rs`
 //! describes their keys, deduplication and retention.
 //!
 //! `write` sends each non-empty kind of row as ONE `INSERT` (RowBinary, LZ4-compressed,
@@ -84,7 +84,7 @@
 //! type mismatch, unknown table, authentication) is [`StorageError::Rejected`].
 
 mod alert_sql;
-mod alerts;
+mod alert_store;
 mod config;
 mod migrate;
 mod query;

@@ -2,7 +2,7 @@
 //!
 //! Every table with a retention is partitioned by the UTC day (`toYYYYMMDD(date)`) or,
 //! for the 1-hour rollup and the alert history, the UTC month (`toYYYYMM(date)`) of its
-//! rows (`silences` is the exception, see `alerts.rs`), and `date` is
+//! rows (`silences` is the exception, see `alert_store.rs`), and `date` is
 //! computed here, on the client, from the row's millisecond timestamp. Doing it on the
 //! client keeps partitions independent of the server's time zone, which differs between
 //! installations. Retention then reads the partition ids from `system.parts` and drops a

@@ -229,7 +229,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         steps: &[
             // Sorted by the natural key. `date` is the UTC day of received_ms (or of the
             // retention run that carried a still-firing transition forward; see
-            // alerts.rs), so monthly partitions expire like the other tables. The first
+            // alert_store.rs), so monthly partitions expire like the other tables. The first
             // copy of a key (earliest received_ms) is the one that counts: `first_wins` is
             // the merge version, and ReplacingMergeTree keeps the highest version.
             Step::Sql(

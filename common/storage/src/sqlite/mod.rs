@@ -16,9 +16,9 @@
 //! connection for writes and one for reads (WAL lets them run at once).
 //!
 //! Alert state and history ([`crate::AlertStore`]) live in four more tables of
-//! the same file; see `alerts.rs`.
+//! the same file; see `alert_store.rs`.
 
-mod alerts;
+mod alert_store;
 mod schema;
 
 use crate::{

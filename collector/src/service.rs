@@ -1,0 +1,291 @@
+//! The collector as a service: [`Collector::serve`] starts every part on
+//! listeners its caller bound, and [`Running::drain`] stops them in the one
+//! order that loses nothing and pages nobody.
+//!
+//! ```text
+//! serve:  store (retried while unreachable) ─> alerts firing before the restart
+//!         ─> writer, rules, alert publishing, retention, HTTP, gRPC (agents)
+//! drain:  1. rules        a stream that closes from now on is not a member going down
+//!         2. gRPC         no new batches; each session ends after its last ack
+//!         3. writer       stores what the sessions queued (unavailable store: `grace`)
+//!         4. publishing   flushes alert candidates (within `grace`)
+//!         5. retention, HTTP
+//! ```
+//!
+//! The standalone `etcdmon-collector`, `etcdmon up`, the benchmarks and the
+//! tests all start the collector this way. A server that fails (a listener
+//! error) stops the whole service through the shared [`Shutdown`] rather than
+//! returning on its own, so the drain order holds for failures too.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use etcdmon_bus::outbox::Outbox;
+use etcdmon_bus::Publisher;
+use etcdmon_core::ops::HealthFn;
+use etcdmon_core::shutdown::Shutdown;
+use etcdmon_storage::open::Stores;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CollectorConfig;
+use crate::ingest::Ingest;
+use crate::metrics::CollectorMetrics;
+use crate::state::LiveState;
+use crate::{api, candidates, rules, writer};
+
+/// The collector's two listeners, bound by the caller: a taken port fails before
+/// anything starts, naming the config field, and tests can bind port 0.
+pub struct Listeners {
+    /// Agents' gRPC streams.
+    pub grpc: TcpListener,
+    /// REST API, page, `/metrics`, `/healthz`.
+    pub http: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `grpc.listen` and `http.listen`.
+    pub async fn bind(cfg: &CollectorConfig) -> anyhow::Result<Self> {
+        let grpc = TcpListener::bind(cfg.grpc.listen)
+            .await
+            .with_context(|| format!("listen on {} (grpc.listen)", cfg.grpc.listen))?;
+        let http = TcpListener::bind(cfg.http.listen)
+            .await
+            .with_context(|| format!("listen on {} (http.listen)", cfg.http.listen))?;
+        Ok(Self { grpc, http })
+    }
+
+    /// Both on free loopback ports (tests, benchmarks, `etcdmon up`'s gRPC).
+    pub async fn loopback() -> anyhow::Result<Self> {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Ok(Self {
+            grpc: TcpListener::bind(any).await.context("bind a gRPC port")?,
+            http: TcpListener::bind(any).await.context("bind an HTTP port")?,
+        })
+    }
+}
+
+/// Where alert candidates go.
+pub enum AlertSink {
+    /// Nowhere: transitions are logged and counted only.
+    LogOnly,
+    /// Through the bounded outbox to this publisher (JetStream, or the in-process
+    /// channel of `etcdmon up`).
+    Publish(Arc<dyn Publisher>),
+}
+
+impl AlertSink {
+    /// JetStream when `alerting.jetstream` is set, else [`AlertSink::LogOnly`].
+    pub fn from_config(cfg: &CollectorConfig) -> Self {
+        match candidates::jetstream(&cfg.alerting) {
+            Some(p) => AlertSink::Publish(p),
+            None => AlertSink::LogOnly,
+        }
+    }
+}
+
+/// Starts collectors.
+pub struct Collector;
+
+impl Collector {
+    /// Opens the configured store (waiting for a ClickHouse server that is not up
+    /// yet) and serves. `None` when `shutdown` fired while waiting for the store.
+    pub async fn serve(
+        cfg: &CollectorConfig,
+        listeners: Listeners,
+        sink: AlertSink,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<Option<Running>> {
+        let Some(stores) = etcdmon_storage::open::open_when_ready(&cfg.storage, &shutdown.token())
+            .await
+            .context("open the store")?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(
+            Self::serve_on(cfg, stores, listeners, sink, shutdown).await,
+        ))
+    }
+
+    /// Serves on an opened (and migrated) store.
+    pub async fn serve_on(
+        cfg: &CollectorConfig,
+        stores: Stores,
+        listeners: Listeners,
+        sink: AlertSink,
+        shutdown: &Shutdown,
+    ) -> Running {
+        let metrics = CollectorMetrics::new();
+        let state = LiveState::new(cfg.ingest.agent_timeout);
+        // Everything but the rules stops on `serving`, which only `drain` cancels.
+        let serving = CancellationToken::new();
+        let rules_stop = CancellationToken::new();
+        let grace = cfg.shutdown_grace;
+
+        let (tx, writer, storage_health) =
+            writer::channel(stores.storage.clone(), cfg.ingest.clone(), metrics.clone());
+        let ingest = Ingest::new(
+            stores.storage.clone(),
+            tx,
+            state.clone(),
+            metrics.clone(),
+            cfg.ingest.max_batch_bytes,
+            serving.clone(),
+        )
+        .into_service();
+        // Unhealthy while storage writes have failed for a while: agents are then
+        // holding data back and an operator must look.
+        let health: HealthFn = storage_health.health(
+            "storage writes (agents are holding their data)",
+            cfg.ingest.unhealthy_after,
+            "serving",
+        );
+        let router = etcdmon_core::ops::router(metrics.registry().clone(), health).merge(
+            api::router(stores.storage.clone(), stores.alerts.clone(), state.clone()),
+        );
+
+        let mut rule_set = rules::Rules::new(cfg.rules.clone());
+        rule_set
+            .restore_from(stores.alerts.as_ref(), cfg.ingest.agent_timeout)
+            .await;
+        let (transitions, publishing) = match sink {
+            AlertSink::LogOnly => {
+                tracing::info!(
+                    "alerting.jetstream not set: alert transitions are logged and counted only"
+                );
+                (None, Vec::new())
+            }
+            AlertSink::Publish(publisher) => {
+                let (sender, outbox) = Outbox::new(publisher, cfg.alerting.outbox_bytes);
+                let (tx, rx) = tokio::sync::mpsc::channel(1024);
+                let tasks = vec![
+                    tokio::spawn(outbox.with_shutdown_grace(grace).run(serving.clone())),
+                    tokio::spawn(candidates::run(
+                        rx,
+                        sender,
+                        cfg.alerting.runbook_url_prefix.clone(),
+                        metrics.clone(),
+                        serving.clone(),
+                    )),
+                ];
+                (Some(tx), tasks)
+            }
+        };
+
+        let grpc_addr = local_addr(&listeners.grpc);
+        let http_addr = local_addr(&listeners.http);
+        let writer = tokio::spawn(writer.run(serving.clone(), grace));
+        let rules_task = tokio::spawn(rules::run(
+            rule_set,
+            state.clone(),
+            cfg.rules_interval,
+            metrics.clone(),
+            transitions,
+            rules_stop.clone(),
+        ));
+        let retention = tokio::spawn(crate::retention::run(
+            stores.storage.clone(),
+            cfg.storage.retention_interval,
+            serving.clone(),
+        ));
+        let http = shutdown.spawn_server(
+            "HTTP server",
+            etcdmon_core::ops::serve(listeners.http, router, serving.clone()),
+        );
+        let stop = serving.clone();
+        let grpc = shutdown.spawn_server(
+            "gRPC server",
+            tonic::transport::Server::builder()
+                .add_service(ingest)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+                    async move { stop.cancelled().await },
+                ),
+        );
+        tracing::info!(grpc = %grpc_addr, http = %http_addr, backend = stores.storage.backend(), "collector started");
+        Running {
+            grpc_addr,
+            http_addr,
+            state,
+            metrics,
+            stores,
+            grace,
+            rules: Some((rules_stop, rules_task)),
+            serving,
+            grpc,
+            writer,
+            publishing,
+            retention,
+            http,
+        }
+    }
+}
+
+fn local_addr(l: &TcpListener) -> SocketAddr {
+    // A bound listener always has an address; 0.0.0.0:0 would only mislabel logs.
+    l.local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+/// A serving collector. Drop it only after [`drain`](Self::drain): its tasks keep
+/// running otherwise.
+pub struct Running {
+    /// Where agents connect.
+    pub grpc_addr: SocketAddr,
+    /// Where the API is served.
+    pub http_addr: SocketAddr,
+    /// The live state of every cluster.
+    pub state: LiveState,
+    /// Self-metrics.
+    pub metrics: CollectorMetrics,
+    /// The store (samples and alert state).
+    pub stores: Stores,
+    grace: Duration,
+    rules: Option<(CancellationToken, JoinHandle<()>)>,
+    serving: CancellationToken,
+    grpc: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    publishing: Vec<JoinHandle<()>>,
+    retention: JoinHandle<()>,
+    http: JoinHandle<()>,
+}
+
+impl Running {
+    /// `http://` URL of the gRPC listener, for agents.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Stops the rules and waits until their last round is over; from then on no
+    /// transition is made. `etcdmon up` calls it before stopping its agents;
+    /// [`drain`](Self::drain) calls it first.
+    pub async fn stop_rules(&mut self) -> anyhow::Result<()> {
+        if let Some((stop, task)) = self.rules.take() {
+            stop.cancel();
+            task.await.context("rules task")?;
+        }
+        Ok(())
+    }
+
+    /// Stops serving in the order described in the module docs: every batch an
+    /// agent sent is stored or left unacknowledged (so the agent sends it again),
+    /// and no alert is made by the shutdown itself. The store gets `grace` (the
+    /// config's `shutdown_grace`) to take the last writes.
+    pub async fn drain(mut self) -> anyhow::Result<()> {
+        self.stop_rules().await?;
+        self.serving.cancel();
+        self.grpc.await.context("gRPC server task")?;
+        // Sessions end with the server; the writer stores what they queued.
+        self.writer.await.context("writer task")?;
+        for t in self.publishing {
+            t.await.context("alert publishing task")?;
+        }
+        self.retention.await.context("retention task")?;
+        self.http.await.context("HTTP server task")?;
+        tracing::info!(grace = ?self.grace, "collector stopped");
+        Ok(())
+    }
+}
