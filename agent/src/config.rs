@@ -151,8 +151,9 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// The collector's gRPC URL, e.g. `http://collector:7070`; parsed when the
-    /// config is read (`validate` checks the scheme and host).
+    /// The collector's gRPC URL, e.g. `http://collector:7070`; an `http://` or
+    /// `https://` URL with a host, checked when the config is read.
+    #[serde(deserialize_with = "http_url")]
     pub address: Option<url::Url>,
     /// Stable id of this agent, the key under which the collector tracks
     /// sequence numbers; empty = `<node>/<cluster>/<endpoint host:port>`.
@@ -261,9 +262,6 @@ impl AgentConfig {
         if !self.etcd.metrics_url.is_empty() {
             check_url("etcd.metrics_url", &self.etcd.metrics_url)?;
         }
-        if let Some(addr) = &self.upstream.address {
-            check_url("upstream.address", addr.as_str())?;
-        }
         positive("upstream.batch_interval", self.upstream.batch_interval)?;
         if self.upstream.max_batch_bytes < 1024 {
             return Err(FieldError::new(
@@ -302,6 +300,23 @@ impl AgentConfig {
     pub fn fsync_dir(&self) -> Option<&PathBuf> {
         self.fsync.dir.as_ref().or(self.etcd.data_dir.as_ref())
     }
+}
+
+/// An optional `http://` or `https://` URL with a host, parsed as it is read, so
+/// the error names the field and says what is expected.
+fn http_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<url::Url>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    url::Url::parse(&text)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "must be an http:// or https:// URL with a host, got {text:?}"
+            ))
+        })
 }
 
 fn check_url(field: &'static str, value: &str) -> Result<(), FieldError> {

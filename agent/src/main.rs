@@ -107,7 +107,10 @@ async fn run(cli: Cli, mut cfg: etcdmon_agent::AgentConfig) -> anyhow::Result<Ex
                 .context("stdout task")?
                 .context("write to stdout")?;
             ops.await.context("ops server task")?;
-            Ok(ExitCode::SUCCESS)
+            match shutdown.failure() {
+                Some(reason) => anyhow::bail!(reason),
+                None => Ok(ExitCode::SUCCESS),
+            }
         }
         Command::Run => {
             if cfg.upstream.address.is_none() {

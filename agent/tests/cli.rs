@@ -159,6 +159,17 @@ fn invalid_config_exits_2_naming_the_field() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("etcd.endpoint"));
 
     let out = agent()
+        .args(["--collector", "127.0.0.1:7070", "run"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("upstream.address") && stderr.contains("http:// or https://"),
+        "{stderr}"
+    );
+
+    let out = agent()
         .env("ETCDMON_AGENT_STATUS__TIMEOUT", "never")
         .args(["collect", "--once"])
         .output()

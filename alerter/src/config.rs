@@ -94,7 +94,8 @@ impl Default for HttpConfig {
 pub struct DeliveryConfig {
     /// Attempts per notification before it is given up (recorded as `failed`).
     pub max_attempts: u32,
-    /// Wait before the second attempt; doubles up to `max_backoff` (with jitter).
+    /// Wait before the second attempt; doubles up to `max_backoff`, each wait drawn
+    /// from the lower half of its step (jitter).
     #[serde(with = "humantime_serde")]
     pub initial_backoff: Duration,
     /// Longest wait between attempts (a receiver's `Retry-After` may ask for more, up
@@ -293,24 +294,25 @@ impl AlerterConfig {
         );
         let first = self.receivers.is_empty() && self.route.receiver.is_none();
         self.receivers.push(receiver);
+        if first {
+            // Nothing else receives: the root's own settings (grouping, timing) stay.
+            self.route.receiver = Some(name);
+            return Ok(());
+        }
         let only = RouteConfig {
-            receiver: Some(name.clone()),
+            receiver: Some(name),
             ..RouteConfig::default()
         };
-        self.route = if first {
-            only
-        } else {
-            let old_root = std::mem::take(&mut self.route);
-            RouteConfig {
-                routes: vec![
-                    RouteConfig {
-                        continue_matching: true,
-                        ..only.clone()
-                    },
-                    old_root,
-                ],
-                ..only
-            }
+        let old_root = std::mem::take(&mut self.route);
+        self.route = RouteConfig {
+            routes: vec![
+                RouteConfig {
+                    continue_matching: true,
+                    ..only.clone()
+                },
+                old_root,
+            ],
+            ..only
         };
         Ok(())
     }

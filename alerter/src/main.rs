@@ -47,13 +47,14 @@ fn main() -> ExitCode {
 async fn run(setup: Setup) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals();
     let cfg = setup.config().clone();
-    let ops = etcdmon_core::ops::bind(cfg.http.listen).await?;
-    // The alerter may start before ClickHouse: the store is waited for.
+    // The alerter may start before ClickHouse: the store is waited for, and the
+    // ops port opens once it is there.
     let Some(stores) =
         etcdmon_storage::open::open_when_ready(&cfg.storage, &shutdown.token()).await?
     else {
         return Ok(());
     };
+    let ops = etcdmon_core::ops::bind(cfg.http.listen).await?;
     tracing::info!(nats = %cfg.nats.url, http = %cfg.http.listen, backend = stores.storage.backend(), "alerter started");
     let running = Alerter::serve(
         setup,

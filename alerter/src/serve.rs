@@ -232,14 +232,18 @@ impl Running {
     /// Stops taking candidates, then the delivery workers, then the ops server (see
     /// the module docs for what is sent again after a restart).
     pub async fn drain(mut self) -> anyhow::Result<()> {
+        let mut ended = None;
         if self.ends_with_its_channel {
             // The channel has no redelivery: let the loop take what the collector
             // sent last (its publisher is gone after its own drain).
-            let _ = tokio::time::timeout(CHANNEL_DRAIN, &mut self.main).await;
+            ended = tokio::time::timeout(CHANNEL_DRAIN, &mut self.main)
+                .await
+                .ok();
         }
         self.stop.cancel();
-        if !self.main.is_finished() {
-            (&mut self.main).await.context("alert loop task")?;
+        match ended {
+            Some(joined) => joined.context("alert loop task")?,
+            None => self.main.await.context("alert loop task")?,
         }
         self.workers_stop.cancel();
         for w in self.workers {

@@ -244,8 +244,9 @@ pub async fn run(args: UpArgs, shutdown: Shutdown) -> anyhow::Result<()> {
     shutdown.cancelled().await;
     println!("etcdmon up: stopping (rules first, then agents flush and the collector drains)");
     collector.stop_rules().await?;
-    for a in agents {
-        a.drain().await?;
+    // All at once: each waits up to `upstream.shutdown_grace` for its last acks.
+    for drained in futures::future::join_all(agents.into_iter().map(|a| a.drain())).await {
+        drained?;
     }
     collector.drain().await?;
     alerter.drain().await?;

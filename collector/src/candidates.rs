@@ -130,6 +130,9 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
+            // Transitions first: the rules stop before the drain cancels this task,
+            // and what they sent last must still reach the outbox.
+            biased;
             t = transitions.recv() => match t {
                 Some(t) => outbox.send(to_candidate(&t, &runbook_prefix, now_ms())),
                 None => break,

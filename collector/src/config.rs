@@ -36,9 +36,10 @@ pub struct CollectorConfig {
     pub rules_interval: Duration,
     /// Where alert candidates are published.
     pub alerting: crate::candidates::AlertingConfig,
-    /// After SIGTERM, how long the last writes to an unavailable store and the
-    /// last alert publishes are retried before the collector exits (batches not
-    /// stored by then stay unacknowledged, and their agents send them again).
+    /// After SIGTERM, how long the last writes to an unavailable store are
+    /// retried, and how long the alert outbox gets to publish what it holds,
+    /// before the collector exits (batches not stored by then stay
+    /// unacknowledged, and their agents send them again).
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
 }

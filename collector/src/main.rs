@@ -2,6 +2,7 @@
 //! until SIGTERM (or a part fails), then drains in order: every accepted batch is
 //! stored or left unacknowledged, and stopping makes no alert.
 
+use anyhow::Context as _;
 use clap::Parser as _;
 use etcdmon_collector::cli::{load_config, Cli};
 use etcdmon_collector::{AlertSink, Collector, Listeners};
@@ -45,11 +46,17 @@ fn main() -> ExitCode {
 
 async fn run(cfg: etcdmon_collector::config::CollectorConfig) -> anyhow::Result<()> {
     let shutdown = Shutdown::on_signals();
-    let listeners = Listeners::bind(&cfg).await?;
-    let sink = AlertSink::from_config(&cfg);
-    let Some(running) = Collector::serve(&cfg, listeners, sink, &shutdown).await? else {
+    // The store first: while a ClickHouse server is not up yet, the ports stay
+    // closed (agents keep their data and retry) instead of accepting and hanging.
+    let Some(stores) = etcdmon_storage::open::open_when_ready(&cfg.storage, &shutdown.token())
+        .await
+        .context("open the store")?
+    else {
         return Ok(()); // stopped while waiting for the store
     };
+    let listeners = Listeners::bind(&cfg).await?;
+    let sink = AlertSink::from_config(&cfg);
+    let running = Collector::serve_on(&cfg, stores, listeners, sink, &shutdown).await;
     shutdown.cancelled().await;
     running.drain().await?;
     match shutdown.failure() {

@@ -189,14 +189,16 @@ impl Store {
                         .write_failures
                         .with_label_values(&["unavailable"])
                         .inc();
-                    let wait = backoff.next_wait();
-                    tracing::warn!(error = %e, retry_in = ?wait, "storage unavailable; holding batches");
+                    let mut wait = backoff.next_wait();
                     if self.shutdown.is_cancelled() {
+                        // Draining: the store gets `grace` in all, no more.
                         let since = *gave_up_at.get_or_insert_with(Instant::now);
-                        if since.elapsed() > self.grace {
+                        let Some(left) = self.grace.checked_sub(since.elapsed()) else {
                             return Err(e);
-                        }
+                        };
+                        wait = wait.min(left);
                     }
+                    tracing::warn!(error = %e, retry_in = ?wait, "storage unavailable; holding batches");
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {

@@ -119,10 +119,12 @@ where
 }
 
 /// [`load`], also accepting the older name of a renamed section: for each `(old,
-/// new)` in `renames`, what is given under `old` (in any source) counts as given
-/// under `new`, unless `new` gives the same key, and a line on stderr says to use
-/// the new name. A serde alias would not do: a file using the old name and a flag
-/// setting the new one would be a duplicate field.
+/// new)` in `renames`, what a source gives under `old` counts as given under `new`
+/// by that same source (unless it also gives the key under `new`), so the usual
+/// precedence holds (an old environment variable still beats the file's new
+/// section), and a line on stderr says to use the new name. A serde alias would
+/// not do: a file using the old name and a flag setting the new one would be a
+/// duplicate field.
 pub fn load_renamed<T, O>(
     file: Option<&Path>,
     env_prefix: &str,
@@ -133,15 +135,74 @@ where
     T: DeserializeOwned,
     O: Serialize,
 {
-    let figment = merged(file, env_prefix, overrides)?;
+    let mut figment = Figment::new();
+    for source in sources(file, env_prefix, overrides)? {
+        figment = figment.merge(renamed(source, renames)?);
+    }
+    Ok(figment.extract()?)
+}
+
+/// The file, the environment and the overrides, each a figment of its own, in
+/// the order they are merged (later ones win).
+fn sources<O: Serialize>(
+    file: Option<&Path>,
+    env_prefix: &str,
+    overrides: &O,
+) -> Result<Vec<Figment>, ConfigError> {
+    let mut out = Vec::new();
+    if let Some(path) = file {
+        // figment silently skips missing files; an explicit --config that
+        // points nowhere is a mistake the operator must hear about.
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(ConfigError::File {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
+        out.push(Figment::from(Toml::file_exact(path)));
+    }
+    out.push(Figment::from(
+        Env::prefixed(env_prefix)
+            .split("__")
+            // The config file's own path travels in the environment too.
+            .ignore(&["config"]),
+    ));
+    out.push(Figment::from(Named {
+        name: "command-line flags",
+        value: overrides,
+    }));
+    Ok(out)
+}
+
+/// A provider of serialized values under a name that reads well in errors
+/// ("from command-line flags"), where figment's own would print a Rust type.
+struct Named<'a, V> {
+    name: &'static str,
+    value: &'a V,
+}
+
+impl<V: Serialize> figment::Provider for Named<'_, V> {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<figment::value::Map<figment::Profile, Dict>, figment::Error> {
+        Serialized::defaults(self.value).data()
+    }
+}
+
+/// One source with its old section names moved to the new ones. A source that
+/// uses no old name is returned as it is, keeping what it says about where each
+/// value came from (for error messages).
+fn renamed(source: Figment, renames: &[(&str, &str)]) -> Result<Figment, ConfigError> {
     let used: Vec<&(&str, &str)> = renames
         .iter()
-        .filter(|(old, _)| figment.find_value(old).is_ok())
+        .filter(|(old, _)| source.find_value(old).is_ok())
         .collect();
     if used.is_empty() {
-        return Ok(figment.extract()?);
+        return Ok(source);
     }
-    let mut root: Dict = figment.extract()?;
+    let mut root: Dict = source.extract()?;
     for (old, new) in used {
         // Config is read before logging starts, hence stderr.
         eprintln!("config: section `{old}` is now called `{new}`; the old name still works");
@@ -158,36 +219,21 @@ where
             to_new.entry(key).or_insert(value);
         }
     }
-    Ok(Figment::from(Serialized::defaults(root)).extract()?)
-}
-
-/// The file, the environment and the overrides, merged in that order.
-fn merged<O: Serialize>(
-    file: Option<&Path>,
-    env_prefix: &str,
-    overrides: &O,
-) -> Result<Figment, ConfigError> {
-    let mut figment = Figment::new();
-    if let Some(path) = file {
-        // figment silently skips missing files; an explicit --config that
-        // points nowhere is a mistake the operator must hear about.
-        if let Err(e) = std::fs::metadata(path) {
-            return Err(ConfigError::File {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            });
-        }
-        figment = figment.merge(Toml::file_exact(path));
-    }
-    figment = figment
-        .merge(
-            Env::prefixed(env_prefix)
-                .split("__")
-                // The config file's own path travels in the environment too.
-                .ignore(&["config"]),
-        )
-        .merge(Serialized::defaults(overrides));
-    Ok(figment)
+    let name = source
+        .metadata()
+        .next()
+        .map(|m| m.name.to_string())
+        .unwrap_or_default();
+    Ok(Figment::from(Named {
+        name: if name.contains("TOML") {
+            "the config file (old section names)"
+        } else if name.contains("environment") {
+            "the environment (old section names)"
+        } else {
+            "command-line flags (old section names)"
+        },
+        value: &root,
+    }))
 }
 
 /// Parses a TOML document into `T` with the same strictness as [`load`];
@@ -254,6 +300,19 @@ mod tests {
         // The new name wins for a key given under both; the rest comes along.
         assert_eq!(got.upstream["address"], "new");
         assert_eq!(got.upstream["spool"], "/s");
+        // An old name in a later source still beats the new name in an earlier one.
+        let file_new = dir.join("n.toml");
+        std::fs::write(&file_new, "[upstream]\nspool = \"/file\"\n").unwrap();
+        let mut later = Overrides::new();
+        later.set("collector.spool", "/flag");
+        let got: Renamed = load_renamed(
+            Some(&file_new),
+            "ETCDMON_RENAME_TEST_",
+            &later,
+            &[("collector", "upstream")],
+        )
+        .unwrap();
+        assert_eq!(got.upstream["spool"], "/flag");
         // Without the rename, the old section is an unknown field.
         let err = load::<Renamed, _>(Some(&file), "ETCDMON_RENAME_TEST_", &flags).unwrap_err();
         assert!(err.to_string().contains("collector"), "{err}");

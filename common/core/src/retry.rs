@@ -13,14 +13,15 @@ use std::time::Duration;
 use backon::BackoffBuilder as _;
 use tokio_util::sync::CancellationToken;
 
-/// First and longest wait between attempts; the wait doubles after each failure,
-/// with jitter (each wait is drawn from `[w, 2w)`) so that many clients of one
-/// server do not retry in step.
+/// First and longest wait between attempts; the wait `w` doubles after each
+/// failure up to `longest`, and with jitter each wait is drawn from `[w/2, w)` so
+/// that many clients of one server do not retry in step. A wait is never longer
+/// than `longest`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Wait after the first failure.
     pub first: Duration,
-    /// Longest wait (before jitter).
+    /// Longest wait.
     pub longest: Duration,
     /// Whether waits are spread by jitter.
     pub jitter: bool,
@@ -76,7 +77,14 @@ impl Backoff {
     pub fn next_wait(&mut self) -> Duration {
         // Built without a limit of attempts, so the iterator never ends; the
         // longest wait is the sane answer should it ever do.
-        self.inner.next().unwrap_or(self.policy.longest)
+        let w = self.inner.next().unwrap_or(self.policy.longest);
+        if self.policy.jitter {
+            // backon draws from [w, 2w); halved, that is [w/2, w), so the
+            // configured longest wait stays the longest.
+            w / 2
+        } else {
+            w
+        }
     }
 
     /// Starts again from the first wait (call after a success).
@@ -133,15 +141,15 @@ mod tests {
         let policy = RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1));
         let mut b = policy.backoff();
         let waits: Vec<Duration> = (0..12).map(|_| b.next_wait()).collect();
-        // Jitter adds up to one more wait of the same size, never less.
-        assert!(waits[0] >= Duration::from_millis(100) && waits[0] <= Duration::from_millis(200));
+        // With jitter a wait is drawn from [w/2, w): never above `longest`.
+        assert!(waits[0] >= Duration::from_millis(50) && waits[0] <= Duration::from_millis(100));
         assert!(
-            waits.iter().all(|w| *w <= Duration::from_secs(2)),
+            waits.iter().all(|w| *w <= Duration::from_secs(1)),
             "{waits:?}"
         );
-        assert!(waits[11] >= Duration::from_secs(1), "{waits:?}");
+        assert!(waits[11] >= Duration::from_millis(500), "{waits:?}");
         b.reset();
-        assert!(b.next_wait() <= Duration::from_millis(200));
+        assert!(b.next_wait() <= Duration::from_millis(100));
 
         let mut exact = policy.without_jitter().backoff();
         let waits: Vec<u64> = (0..6)
