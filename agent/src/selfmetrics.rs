@@ -34,6 +34,10 @@ pub struct AgentMetrics {
     pub batches_acked: IntCounter,
     /// Batches the collector refused for good (dropped).
     pub batches_rejected: IntCounter,
+    /// Batches over the collector's size limit, sent without their reports.
+    pub batches_too_large: IntCounter,
+    /// Welcomes that said more was stored than this agent ever numbered.
+    pub stored_through_ahead: IntCounter,
     /// Collector streams that failed (each followed by a reconnect).
     pub stream_errors: IntCounter,
     /// 1 while a stream to the collector is open.
@@ -124,6 +128,16 @@ impl AgentMetrics {
             "batches_rejected_total",
             "Batches the collector refused for good (dropped).",
         );
+        let batches_too_large = counter(
+            "batches_too_large_total",
+            "Batches larger than the collector accepts (Welcome.max_batch_bytes): sent \
+             without their reports, which are lost.",
+        );
+        let stored_through_ahead = counter(
+            "stored_through_ahead_total",
+            "Collector streams refused because the collector said batches were stored \
+             that this agent never numbered (another agent with the same agent id).",
+        );
         let stream_errors = counter(
             "stream_errors_total",
             "Collector streams that failed; each is followed by a reconnect.",
@@ -148,6 +162,8 @@ impl AgentMetrics {
             Box::new(batches_sent.clone()),
             Box::new(batches_acked.clone()),
             Box::new(batches_rejected.clone()),
+            Box::new(batches_too_large.clone()),
+            Box::new(stored_through_ahead.clone()),
             Box::new(stream_errors.clone()),
             Box::new(collector_connected.clone()),
             Box::new(spool_bytes.clone()),
@@ -179,6 +195,8 @@ impl AgentMetrics {
             batches_sent,
             batches_acked,
             batches_rejected,
+            batches_too_large,
+            stored_through_ahead,
             stream_errors,
             collector_connected,
             spool_bytes,

@@ -601,6 +601,23 @@ async fn slack_failures_are_classified() {
     slack.notify(&n).await.unwrap();
 }
 
+/// A Slack webhook URL is a secret (its path is the token): a failed attempt's
+/// reason, which goes to the log, the delivery history and the API, must not carry
+/// it. reqwest's transport errors print the URL they failed on.
+#[tokio::test]
+async fn a_failed_attempt_does_not_reveal_the_webhook_url() {
+    let closed = etcdmon_testkit::free_port();
+    let url = format!("http://127.0.0.1:{closed}/services/T000/B000/SECRETTOKEN123");
+    let slack = config::<SlackConfig>(&format!("url = \"{url}\""))
+        .build(&Templates::new())
+        .unwrap();
+    let err = slack.notify(&notification()).await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    let text = format!("{err} {err:?}");
+    assert!(!text.contains("SECRETTOKEN123"), "{text}");
+    assert!(!text.contains("/services/"), "{text}");
+}
+
 // ---------------------------------------------------------------------------------------
 // PagerDuty.
 

@@ -123,6 +123,16 @@ fn up_watches_every_member_and_stops_on_sigterm() {
         r.body
     );
 
+    // Absurd ranges are a 400, not an overflow (it panicked in debug builds and
+    // passed every bound in release).
+    let r = http_get(
+        &api("/api/v1/clusters/first-look/metrics/history?metric=etcdmon_status_raft_term&from=now-300y&to=1e300"),
+        Duration::from_secs(2),
+    )
+    .expect("get");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("year 9999"), "{}", r.body);
+
     let out = stop(&mut child, &log_text);
     assert!(
         out.contains("watching m0") && out.contains("watching m2"),

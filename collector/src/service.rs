@@ -1,6 +1,6 @@
 //! The collector as a service: [`Collector::serve`] starts every part on
 //! listeners its caller bound, and [`Running::drain`] stops them in the one
-//! order that loses nothing and pages nobody.
+//! order in which no accepted batch is lost and stopping pages nobody.
 //!
 //! ```text
 //! serve:  store (retried while unreachable) ─> alerts firing before the restart
@@ -36,6 +36,9 @@ use crate::ingest::Ingest;
 use crate::metrics::CollectorMetrics;
 use crate::state::LiveState;
 use crate::{api, candidates, rules, writer};
+
+/// HTTP/2 streams one agent connection may open at once (an agent uses one).
+const GRPC_STREAMS_PER_CONNECTION: u32 = 8;
 
 /// The collector's two listeners, bound by the caller: a taken port fails before
 /// anything starts, naming the config field, and tests can bind port 0.
@@ -93,6 +96,9 @@ pub struct Collector;
 impl Collector {
     /// Opens the configured store (waiting for a ClickHouse server that is not up
     /// yet) and serves. `None` when `shutdown` fired while waiting for the store.
+    /// The listeners accept connections meanwhile without answering them, so a
+    /// binary that may wait long opens the store first and then calls
+    /// [`serve_on`](Self::serve_on), as `etcdmon-collector` does.
     pub async fn serve(
         cfg: &CollectorConfig,
         listeners: Listeners,
@@ -199,6 +205,15 @@ impl Collector {
         let grpc = shutdown.spawn_server(
             "gRPC server",
             tonic::transport::Server::builder()
+                // An agent holds one stream; a client opening hundreds on one
+                // connection is not an agent.
+                .max_concurrent_streams(Some(GRPC_STREAMS_PER_CONNECTION))
+                // Pings find a connection whose agent vanished (a partition, a
+                // power cut) within about 20 s: its stream ends and its agent id
+                // is free again for the agent's next connection.
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .tcp_keepalive(Some(Duration::from_secs(30)))
                 .add_service(ingest)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),

@@ -91,8 +91,17 @@ pub struct MemberState {
     pub region: String,
     /// Whether an agent stream for this member is open.
     pub agent_connected: bool,
-    /// Last report from its agent, ms since the epoch.
+    /// When the collector last received a report from its agent, ms since the
+    /// epoch, by the collector's clock (an agent's clock may be off).
     pub last_seen_ms: i64,
+    /// How far the agent's clock is ahead of the collector's (negative: behind),
+    /// ms: the largest `report timestamp - receive time` over the last minute or
+    /// two, so a batch resent late does not count and the estimate is at most a
+    /// batch interval off. 0 until a report arrived.
+    pub clock_skew_ms: i64,
+    /// The window behind `clock_skew_ms`.
+    #[serde(skip)]
+    skew: SkewWindow,
     /// Whether the last status probe reached etcd; null until probed.
     pub reachable: Option<bool>,
     /// Whether this member is the leader (by its own status).
@@ -128,6 +137,37 @@ pub struct MemberState {
     pub certificates: Vec<CertFigure>,
     /// Quantiles and rates from etcd's own metrics, between scrapes.
     pub derived: crate::rates::Derived,
+}
+
+/// The largest `timestamp - receive time` of the reports received in the current
+/// and the previous minute.
+#[derive(Debug, Clone, Copy, Default)]
+struct SkewWindow {
+    /// Start of the current minute, by the collector's clock.
+    minute_ms: i64,
+    current: Option<i64>,
+    previous: Option<i64>,
+}
+
+impl SkewWindow {
+    const MINUTE_MS: i64 = 60_000;
+
+    /// Records one report; returns the estimate.
+    fn record(&mut self, report_ms: i64, received_ms: i64) -> i64 {
+        let minute = received_ms - received_ms.rem_euclid(Self::MINUTE_MS);
+        if minute != self.minute_ms {
+            self.previous = if minute - self.minute_ms == Self::MINUTE_MS {
+                self.current
+            } else {
+                None
+            };
+            self.current = None;
+            self.minute_ms = minute;
+        }
+        let skew = report_ms.saturating_sub(received_ms);
+        self.current = Some(self.current.map_or(skew, |c| c.max(skew)));
+        self.current.max(self.previous).unwrap_or(skew)
+    }
 }
 
 /// The host figures rules look at.
@@ -214,10 +254,19 @@ impl LiveState {
         }
     }
 
-    /// Applies one report; returns the events its transitions imply.
-    /// Reports that do not say which member they are from (no name, no id:
-    /// the agent had not reached etcd yet) leave the state alone.
+    /// [`apply_at`](Self::apply_at) for a report received when it was made (its
+    /// timestamp is its receive time): replaying reports in tests and tools.
     pub fn apply(&self, id: &Identity, report: &Report) -> Vec<EventRow> {
+        self.apply_at(id, report, report.timestamp_unix_ms)
+    }
+
+    /// Applies one report received at `received_ms` (the collector's clock);
+    /// returns the events its transitions imply. Liveness follows the receive
+    /// time, so an agent whose clock is behind is not taken for silent and one
+    /// ahead cannot hide its silence; the difference is kept as the member's
+    /// clock skew. Reports that do not say which member they are from (no name,
+    /// no id: the agent had not reached etcd yet) leave the state alone.
+    pub fn apply_at(&self, id: &Identity, report: &Report, received_ms: i64) -> Vec<EventRow> {
         if id.member_name.is_empty() && id.member_id == 0 {
             return Vec::new();
         }
@@ -233,7 +282,8 @@ impl LiveState {
             message,
         };
         self.with_member(id, |cluster, m| {
-            m.last_seen_ms = m.last_seen_ms.max(ts);
+            m.last_seen_ms = m.last_seen_ms.max(received_ms);
+            m.clock_skew_ms = m.skew.record(ts, received_ms);
             m.agent_connected = true;
             if id.member_id != 0 {
                 m.id = format!("{:x}", id.member_id);
@@ -550,6 +600,33 @@ mod tests {
         assert!(st.snapshot_at(20_000)[0].members["m1"].healthy);
         let m = &st.snapshot_at(40_000)[0].members["m1"];
         assert!(m.stale && !m.healthy);
+    }
+
+    /// Liveness follows the collector's clock: an agent 40 s behind is not taken
+    /// for silent, and one 10 min ahead cannot hide its silence.
+    #[test]
+    fn an_agents_clock_does_not_decide_its_liveness_and_its_skew_is_kept() {
+        const T0: i64 = 1_800_000_000_000;
+        let st = LiveState::new(std::time::Duration::from_secs(30));
+        st.apply_at(&id("late"), &status(T0 - 40_000, up(1, 2)), T0);
+        let m = &st.snapshot_at(T0 + 1_000)[0].members["late"];
+        assert!(m.healthy && !m.stale, "{m:?}");
+        assert_eq!(m.clock_skew_ms, -40_000);
+
+        st.apply_at(&id("early"), &status(T0 + 600_000, up(1, 2)), T0);
+        let m = &st.snapshot_at(T0 + 60_000)[0].members["early"];
+        assert!(m.stale && !m.healthy, "silent for a minute: {m:?}");
+        assert_eq!(m.clock_skew_ms, 600_000);
+
+        // A batch resent an hour late does not move the estimate: the freshest
+        // report of the last minute or two counts.
+        st.apply_at(&id("late"), &status(T0 - 3_600_000, up(1, 2)), T0 + 2_000);
+        let m = &st.snapshot_at(T0 + 2_000)[0].members["late"];
+        assert_eq!(m.clock_skew_ms, -40_000);
+        // Two minutes later only new reports count.
+        st.apply_at(&id("late"), &status(T0 + 150_000, up(1, 2)), T0 + 150_500);
+        let m = &st.snapshot_at(T0 + 150_500)[0].members["late"];
+        assert_eq!(m.clock_skew_ms, -500);
     }
 
     #[test]

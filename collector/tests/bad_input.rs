@@ -526,3 +526,49 @@ async fn a_new_stream_writes_its_series_rows_again() {
     assert_eq!(next_ack(&mut inbound).await, (3, String::new()));
     assert_eq!(count("kept"), 2);
 }
+
+/// Two agents under one agent id (a copied config) would erase each other's data:
+/// a second live stream for the id is refused with the reason, and the id is free
+/// again once the first stream ends.
+#[tokio::test]
+async fn a_second_live_stream_for_one_agent_id_is_refused_until_the_first_ends() {
+    let s = server(1 << 20).await;
+    let (first_tx, mut first) = open_stream(&s.url, "twin").await;
+    let welcome = first.message().await.expect("welcome").expect("a message");
+    assert!(matches!(
+        welcome.kind,
+        Some(stream_response::Kind::Welcome(_))
+    ));
+
+    let err = exchange(&s.url, vec![hello("twin")])
+        .await
+        .expect_err("a second stream for the id");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+    assert!(
+        err.message().contains("twin") && err.message().contains("upstream.agent_id"),
+        "{}",
+        err.message()
+    );
+    // Another id is not affected.
+    exchange(&s.url, vec![hello("other"), batch(1, 0)])
+        .await
+        .expect("a different agent");
+
+    // The first stream ends: the id is free again.
+    drop(first_tx);
+    while let Ok(Some(_)) = first.message().await {}
+    let mut again = None;
+    for _ in 0..50 {
+        match exchange(&s.url, vec![hello("twin"), batch(1, 0)]).await {
+            Ok(r) => {
+                again = Some(r);
+                break;
+            }
+            Err(e) if e.code() == tonic::Code::AlreadyExists => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(acks(&again.expect("the id is free again")), vec![1]);
+}

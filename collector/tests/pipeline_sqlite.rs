@@ -168,3 +168,106 @@ async fn a_killed_member_fires_member_unreachable_once_and_resolves_once() {
     assert_eq!(transitions(&collector, "member_unreachable", "firing"), 1);
     agents.stop().await;
 }
+
+/// A batch larger than the collector accepts (here every scrape of etcd's metrics,
+/// against a 64 KiB `ingest.max_batch_bytes`) used to end the stream at every resend,
+/// so the agent never got past it and nothing after it was stored. It is now sent
+/// without its reports (counted), and the status reports behind it keep flowing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_gets_past_a_batch_larger_than_the_collector_accepts() {
+    let etcd = EtcdCluster::start(1).expect("etcd");
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("etcdmon.sqlite");
+    let collector = CollectorProc::start_with_env(
+        &format!("sqlite:{}", db.display()),
+        dir.path(),
+        &[("ETCDMON_COLLECTOR_INGEST__MAX_BATCH_BYTES", "65536")],
+    );
+    let agents = Agents::start("small", &etcd, &collector.grpc_url(), dir.path());
+    let url = collector
+        .url("/api/v1/clusters/small/metrics/history?metric=etcdmon_status_raft_term&from=now-5m");
+    let points = |min: usize| {
+        let url = url.clone();
+        async move {
+            common::eventually(Duration::from_secs(20), || {
+                let r = http_get(&url, Duration::from_secs(2)).ok()?;
+                let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+                let n = v["series"][0]["points"].as_array()?.len();
+                (n >= min).then_some(n)
+            })
+            .await
+        }
+    };
+    let first = points(1).await.expect("status reports stored");
+    // Several metrics scrapes later, status reports are still being stored.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let later = points(first + 3).await;
+    let (_, metrics) = agents.stop().await;
+    assert!(
+        later.is_some(),
+        "status reports stopped being stored after {first}: {}",
+        collector.log_text()
+    );
+    assert!(
+        metrics[0].batches_too_large.get() > 0,
+        "no batch was too large"
+    );
+    assert_eq!(metrics[0].spool_batches.get(), 0, "everything acknowledged");
+}
+
+/// A batch mark under an agent's id that the agent never numbered (forged, or
+/// written by another agent with a copied config) used to make the agent discard
+/// its spool at the next Welcome, and every later batch was acknowledged as a
+/// resend without being stored. The agent now keeps everything and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_its_batches_when_the_collector_claims_more_than_it_sent() {
+    use etcdmon_storage::Storage as _;
+    let etcd = EtcdCluster::start(1).expect("etcd");
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("etcdmon.sqlite");
+    {
+        let store = SqliteStorage::open(&db, Retention::default()).expect("open db");
+        store.migrate().await.expect("migrate");
+        store
+            .write(&etcdmon_storage::WriteSet {
+                marks: vec![etcdmon_storage::BatchMark {
+                    agent_id: "victim".into(),
+                    sequence: i64::MAX as u64,
+                    samples: 0,
+                    // Recent, or retention would remove it at start-up.
+                    stored_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .expect("clock")
+                        .as_millis() as i64,
+                }],
+                ..Default::default()
+            })
+            .await
+            .expect("forge a mark");
+    }
+    let collector = CollectorProc::start(&format!("sqlite:{}", db.display()), dir.path());
+    let mut cfg = common::agent_config("forged", etcd.member(0), &collector.grpc_url(), dir.path());
+    cfg.upstream.agent_id = "victim".into();
+    let metrics = etcdmon_agent::selfmetrics::AgentMetrics::new();
+    let agent = etcdmon_agent::Agent::serve(
+        &cfg,
+        metrics.clone(),
+        None,
+        &etcdmon_core::shutdown::Shutdown::new(),
+    )
+    .expect("agent");
+    let refused = common::eventually(Duration::from_secs(15), || {
+        (metrics.stored_through_ahead.get() > 0 && metrics.spool_batches.get() > 2).then_some(())
+    })
+    .await;
+    assert!(
+        refused.is_some(),
+        "refusals {}, spooled {}\n{}",
+        metrics.stored_through_ahead.get(),
+        metrics.spool_batches.get(),
+        collector.log_text()
+    );
+    assert_eq!(metrics.batches_acked.get(), 0, "nothing taken for stored");
+    assert_eq!(metrics.spool_dropped_batches.get(), 0, "nothing discarded");
+    drop(agent);
+}

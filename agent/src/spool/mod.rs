@@ -224,6 +224,12 @@ impl Spool {
         self.sequence.next()
     }
 
+    /// The highest sequence number this agent has handed out, across restarts: a
+    /// collector that says it stored more is speaking of another agent's batches.
+    pub fn issued_through(&self) -> u64 {
+        self.sequence.issued_through()
+    }
+
     /// Stores an encoded batch under `sequence` (from
     /// [`Spool::next_sequence`]).
     ///

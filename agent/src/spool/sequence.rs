@@ -81,6 +81,13 @@ impl SequenceCounter {
         })
     }
 
+    /// The highest number handed out so far in this agent's life (0 for none):
+    /// numbers only go up, across restarts too, so no batch of this agent can
+    /// carry a higher one.
+    pub(crate) fn issued_through(&self) -> u64 {
+        self.next.saturating_sub(1)
+    }
+
     /// Hands out the next number, first reserving a new block if needed.
     /// On error nothing is handed out and the counter is unchanged.
     pub(crate) fn next(&mut self) -> io::Result<u64> {

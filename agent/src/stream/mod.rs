@@ -22,7 +22,7 @@
 //! acknowledges resends without storing them twice.
 //!
 //! On shutdown the batcher flushes the last reports into a batch, the
-//! sender waits up to `collector.shutdown_grace` for acks, and whatever is
+//! sender waits up to `upstream.shutdown_grace` for acks, and whatever is
 //! still unacknowledged is written to disk for the next start.
 
 use crate::config::AgentConfig;
@@ -30,12 +30,13 @@ use crate::member_view::MemberView;
 use crate::selfmetrics::AgentMetrics;
 use crate::spool::{Spool, SpoolConfig};
 use anyhow::Context as _;
-use backon::BackoffBuilder as _;
+use etcdmon_core::retry::RetryPolicy;
 use etcdmon_proto::v1::ingest_service_client::IngestServiceClient;
 use etcdmon_proto::v1::{
     stream_request, stream_response, Batch, Hello, Report, StreamRequest, StreamResponse,
 };
 use prost::Message as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -44,6 +45,12 @@ use tonic::codec::CompressionEncoding;
 
 /// How long to wait for the collector's Welcome after opening a stream.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a `StreamRequest` adds around a batch's encoded bytes (field tag and length).
+const BATCH_ENVELOPE: usize = 16;
+/// Waits between attempts to reach the collector: many agents reconnect to one
+/// collector at once after it restarts, hence the jitter.
+const RECONNECT: RetryPolicy =
+    RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(30));
 
 /// Everything the streaming tasks share.
 #[derive(Clone)]
@@ -53,6 +60,9 @@ struct Ctx {
     /// never loses a wake-up that happens before the waiter subscribes.
     changed: Arc<watch::Sender<u64>>,
     metrics: AgentMetrics,
+    /// Largest batch the batcher seals: `upstream.max_batch_bytes`, lowered to
+    /// what the collector's Welcome says it accepts.
+    max_batch_bytes: Arc<AtomicU64>,
 }
 
 impl Ctx {
@@ -140,6 +150,7 @@ pub async fn run(
         spool: Arc::new(Mutex::new(spool)),
         changed: Arc::new(watch::channel(0).0),
         metrics,
+        max_batch_bytes: Arc::new(AtomicU64::new(cfg.upstream.max_batch_bytes)),
     };
     ctx.publish_stats();
 
@@ -148,7 +159,6 @@ pub async fn run(
         ctx.clone(),
         reports,
         cfg.upstream.batch_interval,
-        cfg.upstream.max_batch_bytes,
         batcher_done.clone(),
     ));
     let hello = Hello {
@@ -160,6 +170,7 @@ pub async fn run(
     let conn = Connection {
         ctx: ctx.clone(),
         address,
+        max_batch_bytes: cfg.upstream.max_batch_bytes,
         hello,
         shared,
         window: cfg.upstream.window,
@@ -214,7 +225,6 @@ async fn batcher(
     ctx: Ctx,
     mut reports: mpsc::Receiver<Report>,
     every: Duration,
-    max_bytes: u64,
     done: CancellationToken,
 ) {
     let mut current: Vec<Report> = Vec::new();
@@ -227,6 +237,7 @@ async fn batcher(
             r = reports.recv() => match r {
                 Some(r) => {
                     let len = r.encoded_len() as u64;
+                    let max_bytes = ctx.max_batch_bytes.load(Ordering::Relaxed);
                     if size + len > max_bytes && !current.is_empty() {
                         seal(&ctx, std::mem::take(&mut current)).await;
                         size = 0;
@@ -293,6 +304,8 @@ async fn seal(ctx: &Ctx, reports: Vec<Report>) {
 struct Connection {
     ctx: Ctx,
     address: String,
+    /// `upstream.max_batch_bytes`.
+    max_batch_bytes: u64,
     hello: Hello,
     shared: MemberView,
     window: usize,
@@ -301,7 +314,7 @@ struct Connection {
 
 impl Connection {
     async fn run(self, batcher_done: CancellationToken, stop: CancellationToken) {
-        let mut backoff = new_backoff();
+        let mut backoff = RECONNECT.backoff();
         loop {
             if stop.is_cancelled() {
                 return;
@@ -316,10 +329,10 @@ impl Connection {
                     // Done: the batcher stopped and everything is acked.
                     return;
                 }
-                Ok(false) => backoff = new_backoff(),
+                Ok(false) => backoff.reset(),
                 Err(e) => {
                     self.ctx.metrics.stream_errors.inc();
-                    let wait = backoff.next().unwrap_or(Duration::from_secs(30));
+                    let wait = backoff.next_wait();
                     tracing::warn!(collector = %self.address, error = %format!("{e:#}"), retry_in = ?wait, "collector stream failed");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
@@ -371,8 +384,32 @@ impl Connection {
             ),
             Err(_) => anyhow::bail!("no Welcome within {WELCOME_TIMEOUT:?}"),
         };
+        let issued = self.ctx.spool(|s| s.issued_through());
+        if welcome.stored_through_sequence > issued {
+            // Acking would erase batches the collector never stored, and every
+            // batch up to that number would be taken for a resend and dropped.
+            // That happens when another agent reports under the same agent id (a
+            // copied config) or a mark was forged: keep everything, say so, retry.
+            self.ctx.metrics.stored_through_ahead.inc();
+            anyhow::bail!(
+                "the collector says batches up to {} of agent id {:?} are stored, but this \
+                 agent has only numbered up to {issued}: another agent uses the same id \
+                 (give each its own upstream.agent_id); nothing is discarded",
+                welcome.stored_through_sequence,
+                self.hello.agent_id
+            );
+        }
         self.ctx.spool(|s| s.ack(welcome.stored_through_sequence));
         self.ctx.publish_stats();
+        // The collector ends a stream whose message is over its limit; batches are
+        // sealed under it from now on, and one spooled before is sent empty below.
+        let limit = match welcome.max_batch_bytes {
+            0 => u64::MAX,
+            n => n,
+        };
+        self.ctx
+            .max_batch_bytes
+            .store(self.max_batch_bytes.min(limit), Ordering::Relaxed);
         self.ctx.metrics.collector_connected.set(1);
         tracing::info!(collector = %self.address, stored_through = welcome.stored_through_sequence, "streaming to collector");
 
@@ -393,7 +430,25 @@ impl Connection {
                     .context("read spooled batch")?;
                 sent_through = seq;
                 let Some(payload) = payload else { continue }; // dropped as corrupt, counted
-                let batch = Batch::decode(payload.as_slice()).context("decode spooled batch")?;
+                let mut batch =
+                    Batch::decode(payload.as_slice()).context("decode spooled batch")?;
+                let request_len = (payload.len() + BATCH_ENVELOPE) as u64;
+                if request_len > limit {
+                    // Sending it would end the stream, and so would every resend:
+                    // the agent would never get past it. Its sequence goes out
+                    // without the reports, so the acks stay in order.
+                    self.ctx.metrics.batches_too_large.inc();
+                    tracing::error!(
+                        sequence = seq,
+                        bytes = request_len,
+                        limit,
+                        reports = batch.reports.len(),
+                        "batch larger than the collector accepts: sent without its reports, \
+                         which are lost (raise the collector's ingest.max_batch_bytes or lower \
+                         metrics.max_payload_bytes)"
+                    );
+                    batch.reports.clear();
+                }
                 tx.send(StreamRequest {
                     kind: Some(stream_request::Kind::Batch(batch)),
                 })
@@ -430,13 +485,4 @@ impl Connection {
             }
         }
     }
-}
-
-fn new_backoff() -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }

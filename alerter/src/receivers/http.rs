@@ -105,6 +105,9 @@ fn is_retryable(status: StatusCode) -> bool {
 }
 
 fn transport_error(e: reqwest::Error) -> NotifyError {
+    // Without the URL: a Slack webhook's path is its token, and this reason goes to
+    // the log, the delivery history and the API.
+    let e = e.without_url();
     // `{:#}`-style chain: reqwest's own message is often just "error sending request".
     let mut reason = e.to_string();
     let mut source = std::error::Error::source(&e);

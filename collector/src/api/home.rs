@@ -55,6 +55,11 @@ const DOCS: &[(&str, &str, &str)] = &[
         "Architecture",
         include_str!("../../../docs/architecture.md"),
     ),
+    (
+        "security.md",
+        "Security: threat model and guarantees",
+        include_str!("../../../docs/security.md"),
+    ),
 ];
 
 /// The endpoints listed on the page: (method, path, link target if a GET without

@@ -175,6 +175,10 @@ fn humantime_like(d: Duration) -> String {
     format!("{}h", d.as_secs() / 3600)
 }
 
+/// Latest time a query may name: the end of year 9999, in ms since the epoch. Every
+/// time is within `[0, MAX_TIME_MS]`, so no range arithmetic on them can overflow.
+pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
 /// The `from`/`to` query parameters as ms since the epoch: `to` defaults to now,
 /// `from` to `default_span_ms` before `to`; `from` after `to` is a 400.
 pub(crate) fn parse_range(
@@ -189,7 +193,7 @@ pub(crate) fn parse_range(
     };
     let from_ms = match from {
         Some(t) => parse_time("from", t, now)?,
-        None => to_ms - default_span_ms,
+        None => to_ms.saturating_sub(default_span_ms).max(0),
     };
     if from_ms > to_ms {
         return Err(bad(format!("`from` ({from_ms}) is after `to` ({to_ms})")));
@@ -198,41 +202,61 @@ pub(crate) fn parse_range(
 }
 
 /// Accepts RFC 3339 (`2026-11-27T15:00:00Z`), Unix seconds (`1795000000`,
-/// fractions allowed), `now`, or `now-DURATION` (`now-15m`).
+/// fractions allowed), `now`, or `now-DURATION` (`now-15m`). The result is within
+/// `[0, MAX_TIME_MS]`: a time before 1970 (`now-300y`) is 1970; one after year 9999
+/// is a 400.
 pub(crate) fn parse_time(field: &str, s: &str, now_ms: i64) -> Result<i64, ApiError> {
     if s == "now" {
         return Ok(now_ms);
     }
+    let too_late = || {
+        bad(format!(
+            "`{field}` is after the year 9999 (at most {MAX_TIME_MS} ms since the epoch)"
+        ))
+    };
     if let Some(d) = s.strip_prefix("now-") {
         let d = humantime::parse_duration(d)
             .map_err(|e| bad(format!("`{field}`: bad duration in {s:?}: {e}")))?;
-        return Ok(now_ms - d.as_millis() as i64);
+        let back = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        return Ok(now_ms.saturating_sub(back).max(0));
     }
     if let Ok(secs) = s.parse::<f64>() {
         if secs.is_finite() && secs >= 0.0 {
-            return Ok((secs * 1000.0) as i64);
+            let ms = secs * 1000.0;
+            if ms > MAX_TIME_MS as f64 {
+                return Err(too_late());
+            }
+            return Ok(ms as i64);
         }
     }
-    humantime::parse_rfc3339_weak(s)
+    let ms = humantime::parse_rfc3339_weak(s)
         .map(|t| {
             t.duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
                 .unwrap_or(0)
         })
         .map_err(|_| {
             bad(format!(
                 "`{field}` must be RFC 3339, Unix seconds, `now` or `now-15m`; got {s:?}"
             ))
-        })
+        })?;
+    if ms > MAX_TIME_MS {
+        return Err(too_late());
+    }
+    Ok(ms)
 }
 
 /// Accepts a duration (`15s`, `1m`) or plain seconds (`15`).
 fn parse_step(s: &str) -> Result<i64, ApiError> {
     let ms = if let Ok(secs) = s.parse::<f64>() {
+        if !secs.is_finite() {
+            return Err(bad(format!("`step` must be a finite duration: {s:?}")));
+        }
+        // Saturates for absurd values, which the bucket check then accepts as one bucket.
         (secs * 1000.0) as i64
     } else {
         humantime::parse_duration(s)
-            .map(|d| d.as_millis() as i64)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
             .map_err(|e| bad(format!("`step`: {e}: {s:?}")))?
     };
     if ms <= 0 {
@@ -263,5 +287,23 @@ mod tests {
         assert_eq!(parse_step("2").ok(), Some(2_000));
         assert!(parse_step("0").is_err());
         assert!(parse_step("soon").is_err());
+    }
+
+    /// `to=1e300&from=now-300y` overflowed the range arithmetic (a panic in debug,
+    /// a negative range that passed every bound in release).
+    #[test]
+    fn absurd_times_cannot_overflow_a_range() {
+        let now = 1_795_000_000_000;
+        assert!(parse_time("to", "1e300", now).is_err());
+        assert!(parse_time("to", "9999999999999", now).is_err());
+        assert_eq!(parse_time("from", "now-300y", now).ok(), Some(0));
+        assert_eq!(parse_time("from", "now-100000000000y", now).ok(), Some(0));
+        assert!(parse_range(Some("now-300y"), Some("1e300"), 3_600_000).is_err());
+        let Ok((from, to)) = parse_range(Some("now-300y"), Some("now"), 3_600_000) else {
+            panic!("a range from 1970 to now is valid");
+        };
+        assert!(from == 0 && to > from && to - from < MAX_TIME_MS);
+        assert_eq!(parse_step("1e300").ok(), Some(i64::MAX));
+        assert!(parse_step("inf").is_err() && parse_step("NaN").is_err());
     }
 }

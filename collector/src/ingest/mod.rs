@@ -73,6 +73,45 @@ pub struct Ingest {
     metrics: CollectorMetrics,
     max_batch_bytes: usize,
     shutdown: CancellationToken,
+    /// Agent ids with a live stream, and from where: a second stream for the
+    /// same id is refused (see [`LiveIds`]).
+    live: LiveIds,
+}
+
+/// Agent ids with a live stream. Two agents under one id (a copied config)
+/// would number their batches independently while the collector keeps one
+/// "stored through" per id: each would take the other's batches for its own,
+/// discard its spool, and have its next batches dropped as resends. So a second
+/// live stream for an id is refused, loudly, until the first one ends.
+#[derive(Clone, Default)]
+struct LiveIds(Arc<Mutex<std::collections::HashMap<String, String>>>);
+
+impl LiveIds {
+    /// Registers `id` for a stream from `peer`; `Err` names the live one.
+    fn claim(&self, id: &str, peer: &str) -> Result<LiveClaim, String> {
+        let mut live = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(other) = live.get(id) {
+            return Err(other.clone());
+        }
+        live.insert(id.to_owned(), peer.to_owned());
+        Ok(LiveClaim {
+            ids: self.clone(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// Holds an agent id for one session; released when the session ends.
+struct LiveClaim {
+    ids: LiveIds,
+    id: String,
+}
+
+impl Drop for LiveClaim {
+    fn drop(&mut self) {
+        let mut live = self.ids.0.lock().unwrap_or_else(|p| p.into_inner());
+        live.remove(&self.id);
+    }
 }
 
 impl Ingest {
@@ -92,6 +131,7 @@ impl Ingest {
             metrics,
             max_batch_bytes,
             shutdown,
+            live: LiveIds::default(),
         }
     }
 
@@ -161,6 +201,7 @@ impl Ingest {
         let mut set = WriteSet::default();
         let mut new_series = Vec::new();
         let mut oldest = i64::MAX;
+        let received_ms = now_ms();
         for r in &batch.reports {
             let id = r.identity.as_ref().unwrap_or(hello);
             let member = member_key(id);
@@ -168,7 +209,7 @@ impl Ingest {
                 cluster: &id.cluster,
                 member: &member,
             };
-            set.events.extend(self.state.apply(id, r));
+            set.events.extend(self.state.apply_at(id, r, received_ms));
             let (samples, series) = {
                 let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
                 report_rows_where(&target, r, |name, labels| {
@@ -202,6 +243,9 @@ impl IngestService for Ingest {
         &self,
         request: Request<Streaming<StreamRequest>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => {
@@ -234,6 +278,17 @@ impl IngestService for Ingest {
             }
         };
         let identity = validate_hello(&hello).map_err(|s| self.reject("invalid_hello", s))?;
+        let claim = self.live.claim(&hello.agent_id, &peer).map_err(|other| {
+            self.reject(
+                "duplicate_agent_id",
+                Status::already_exists(format!(
+                    "agent id {:?} already has a live stream (from {other}); two agents \
+                     under one id would erase each other's data: give each agent its own \
+                     upstream.agent_id",
+                    hello.agent_id
+                )),
+            )
+        })?;
         let stored = self
             .storage
             .stored_through(&hello.agent_id)
@@ -260,6 +315,7 @@ impl IngestService for Ingest {
         self.metrics.agents_connected.inc();
         let session = Session {
             svc: self.clone(),
+            claim: Some(claim),
             agent_id: hello.agent_id.clone(),
             identity,
             high: stored,
@@ -299,6 +355,8 @@ fn validate_hello(h: &Hello) -> Result<Identity, Status> {
 
 struct Session {
     svc: Ingest,
+    /// The agent id, held until the session ends.
+    claim: Option<LiveClaim>,
     agent_id: String,
     identity: Identity,
     /// Highest sequence accepted so far (stored or queued).
@@ -394,6 +452,9 @@ impl Session {
         };
         drop(ack_tx);
         let _ = acker.await;
+        // Free the id before the agent learns the stream ended: it may reconnect
+        // at once and must not find its own old session still holding the id.
+        self.claim.take();
         if let Some(status) = closing {
             let _ = out.send(Err(status)).await;
         }

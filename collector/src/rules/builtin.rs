@@ -150,6 +150,8 @@ pub const RULES: &[Rule] = &[
         2.0,
         Warning,
     ),
+    // Seconds between the agent's clock and the collector's.
+    rule("clock_skew", clock_skew, 60, 5.0, 2.0, Warning),
 ];
 
 fn member_obs(
@@ -445,6 +447,28 @@ fn per_member_ratio(
             ))
         })
         .collect()
+}
+
+/// The clock of a member's host differs from the collector's: sample timestamps
+/// are off by as much, and etcd's leases and TLS checks suffer from a wrong
+/// host clock. Liveness does not depend on it (it follows receive times).
+fn clock_skew(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
+    per_member_ratio(
+        c,
+        s,
+        |m| (m.last_seen_ms > 0).then(|| (m.clock_skew_ms as f64 / 1000.0).abs()),
+        |m, v| {
+            let way = if m.clock_skew_ms >= 0 {
+                "ahead of"
+            } else {
+                "behind"
+            };
+            format!(
+                "the clock of {} ({}) is {v:.1} s {way} the collector's",
+                m.name, m.node
+            )
+        },
+    )
 }
 
 /// The database approaches its quota (NOSPACE follows).

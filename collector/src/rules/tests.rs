@@ -378,3 +378,41 @@ fn agents_that_have_not_reported_a_status_yet_do_not_count_as_lost_quorum() {
     );
     assert!(t.contains(&("quorum_lost".into(), true)), "{t:?}");
 }
+
+/// `clock_skew` fires for a member whose host clock is off by more than 5 s for a
+/// minute, with the direction in its summary, and resolves when the clock is fixed.
+#[test]
+fn clock_skew_fires_for_a_wrong_host_clock_and_resolves() {
+    let st = LiveState::default();
+    let mut r = rules();
+    let at = |r: &mut Rules, st: &LiveState, now: i64, skew: i64| {
+        for n in 1..=3u64 {
+            let skew = if n == 2 { skew } else { 0 };
+            st.apply_at(
+                &id(&format!("m{n}"), n),
+                &report(now + skew, Body::Status(up(n, 1, 2, 10))),
+                now,
+            );
+        }
+        r.evaluate(&st.snapshot_at(now), now)
+            .into_iter()
+            .filter(|t| t.rule == "clock_skew")
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        at(&mut r, &st, T0, -12_000).is_empty(),
+        "pending for a minute"
+    );
+    let fired = at(&mut r, &st, T0 + 61_000, -12_000);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].observation.labels["member"], "m2");
+    assert!(
+        fired[0].observation.summary.contains("12.0 s behind"),
+        "{}",
+        fired[0].observation.summary
+    );
+    // Fixed: the freshest report of the window counts, so it resolves at once.
+    let resolved = at(&mut r, &st, T0 + 62_000, 0);
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert!(!resolved[0].state.is_firing());
+}

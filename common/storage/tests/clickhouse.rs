@@ -760,8 +760,11 @@ async fn unavailable_server_is_a_retryable_error_within_the_timeout() {
     assert_eq!(storage.stored_through("agent-b").await.unwrap(), 7);
 }
 
+/// A write is rejected only for what its rows caused; what the server, the schema or
+/// the credentials cause keeps the batch for a retry (it would otherwise be dropped by
+/// its agent while an operator fixes a password or a database).
 #[tokio::test]
-async fn bad_requests_are_rejected_not_retried() {
+async fn what_the_rows_cause_is_rejected_and_what_the_server_causes_is_kept() {
     let (server, storage) = setup().await;
 
     // A timestamp a Date column cannot hold: nothing of the set is written.
@@ -790,7 +793,8 @@ async fn bad_requests_are_rejected_not_retried() {
         Err(StorageError::InvalidQuery(_))
     ));
 
-    // A wrong password is the server refusing, not being away.
+    // A wrong password: a read is refused, a write is kept for a retry (the data is
+    // fine; the password will be fixed).
     let wrong = ClickHouseStorage::new(ClickHouseConfig {
         password: "wrong".into(),
         ..config(&server)
@@ -798,15 +802,20 @@ async fn bad_requests_are_rejected_not_retried() {
     .unwrap();
     let err = wrong.stored_through("x").await.unwrap_err();
     assert!(matches!(err, StorageError::Rejected(_)), "{err}");
+    let err = wrong.write(&three_hours()).await.unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Unavailable(m) if m.contains("password")),
+        "{err}"
+    );
 
-    // A database that was never migrated.
+    // A database that was never migrated (or was dropped): kept too.
     let unmigrated = ClickHouseStorage::new(ClickHouseConfig {
         database: "nowhere".into(),
         ..config(&server)
     })
     .unwrap();
     let err = unmigrated.write(&three_hours()).await.unwrap_err();
-    assert!(matches!(err, StorageError::Rejected(_)), "{err}");
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err}");
 
     // Too many points for one answer.
     storage.write(&three_hours()).await.unwrap();

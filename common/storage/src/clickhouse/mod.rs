@@ -77,11 +77,16 @@
 //!
 //! # Errors
 //!
-//! Connection failures, timeouts (`insert_timeout` for a whole write, `query_timeout`
-//! for anything else) and the server errors that mean "busy, try later" (too many parts,
-//! too many queries, memory limit, timeouts) are [`StorageError::Unavailable`]: the
-//! collector keeps the batch and the agent resends it. Every other server error (bad SQL,
-//! type mismatch, unknown table, authentication) is [`StorageError::Rejected`].
+//! A write is [`StorageError::Rejected`] only when the rows themselves caused the error
+//! (a value the server cannot parse or store: [`DATA_CODES`]); the collector then
+//! acknowledges the batch with the reason and the agent drops it. Everything else is
+//! [`StorageError::Unavailable`]: connection failures, timeouts (`insert_timeout`),
+//! a busy server, and also a wrong password, a missing table or database, a full disk
+//! or a proxy's 401/403/404. Those are not the batch's fault, so the batch is kept and
+//! retried (the agent holds it meanwhile), and they show in `/healthz` and the write
+//! failure metrics until someone fixes them. Reads keep the old split: the server
+//! errors that mean "busy, try later" are unavailable, every other server error is a
+//! rejection.
 
 mod alert_sql;
 mod alert_store;
@@ -123,6 +128,24 @@ const TRANSIENT_CODES: &[u32] = &[
     252, // TOO_MANY_PARTS
     319, // UNKNOWN_STATUS_OF_INSERT
     394, // QUERY_WAS_CANCELLED
+];
+
+/// ClickHouse error codes a write's rows cause: retrying the same rows fails the same
+/// way, so only these reject a batch (see the module docs).
+pub const DATA_CODES: &[u32] = &[
+    6,   // CANNOT_PARSE_TEXT
+    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    32,  // ATTEMPT_TO_READ_AFTER_EOF (a truncated row)
+    33,  // CANNOT_READ_ALL_DATA
+    38,  // CANNOT_PARSE_DATE
+    41,  // CANNOT_PARSE_DATETIME
+    53,  // TYPE_MISMATCH
+    69,  // ARGUMENT_OUT_OF_BOUND
+    70,  // CANNOT_CONVERT_TYPE
+    72,  // CANNOT_PARSE_NUMBER
+    117, // INCORRECT_DATA
+    131, // TOO_LARGE_STRING_SIZE
+    321, // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
 ];
 
 /// Tables with a retention, with their partition granularity.
@@ -295,7 +318,7 @@ impl ClickHouseStorage {
             .client
             .insert::<R>(table)
             .await
-            .map_err(|e| classify(&what, e))?
+            .map_err(|e| classify_write(&what, e))?
             // The rollup views of `samples` then work the INSERT's block in
             // threads of their own, not one after the other in the INSERT's
             // thread: measured on 18.16 with 250,000-row INSERTs, 25% less
@@ -303,9 +326,12 @@ impl ClickHouseStorage {
             // servers alike; tables without views ignore it.
             .with_setting("parallel_view_processing", "1");
         for row in rows {
-            insert.write(row).await.map_err(|e| classify(&what, e))?;
+            insert
+                .write(row)
+                .await
+                .map_err(|e| classify_write(&what, e))?;
         }
-        insert.end().await.map_err(|e| classify(&what, e))
+        insert.end().await.map_err(|e| classify_write(&what, e))
     }
 
     async fn write_all(&self, set: &WriteSet) -> Result<()> {
@@ -602,6 +628,24 @@ fn classify(what: &str, error: clickhouse::error::Error) -> StorageError {
             None if reason.starts_with('5') => StorageError::Unavailable(message),
             None => StorageError::Rejected(message),
         },
+        _ => StorageError::Rejected(message),
+    }
+}
+
+/// Maps a write's client error to the storage error the writer branches on: only a
+/// server error the rows caused ([`DATA_CODES`]) or rows the client cannot encode
+/// reject the batch; anything about the server, the schema, the credentials or the
+/// network keeps it for a retry (see the module docs).
+fn classify_write(what: &str, error: clickhouse::error::Error) -> StorageError {
+    use clickhouse::error::Error;
+    let message = format!("{what}: {error}");
+    match &error {
+        Error::BadResponse(reason) => match server_code(reason) {
+            Some(code) if DATA_CODES.contains(&code) => StorageError::Rejected(message),
+            _ => StorageError::Unavailable(message),
+        },
+        Error::Network(_) | Error::TimedOut | Error::Other(_) => StorageError::Unavailable(message),
+        // Encoding a row failed on our side: the same rows fail again.
         _ => StorageError::Rejected(message),
     }
 }

@@ -316,6 +316,34 @@ fn errors_are_classified_for_retries() {
         StorageError::Rejected(m) if m.contains("x: ") && m.contains("Code: 60")
     ));
     assert_eq!(server_code("Code: 57, e.displayText() = ..."), Some(57));
+
+    // A write is rejected only for what its rows caused; credentials, schema, disk and
+    // proxies keep the batch for a retry.
+    let write_kept = |e: Error| classify_write("x", e).is_retryable();
+    for kept in [
+        "Code: 516, e.displayText() = DB::Exception: default: Authentication failed",
+        "Code: 193, e.displayText() = DB::Exception: Wrong password for user default",
+        "Code: 497, e.displayText() = DB::Exception: Not enough privileges",
+        "Code: 243, e.displayText() = DB::Exception: Cannot reserve 1.00 MiB, not enough space",
+        "Code: 60, e.displayText() = DB::Exception: Table etcdmon.samples doesn't exist",
+        "Code: 81, e.displayText() = DB::Exception: Database etcdmon doesn't exist",
+        "Code: 62, e.displayText() = DB::Exception: Syntax error",
+        "401 Unauthorized",
+        "403 Forbidden",
+        "404 Not Found",
+        "503 Service Unavailable",
+    ] {
+        assert!(write_kept(Error::BadResponse(kept.into())), "{kept}");
+    }
+    for refused in [
+        "Code: 27, e.displayText() = DB::Exception: Cannot parse input",
+        "Code: 53, e.displayText() = DB::Exception: Type mismatch",
+        "Code: 321, e.displayText() = DB::Exception: Value is out of range",
+    ] {
+        assert!(!write_kept(Error::BadResponse(refused.into())), "{refused}");
+    }
+    assert!(write_kept(Error::TimedOut));
+    assert!(!write_kept(Error::Custom("cannot serialize".into())));
     assert_eq!(server_code("Code: 516. DB::Exception: ..."), Some(516));
     assert_eq!(server_code("no code"), None);
 }

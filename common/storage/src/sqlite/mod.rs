@@ -43,7 +43,12 @@ pub struct SqliteStorage {
     path: PathBuf,
     writer: Arc<Mutex<Writer>>,
     reader: Arc<Mutex<Connection>>,
+    /// A connection of its own for `stored_through`, which every agent's Hello
+    /// waits for: a slow API query on `reader` must not stop agents reconnecting.
+    control: Arc<Mutex<Connection>>,
     retention: Retention,
+    /// Most points one query may return ([`MAX_POINTS`] unless set).
+    max_points: usize,
 }
 
 struct Writer {
@@ -71,20 +76,25 @@ fn open(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Most points one query may return by default, as ClickHouse's `max_points`: an
+/// absurd range is a clear error, not a reply of millions of rows.
+pub const MAX_POINTS: usize = 1_000_000;
+
+/// Maps a SQLite error to the storage error callers branch on. Only what the data
+/// itself caused (a constraint, a type, a value too big) is a rejection: a write
+/// refused for that is dropped. Everything else about the database (busy, locked,
+/// read-only, full, out of memory, I/O, permissions, a missing table) is not the
+/// data's fault: the write is retried and the data kept until someone fixes it.
 fn rejected(e: rusqlite::Error) -> StorageError {
+    use rusqlite::ErrorCode::*;
     match &e {
         rusqlite::Error::SqliteFailure(f, _)
-            if matches!(
-                f.code,
-                rusqlite::ErrorCode::DatabaseBusy
-                    | rusqlite::ErrorCode::DatabaseLocked
-                    | rusqlite::ErrorCode::DiskFull
-                    | rusqlite::ErrorCode::SystemIoFailure
-                    | rusqlite::ErrorCode::CannotOpen
-            ) =>
+            if matches!(f.code, ConstraintViolation | TypeMismatch | TooBig) =>
         {
-            StorageError::Unavailable(e.to_string())
+            StorageError::Rejected(e.to_string())
         }
+        rusqlite::Error::SqliteFailure(..) => StorageError::Unavailable(e.to_string()),
+        // Binding or reading a value failed on our side: the same data fails again.
         _ => StorageError::Rejected(e.to_string()),
     }
 }
@@ -100,6 +110,7 @@ impl SqliteStorage {
         }
         let writer = open(&path)?;
         let reader = open(&path)?;
+        let control = open(&path)?;
         Ok(Self {
             path,
             writer: Arc::new(Mutex::new(Writer {
@@ -107,8 +118,16 @@ impl SqliteStorage {
                 cache: SeriesCache::default(),
             })),
             reader: Arc::new(Mutex::new(reader)),
+            control: Arc::new(Mutex::new(control)),
             retention,
+            max_points: MAX_POINTS,
         })
+    }
+
+    /// The same store answering at most `max` points per query.
+    pub fn with_max_points(mut self, max: usize) -> Self {
+        self.max_points = max.max(1);
+        self
     }
 
     /// The database file.
@@ -135,7 +154,16 @@ impl SqliteStorage {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        let r = self.reader.clone();
+        Self::on(&self.reader, f).await
+    }
+
+    /// Runs `f` on the connection `conn` on the blocking pool.
+    async fn on<T, F>(conn: &Arc<Mutex<Connection>>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let r = conn.clone();
         tokio::task::spawn_blocking(move || {
             let g = r.lock().unwrap_or_else(|p| p.into_inner());
             f(&g)
@@ -268,7 +296,7 @@ impl Storage for SqliteStorage {
 
     async fn stored_through(&self, agent_id: &str) -> Result<u64> {
         let agent = agent_id.to_string();
-        self.with_reader(move |c| {
+        Self::on(&self.control, move |c| {
             let v: Option<i64> = c
                 .query_row(
                     "SELECT max(sequence) FROM batch_marks WHERE agent_id = ?1",
@@ -304,7 +332,8 @@ impl Storage for SqliteStorage {
             ));
         }
         let q = q.clone();
-        self.with_reader(move |c| query_points(c, &q)).await
+        let max = self.max_points;
+        self.with_reader(move |c| query_points(c, &q, max)).await
     }
 
     async fn count_samples(
@@ -404,7 +433,7 @@ impl Storage for SqliteStorage {
     }
 }
 
-fn query_points(c: &Connection, q: &PointQuery) -> Result<Vec<SeriesPoints>> {
+fn query_points(c: &Connection, q: &PointQuery, max: usize) -> Result<Vec<SeriesPoints>> {
     // With a step: the last value of each step-aligned bucket (SQLite
     // returns the bare `value` column from the row holding max(ts_ms)).
     let sql = if q.step_ms > 0 {
@@ -413,18 +442,28 @@ fn query_points(c: &Connection, q: &PointQuery) -> Result<Vec<SeriesPoints>> {
          WHERE s.cluster = ?1 AND s.name = ?2 AND (?3 IS NULL OR s.member = ?3)
            AND (?4 IS NULL OR s.labels = ?4) AND p.ts_ms BETWEEN ?5 AND ?7
          GROUP BY p.series_id, bucket
-         ORDER BY s.member, s.labels, bucket"
+         ORDER BY s.member, s.labels, bucket LIMIT ?8"
     } else {
         "SELECT s.member, s.labels, p.ts_ms, p.value, ?6
          FROM samples p JOIN series s ON s.id = p.series_id
          WHERE s.cluster = ?1 AND s.name = ?2 AND (?3 IS NULL OR s.member = ?3)
            AND (?4 IS NULL OR s.labels = ?4) AND p.ts_ms BETWEEN ?5 AND ?7
-         ORDER BY s.member, s.labels, p.ts_ms"
+         ORDER BY s.member, s.labels, p.ts_ms LIMIT ?8"
     };
     let mut st = c.prepare_cached(sql).map_err(rejected)?;
     let rows = st
         .query_map(
-            params![q.cluster, q.metric, q.member, q.labels, q.from_ms, q.step_ms, q.to_ms],
+            params![
+                q.cluster,
+                q.metric,
+                q.member,
+                q.labels,
+                q.from_ms,
+                q.step_ms,
+                q.to_ms,
+                // One row more than allowed tells "too many" from "exactly the limit".
+                i64::try_from(max).unwrap_or(i64::MAX).saturating_add(1)
+            ],
             |r| {
                 Ok((
                     r.get::<_, String>(0)?,
@@ -436,7 +475,13 @@ fn query_points(c: &Connection, q: &PointQuery) -> Result<Vec<SeriesPoints>> {
         )
         .map_err(rejected)?;
     let mut out: Vec<SeriesPoints> = Vec::new();
-    for row in rows {
+    for (n, row) in rows.enumerate() {
+        if n == max {
+            return Err(StorageError::InvalidQuery(format!(
+                "the query matches more than {max} points; narrow the range or use a \
+                 larger step"
+            )));
+        }
         let (member, labels, ts, v) = row.map_err(rejected)?;
         match out.last_mut() {
             Some(last) if last.member == member && last.labels == labels => {

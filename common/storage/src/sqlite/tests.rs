@@ -215,3 +215,104 @@ async fn data_survives_reopen() {
         vec![(5, 1.0)]
     );
 }
+
+fn sqlite_failure(code: std::ffi::c_int) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+}
+
+#[test]
+fn only_errors_the_data_caused_reject_a_write() {
+    use rusqlite::ffi;
+    for kept in [
+        ffi::SQLITE_READONLY,
+        ffi::SQLITE_NOMEM,
+        ffi::SQLITE_FULL,
+        ffi::SQLITE_IOERR,
+        ffi::SQLITE_BUSY,
+        ffi::SQLITE_PERM,
+        ffi::SQLITE_CANTOPEN,
+        ffi::SQLITE_ERROR, // e.g. no such table
+    ] {
+        assert!(
+            super::rejected(sqlite_failure(kept)).is_retryable(),
+            "code {kept}"
+        );
+    }
+    for refused in [
+        ffi::SQLITE_CONSTRAINT,
+        ffi::SQLITE_MISMATCH,
+        ffi::SQLITE_TOOBIG,
+    ] {
+        assert!(
+            !super::rejected(sqlite_failure(refused)).is_retryable(),
+            "code {refused}"
+        );
+    }
+    assert!(!super::rejected(rusqlite::Error::InvalidParameterCount(1, 2)).is_retryable());
+}
+
+#[tokio::test]
+async fn a_query_over_the_point_limit_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = store(&dir).await.with_max_points(100);
+    let samples = (0..300)
+        .map(|i| sample("m1", "etcd_db", "", 1_020_000 + i * 10_000, i as f64))
+        .collect();
+    s.write(&WriteSet {
+        samples,
+        ..WriteSet::default()
+    })
+    .await
+    .expect("write");
+    let q = |step_ms| PointQuery {
+        cluster: "c1".into(),
+        metric: "etcd_db".into(),
+        member: None,
+        labels: None,
+        from_ms: 0,
+        to_ms: i64::MAX,
+        step_ms,
+    };
+    let err = s.query(&q(0)).await.expect_err("300 points, 100 allowed");
+    assert!(
+        matches!(&err, StorageError::InvalidQuery(m) if m.contains("more than 100 points")),
+        "{err}"
+    );
+    // A step that folds them under the limit answers.
+    let stepped = s.query(&q(60_000)).await.expect("stepped");
+    assert_eq!(stepped[0].points.len(), 50);
+}
+
+/// Every agent's Hello asks `stored_through`; it must not queue behind a slow API
+/// query on the reader connection (one slow query would stop agents reconnecting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_through_does_not_wait_for_a_slow_query() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = Arc::new(store(&dir).await);
+    let slow_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slow = {
+        let (s, done) = (s.clone(), slow_done.clone());
+        tokio::spawn(async move {
+            s.with_reader(|c| {
+                // Seconds of work in SQLite itself, holding the reader.
+                c.query_row(
+                    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n \
+                     WHERE x < 30000000) SELECT count(*) FROM n",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(super::rejected)
+            })
+            .await
+            .expect("slow query");
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(s.stored_through("agent").await.expect("answers"), 0);
+    assert!(
+        !slow_done.load(std::sync::atomic::Ordering::SeqCst),
+        "stored_through waited for the slow query"
+    );
+    slow.await.expect("join");
+}
