@@ -116,28 +116,83 @@ pub fn jetstream(cfg: &AlertingConfig) -> Option<Arc<dyn Publisher>> {
     Some(Arc::new(LazyJetStream::new(js)))
 }
 
+/// Most alerts whose latest candidate is kept for a re-statement.
+const LATEST_MAX: usize = 100_000;
+
 /// Turns transitions into candidates and hands them to the outbox until
 /// the transitions stop (rules ended) or `shutdown`; keeps the outbox
 /// gauges current.
+///
+/// The outbox drops its oldest candidates when NATS is away for longer than it
+/// can hold, and a dropped firing (or resolution) would be a lost page (or an
+/// alert that never ends). So the latest candidate of every alert is kept, and
+/// once the outbox has dropped some and then emptied again (NATS is back), every
+/// one of them is sent again. The alerter takes a candidate it has seen (same
+/// fingerprint and transition) as a repeat and notifies nothing for it.
 pub async fn run(
     mut transitions: mpsc::Receiver<Transition>,
     outbox: OutboxSender,
+    outbox_bytes: usize,
     runbook_prefix: String,
     metrics: CollectorMetrics,
     shutdown: CancellationToken,
 ) {
     let stats = outbox.stats();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut latest: std::collections::HashMap<String, AlertCandidate> = Default::default();
+    // Fingerprints still to state again, fed to the outbox a tick at a time so a
+    // re-statement never overflows the outbox itself.
+    let mut restating: std::collections::VecDeque<String> = Default::default();
+    let mut dropped_seen = 0;
+    let mut restate = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             // Transitions first: the rules stop before the drain cancels this task,
             // and what they sent last must still reach the outbox.
             biased;
             t = transitions.recv() => match t {
-                Some(t) => outbox.send(to_candidate(&t, &runbook_prefix, now_ms())),
+                Some(t) => {
+                    let c = to_candidate(&t, &runbook_prefix, now_ms());
+                    if latest.len() < LATEST_MAX || latest.contains_key(&c.fingerprint) {
+                        latest.insert(c.fingerprint.clone(), c.clone());
+                    }
+                    outbox.send(c);
+                }
                 None => break,
             },
-            _ = tick.tick() => publish_stats(&metrics, &stats),
+            _ = tick.tick() => {
+                publish_stats(&metrics, &stats);
+                let dropped = stats.dropped() + stats.rejected();
+                if dropped > dropped_seen {
+                    dropped_seen = dropped;
+                    restate = true;
+                }
+                if restate && restating.is_empty() && stats.pending() == 0 {
+                    restate = false;
+                    tracing::warn!(
+                        alerts = latest.len(),
+                        "the alert outbox dropped candidates while NATS was away; \
+                         stating every alert again"
+                    );
+                    restating.extend(latest.keys().cloned());
+                }
+                // Up to half the outbox per tick.
+                while let Some(fp) = restating.front() {
+                    if stats.pending_bytes() as usize >= outbox_bytes / 2 {
+                        break;
+                    }
+                    if let Some(c) = latest.get(fp) {
+                        let mut again = c.clone();
+                        again.evaluated_ms = now_ms();
+                        outbox.send(again);
+                        metrics.alerts_restated.inc();
+                    }
+                    restating.pop_front();
+                }
+                // Resolved alerts need not be stated again after a day.
+                let day_ago = now_ms() - 24 * 3_600_000;
+                latest.retain(|_, c| c.state.is_firing() || c.active_since_ms > day_ago);
+            },
             _ = shutdown.cancelled() => break,
         }
     }
@@ -192,5 +247,109 @@ mod tests {
             (3, 42, 50)
         );
         assert_eq!(c.message_id(), "abc-3-firing");
+    }
+}
+
+#[cfg(test)]
+mod restate_tests {
+    use super::*;
+    use crate::rules::engine::Observation;
+    use etcdmon_alert::{AlertState, Severity};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    /// A bus that is down until told otherwise, and records what it took.
+    #[derive(Default)]
+    struct Flaky {
+        up: AtomicBool,
+        taken: Mutex<Vec<AlertCandidate>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Publisher for Flaky {
+        async fn publish(&self, c: &AlertCandidate) -> Result<(), BusError> {
+            if !self.up.load(Ordering::SeqCst) {
+                return Err(BusError::Unavailable("down".into()));
+            }
+            self.taken.lock().unwrap().push(c.clone());
+            Ok(())
+        }
+    }
+
+    fn transition(fp: &str, n: u64, state: AlertState) -> Transition {
+        Transition {
+            fingerprint: fp.into(),
+            rule: "member_unreachable",
+            severity: Severity::Critical,
+            state,
+            observation: Observation {
+                labels: etcdmon_alert::labels(&[("cluster", "c"), ("member", fp)]),
+                bad: Some(state.is_firing()),
+                value: 1.0,
+                summary: format!("{fp} is down, with a long summary to fill the outbox"),
+                description: "x".repeat(200),
+            },
+            transition: n,
+            since_ms: now_ms(),
+        }
+    }
+
+    /// NATS away longer than the outbox holds: its oldest candidates are dropped,
+    /// among them firings of alerts still firing. When NATS is back, every alert's
+    /// latest state is published again, so no page and no resolution is lost.
+    #[tokio::test]
+    async fn after_the_outbox_dropped_candidates_every_alert_is_stated_again() {
+        let bus = Arc::new(Flaky::default());
+        let (sender, task) = etcdmon_bus::outbox::Outbox::new(bus.clone(), 4096);
+        let stop = CancellationToken::new();
+        let outbox = tokio::spawn(
+            task.with_retry_delays(Duration::from_millis(10), Duration::from_millis(50))
+                .run(stop.clone()),
+        );
+        let (tx, rx) = mpsc::channel(64);
+        let metrics = CollectorMetrics::new();
+        let run = tokio::spawn(run(
+            rx,
+            sender,
+            4096,
+            "r#".into(),
+            metrics.clone(),
+            stop.clone(),
+        ));
+        for i in 0..10 {
+            tx.send(transition(&format!("a{i}"), 1, AlertState::Firing))
+                .await
+                .unwrap();
+        }
+        for i in 0..5 {
+            tx.send(transition(&format!("a{i}"), 2, AlertState::Resolved))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        bus.up.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        drop(tx);
+        run.await.unwrap();
+        stop.cancel();
+        outbox.await.unwrap();
+
+        let taken = bus.taken.lock().unwrap().clone();
+        let mut last: std::collections::BTreeMap<String, (u64, AlertState)> = Default::default();
+        for c in &taken {
+            let e = last.entry(c.fingerprint.clone()).or_insert((0, c.state));
+            if c.transition >= e.0 {
+                *e = (c.transition, c.state);
+            }
+        }
+        for i in 0..10 {
+            let want = if i < 5 {
+                (2, AlertState::Resolved)
+            } else {
+                (1, AlertState::Firing)
+            };
+            assert_eq!(last.get(&format!("a{i}")), Some(&want), "a{i}: {taken:?}");
+        }
+        assert!(metrics.alerts_restated.get() >= 10);
     }
 }

@@ -114,6 +114,17 @@ pub struct IngestConfig {
     /// wait (backpressure through gRPC flow control) instead of the
     /// collector's memory growing.
     pub queue_batches: usize,
+    /// Memory of the rows waiting for the writer or being written, across
+    /// agents, estimated from their sizes. When it is used up, agents wait as
+    /// for `queue_batches`: a few batches of very many rows cannot exhaust
+    /// memory where a count of batches would let them.
+    pub queue_bytes: usize,
+    /// Samples one batch may hold once decoded. A batch with more is refused
+    /// (acknowledged with the reason; its agent drops it): a default sample is
+    /// two bytes on the wire and some hundred in memory, so one message within
+    /// `max_batch_bytes` could otherwise turn into millions of rows. An agent's
+    /// batch holds a few thousand.
+    pub max_batch_samples: usize,
     /// A member whose agent sent nothing for this long is shown stale and
     /// unhealthy in the live state, even if its stream is still open.
     #[serde(with = "humantime_serde")]
@@ -131,6 +142,8 @@ impl Default for IngestConfig {
             flush_interval: Duration::from_secs(1),
             max_write_rows: 500_000,
             queue_batches: 256,
+            queue_bytes: 256 * 1024 * 1024,
+            max_batch_samples: 250_000,
             agent_timeout: Duration::from_secs(30),
             unhealthy_after: Duration::from_secs(30),
         }
@@ -171,6 +184,18 @@ impl CollectorConfig {
         }
         if self.ingest.queue_batches == 0 {
             return Err(FieldError::new("ingest.queue_batches", "must be positive"));
+        }
+        if self.ingest.queue_bytes < 1024 * 1024 {
+            return Err(FieldError::new(
+                "ingest.queue_bytes",
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        if self.ingest.max_batch_samples < 1000 {
+            return Err(FieldError::new(
+                "ingest.max_batch_samples",
+                "must be at least 1000",
+            ));
         }
         if self.ingest.flush_interval.is_zero() {
             return Err(FieldError::new(

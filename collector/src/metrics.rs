@@ -26,6 +26,8 @@ pub struct CollectorMetrics {
     pub write_failures: IntCounterVec,
     /// Batches waiting for the writer.
     pub queue_batches: IntGauge,
+    /// Estimated bytes of rows queued for or in a write.
+    pub queue_bytes: IntGauge,
     /// Open agent streams.
     pub agents_connected: IntGauge,
     /// Streams refused or ended with an error, by reason.
@@ -44,6 +46,8 @@ pub struct CollectorMetrics {
     pub alerts_published: IntGauge,
     /// Alert candidates dropped since start (outbox full or refused).
     pub alerts_dropped: IntGauge,
+    /// Alert candidates sent again after the outbox dropped some.
+    pub alerts_restated: IntCounter,
 }
 
 impl CollectorMetrics {
@@ -71,6 +75,10 @@ impl CollectorMetrics {
                 .buckets(prometheus::exponential_buckets(1024.0, 4.0, 8).expect("valid buckets")),
         )
         .expect("valid metric");
+        let alerts_restated = c(
+            "alerts_restated_total",
+            "Alert candidates sent again because the outbox dropped some while NATS was away.",
+        );
         let write_seconds = Histogram::with_opts(
             HistogramOpts::new("storage_write_seconds", "Duration of one storage write.").buckets(
                 vec![
@@ -90,6 +98,11 @@ impl CollectorMetrics {
                 "Failed storage writes, by class.",
             ),
             &["class"],
+        )
+        .expect("valid metric");
+        let queue_bytes = IntGauge::new(
+            "queue_bytes",
+            "Estimated memory of rows waiting for the writer or being written (ingest.queue_bytes bounds it).",
         )
         .expect("valid metric");
         let queue_batches = IntGauge::new("queue_batches", "Batches waiting for the writer.")
@@ -151,6 +164,7 @@ impl CollectorMetrics {
             Box::new(alerts_outbox_pending.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(alerts_published.clone()),
             Box::new(alerts_dropped.clone()),
+            Box::new(alerts_restated.clone()),
             Box::new(alert_transitions.clone()),
             Box::new(alerts_firing.clone()),
             Box::new(rules_seconds.clone()),
@@ -164,6 +178,7 @@ impl CollectorMetrics {
             Box::new(write_rows.clone()),
             Box::new(write_failures.clone()),
             Box::new(queue_batches.clone()),
+            Box::new(queue_bytes.clone()),
             Box::new(agents_connected.clone()),
             Box::new(streams_rejected.clone()),
             Box::new(ingest_latency_seconds.clone()),
@@ -182,6 +197,7 @@ impl CollectorMetrics {
             write_rows,
             write_failures,
             queue_batches,
+            queue_bytes,
             agents_connected,
             streams_rejected,
             ingest_latency_seconds,
@@ -191,6 +207,7 @@ impl CollectorMetrics {
             alerts_outbox_pending,
             alerts_published,
             alerts_dropped,
+            alerts_restated,
         }
     }
 

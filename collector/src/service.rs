@@ -138,7 +138,7 @@ impl Collector {
             tx,
             state.clone(),
             metrics.clone(),
-            cfg.ingest.max_batch_bytes,
+            &cfg.ingest,
             serving.clone(),
         )
         .into_service();
@@ -172,6 +172,7 @@ impl Collector {
                     tokio::spawn(candidates::run(
                         rx,
                         sender,
+                        cfg.alerting.outbox_bytes,
                         cfg.alerting.runbook_url_prefix.clone(),
                         metrics.clone(),
                         serving.clone(),

@@ -127,6 +127,9 @@ pub struct MemberState {
     /// The agent's stream is open but it sent nothing for
     /// `ingest.agent_timeout` (a hung agent or a stuck network).
     pub stale: bool,
+    /// No longer in the cluster's member list (`etcdctl member remove`): no rule
+    /// judges it, and it leaves the state when its agent disconnects.
+    pub removed: bool,
     /// etcd's backend quota (`etcd_server_quota_backend_bytes`); 0 if unknown.
     pub quota_bytes: f64,
     /// Latest host figures of the member's host, if its agent reports them.
@@ -196,6 +199,15 @@ pub struct CertFigure {
     pub days_left: f64,
 }
 
+/// Whether the member with hex id `id` is in the member list `ids`. A member
+/// whose id is not known yet, or a cluster whose list has not been seen, counts
+/// as listed.
+fn listed(ids: &BTreeSet<u64>, id: &str) -> bool {
+    ids.is_empty()
+        || id.is_empty()
+        || u64::from_str_radix(id, 16).map_or(true, |n| ids.contains(&n))
+}
+
 /// Name under which a member's rows are stored: its name, or its id.
 pub fn member_key(id: &Identity) -> String {
     if !id.member_name.is_empty() {
@@ -243,6 +255,7 @@ impl LiveState {
                 m.agent_connected = false;
                 m.healthy = false;
             });
+            self.forget_removed(id);
             self.changed.notify_one();
         }
         EventRow {
@@ -365,8 +378,15 @@ impl LiveState {
                         events.push(ev("", "member_removed", format!("{removed:x}")));
                     }
                 }
+                // Members no longer listed: gone with their agent, else kept as
+                // removed (no rule judges them) until their agent goes.
+                cluster.members.retain(|_, other| {
+                    other.removed = !listed(&ids, &other.id);
+                    !other.removed || other.agent_connected
+                });
                 cluster.member_ids = ids;
             }
+            m.removed = !listed(&cluster.member_ids, &m.id);
             m.healthy = m.agent_connected && m.reachable == Some(true) && !m.leader_id.is_empty();
         });
         // Every event (member down or up, leader change, alarm, membership) is
@@ -399,6 +419,22 @@ impl LiveState {
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
         self.snapshot_at(now)
+    }
+
+    /// Drops a member that is no longer in its cluster's member list once its
+    /// agent has gone too.
+    fn forget_removed(&self, id: &Identity) {
+        let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(cluster) = g.get_mut(&id.cluster) {
+            let key = member_key(id);
+            if cluster
+                .members
+                .get(&key)
+                .is_some_and(|m| m.removed && !m.agent_connected)
+            {
+                cluster.members.remove(&key);
+            }
+        }
     }
 
     fn with_member(&self, id: &Identity, f: impl FnOnce(&mut ClusterState, &mut MemberState)) {

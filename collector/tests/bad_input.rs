@@ -572,3 +572,43 @@ async fn a_second_live_stream_for_one_agent_id_is_refused_until_the_first_ends()
     }
     assert_eq!(acks(&again.expect("the id is free again")), vec![1]);
 }
+
+/// One small message must not turn into millions of rows: a default `Sample` is two
+/// bytes on the wire and some hundred in memory. A batch over
+/// `ingest.max_batch_samples` (250,000) is refused with the reason, without being
+/// converted, and the stream goes on.
+#[tokio::test]
+async fn a_batch_of_too_many_samples_is_refused_unconverted() {
+    use etcdmon_proto::v1::{MetricFamily, MetricsScrape, Sample};
+    let s = server(8 << 20).await;
+    let bomb = batch_of(
+        1,
+        report::Body::Metrics(MetricsScrape {
+            families: vec![MetricFamily {
+                name: "bomb".into(),
+                samples: vec![Sample::default(); 300_000],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    );
+    let encoded = prost::Message::encoded_len(&bomb);
+    assert!(encoded < 2 << 20, "a small message: {encoded} bytes");
+    let (tx, mut inbound) = open_stream(&s.url, "bomber").await;
+    tx.send(bomb).await.unwrap();
+    let (sequence, reason) = next_ack(&mut inbound).await;
+    assert_eq!(sequence, 1);
+    assert!(
+        reason.contains("300000 samples") && reason.contains("ingest.max_batch_samples"),
+        "{reason}"
+    );
+    assert_eq!(
+        s.metrics.samples_stored.get(),
+        0,
+        "nothing converted or stored"
+    );
+    // The stream goes on.
+    tx.send(batch(2, 0)).await.unwrap();
+    let (sequence, reason) = next_ack(&mut inbound).await;
+    assert_eq!((sequence, reason.as_str()), (2, ""));
+}

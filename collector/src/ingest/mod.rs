@@ -17,10 +17,11 @@
 
 pub mod convert;
 
+use crate::config::IngestConfig;
 use crate::metrics::CollectorMetrics;
 use crate::now_ms;
 use crate::state::{member_key, LiveState};
-use crate::writer::{WriteError, WriteRequest};
+use crate::writer::{QueueBudget, WriteError, WriteRequest};
 use convert::{report_rows_where, Target};
 use etcdmon_proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
 use etcdmon_proto::v1::{
@@ -72,6 +73,10 @@ pub struct Ingest {
     state: LiveState,
     metrics: CollectorMetrics,
     max_batch_bytes: usize,
+    /// Samples one batch may hold once decoded (`ingest.max_batch_samples`).
+    max_batch_samples: usize,
+    /// Memory of queued rows (`ingest.queue_bytes`).
+    budget: QueueBudget,
     shutdown: CancellationToken,
     /// Agent ids with a live stream, and from where: a second stream for the
     /// same id is refused (see [`LiveIds`]).
@@ -115,21 +120,23 @@ impl Drop for LiveClaim {
 }
 
 impl Ingest {
-    /// A service writing through `writer`.
+    /// A service writing through `writer`, within the limits of `cfg`.
     pub fn new(
         storage: Arc<dyn Storage>,
         writer: mpsc::Sender<WriteRequest>,
         state: LiveState,
         metrics: CollectorMetrics,
-        max_batch_bytes: usize,
+        cfg: &IngestConfig,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             storage,
             writer,
             state,
+            budget: QueueBudget::new(cfg.queue_bytes, metrics.clone()),
             metrics,
-            max_batch_bytes,
+            max_batch_bytes: cfg.max_batch_bytes,
+            max_batch_samples: cfg.max_batch_samples,
             shutdown,
             live: LiveIds::default(),
         }
@@ -229,6 +236,21 @@ impl Ingest {
         let oldest = if oldest == i64::MAX { 0 } else { oldest };
         (set, oldest, new_series)
     }
+}
+
+/// Samples a batch would become: etcd's metrics samples (the one part of a
+/// report whose size the sender chooses), plus a handful per other report.
+fn samples_in(batch: &Batch) -> usize {
+    batch
+        .reports
+        .iter()
+        .map(|r| match &r.body {
+            Some(etcdmon_proto::v1::report::Body::Metrics(m)) => {
+                m.families.iter().map(|f| f.samples.len()).sum::<usize>()
+            }
+            _ => 64,
+        })
+        .sum()
 }
 
 /// Response stream type of a session.
@@ -495,6 +517,25 @@ impl Session {
             .metrics
             .batch_bytes
             .observe(prost::Message::encoded_len(&batch) as f64);
+        let samples = samples_in(&batch);
+        if samples > self.svc.max_batch_samples {
+            // Not converted: its rows could take hundreds of times its wire size.
+            self.svc.metrics.batches_rejected.inc();
+            let reason = format!(
+                "batch {seq} holds {samples} samples, more than ingest.max_batch_samples ({})",
+                self.svc.max_batch_samples
+            );
+            tracing::warn!(agent = %self.agent_id, %reason, "batch refused");
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err(WriteError::Rejected(reason)));
+            self.high = seq;
+            let pending = Pending {
+                sequence: seq,
+                done: rx,
+                new_series: Vec::new(),
+            };
+            return acks.send(pending).await.is_ok();
+        }
         // The agent's identity completes over time (member id and name are
         // learned from etcd); keep the latest for the disconnect event.
         if let Some(id) = batch.reports.iter().rev().find_map(|r| r.identity.as_ref()) {
@@ -505,11 +546,16 @@ impl Session {
         let (set, oldest_ms, new_series) =
             self.svc
                 .rows(&self.seen, &self.identity, &self.agent_id, &batch);
+        // Waits while the rows already queued take the memory budget: the
+        // session then stops reading, and its agent waits (flow control).
+        let Some(memory) = self.svc.budget.reserve(&set).await else {
+            return false;
+        };
         let (tx, rx) = oneshot::channel();
         if self
             .svc
             .writer
-            .send(WriteRequest::new(set, oldest_ms, tx))
+            .send(WriteRequest::new(set, oldest_ms, tx).holding(memory))
             .await
             .is_err()
         {

@@ -189,7 +189,7 @@ fn cluster_obs(
 
 /// A member whose agent is connected and current: its view can be trusted.
 fn watched(m: &MemberState) -> bool {
-    m.agent_connected && !m.stale
+    m.agent_connected && !m.stale && !m.removed
 }
 
 /// A member that answers: watched and reachable.
@@ -241,6 +241,7 @@ fn member_unreachable(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
 fn agent_silent(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
     c.members
         .values()
+        .filter(|m| !m.removed)
         .map(|m| {
             let silent = !watched(m);
             member_obs(
@@ -287,7 +288,9 @@ fn no_leader(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
 /// judged either way: counting those members as unavailable would page "quorum
 /// lost" for the first second after every start.
 fn quorum(c: &ClusterState) -> Option<(usize, usize, bool)> {
-    let n = c.member_count().max(c.members.len());
+    let n = c
+        .member_count()
+        .max(c.members.values().filter(|m| !m.removed).count());
     if n == 0 {
         return None;
     }

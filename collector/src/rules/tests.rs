@@ -416,3 +416,44 @@ fn clock_skew_fires_for_a_wrong_host_clock_and_resolves() {
     assert_eq!(resolved.len(), 1, "{resolved:?}");
     assert!(!resolved[0].state.is_firing());
 }
+
+/// A member removed from the cluster (`etcdctl member remove`) no longer counts:
+/// its agent, still running beside a stopped etcd, does not page it as
+/// unreachable, quorum is counted over the members listed (not "2 of 3" or "4 of
+/// 3"), and it leaves the state when its agent goes, instead of `agent_silent`
+/// forever.
+#[test]
+fn a_removed_member_is_not_judged_and_leaves_with_its_agent() {
+    let (st, mut r) = (LiveState::default(), rules());
+    assert!(step(&st, &mut r, T0, healthy(2)).is_empty());
+    // m3 is removed: the others list two members; its etcd stops.
+    let two = |n: u64| EtcdStatus {
+        members: members().into_iter().filter(|m| m.id != 3).collect(),
+        ..up(n, 1, 2, 10)
+    };
+    let fired = step(
+        &st,
+        &mut r,
+        T0 + 1_000,
+        [Some(two(1)), Some(two(2)), Some(down())],
+    );
+    // Not member_unreachable for m3; a two-member cluster has no failure margin.
+    assert_eq!(fired, [("quorum_at_risk".to_string(), true)], "{fired:?}");
+    let m3 = st.snapshot_at(T0 + 1_000)[0].members["m3"].clone();
+    assert!(m3.removed, "{m3:?}");
+    // Its agent goes: no agent_silent, and it is gone from the state.
+    st.disconnected(&id("m3", 3), T0 + 2_000, "stopped");
+    let fired = step(&st, &mut r, T0 + 30_000, [Some(two(1)), Some(two(2)), None]);
+    assert!(
+        !fired.iter().any(|(rule, _)| rule == "agent_silent"),
+        "{fired:?}"
+    );
+    let snap = st.snapshot_at(T0 + 30_000);
+    assert_eq!(snap[0].members.len(), 2, "{:?}", snap[0].members.keys());
+    // Losing one of the two remaining is a quorum loss of a two-member cluster.
+    let fired = step(&st, &mut r, T0 + 31_000, [Some(two(1)), Some(down()), None]);
+    assert!(
+        fired.contains(&("quorum_lost".to_string(), true)),
+        "{fired:?}"
+    );
+}

@@ -51,6 +51,79 @@ pub struct WriteRequest {
     queued: Instant,
     /// Outcome.
     done: oneshot::Sender<Result<(), WriteError>>,
+    /// The share of `ingest.queue_bytes` its rows hold, released with the
+    /// outcome (after the write).
+    memory: Option<QueueMemory>,
+}
+
+/// Memory of queued rows, in KiB permits of one semaphore (`ingest.queue_bytes`):
+/// a session waits for its batch's share before queueing it, so while the writer
+/// falls behind, agents wait instead of the collector's memory growing.
+#[derive(Clone)]
+pub struct QueueBudget {
+    permits: Arc<tokio::sync::Semaphore>,
+    total_kib: u32,
+    metrics: CollectorMetrics,
+}
+
+/// One batch's share of the budget; dropping it gives it back.
+pub struct QueueMemory {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    bytes: i64,
+    metrics: CollectorMetrics,
+}
+
+impl Drop for QueueMemory {
+    fn drop(&mut self) {
+        self.metrics.queue_bytes.sub(self.bytes);
+    }
+}
+
+impl QueueBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize, metrics: CollectorMetrics) -> Self {
+        let total_kib = u32::try_from((bytes / 1024).max(1)).unwrap_or(u32::MAX);
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(total_kib as usize)),
+            total_kib,
+            metrics,
+        }
+    }
+
+    /// Waits until the rows of `set` fit; a set larger than the whole budget
+    /// waits for all of it (it is then written alone). `None` only if the
+    /// budget was closed.
+    pub async fn reserve(&self, set: &WriteSet) -> Option<QueueMemory> {
+        let bytes = estimated_bytes(set);
+        let kib = u32::try_from(bytes / 1024 + 1)
+            .unwrap_or(u32::MAX)
+            .min(self.total_kib);
+        let permit = self.permits.clone().acquire_many_owned(kib).await.ok()?;
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.metrics.queue_bytes.add(bytes);
+        Some(QueueMemory {
+            _permit: permit,
+            bytes,
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
+/// What the rows of `set` take in memory, roughly: their strings plus the
+/// fixed part of each row.
+pub fn estimated_bytes(set: &WriteSet) -> usize {
+    let samples: usize = set
+        .samples
+        .iter()
+        .map(|r| r.name.len() + r.labels.len() + 64)
+        .sum();
+    let series: usize = set
+        .series
+        .iter()
+        .map(|r| r.name.len() + r.labels.len() + r.metric_type.len() + 96)
+        .sum();
+    let events: usize = set.events.iter().map(|e| e.message.len() + 96).sum();
+    samples + series + events + set.marks.len() * 64
 }
 
 impl WriteRequest {
@@ -66,7 +139,14 @@ impl WriteRequest {
             oldest_ms,
             queued: Instant::now(),
             done,
+            memory: None,
         }
+    }
+
+    /// The same request holding `memory` until its outcome is reported.
+    pub fn holding(mut self, memory: QueueMemory) -> Self {
+        self.memory = Some(memory);
+        self
     }
 }
 

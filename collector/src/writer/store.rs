@@ -32,6 +32,8 @@ pub(super) struct Part {
     shares: Shares,
     oldest_ms: i64,
     done: oneshot::Sender<Result<(), WriteError>>,
+    /// Its share of `ingest.queue_bytes`, given back when the part is done.
+    _memory: Option<super::QueueMemory>,
 }
 
 /// A write whose rows are done: each batch with its row outcome, and the
@@ -72,6 +74,7 @@ impl Store {
                 shares: Shares::of(&r.set),
                 oldest_ms: r.oldest_ms,
                 done: r.done,
+                _memory: r.memory,
             });
             merged.extend(r.set);
         }

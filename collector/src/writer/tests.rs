@@ -394,3 +394,32 @@ fn a_merged_set_splits_back_into_its_batches() {
         assert_eq!(orig.marks, got.marks);
     }
 }
+
+/// `ingest.queue_bytes` bounds the rows held for the writer: a batch that does
+/// not fit waits until an earlier one's rows are done, and a batch larger than the
+/// whole budget waits for all of it rather than forever.
+#[tokio::test]
+async fn the_queue_budget_holds_back_batches_until_memory_is_given_back() {
+    let metrics = CollectorMetrics::new();
+    let budget = QueueBudget::new(1 << 20, metrics.clone());
+    // About 0.7 MiB of rows each.
+    let big = set("a", 10_000, 0);
+    assert!(estimated_bytes(&big) > 600 * 1024 && estimated_bytes(&big) < 1 << 20);
+    let first = budget.reserve(&big).await.expect("fits");
+    assert!(metrics.queue_bytes.get() > 600 * 1024);
+    let second = tokio::time::timeout(Duration::from_millis(100), budget.reserve(&big)).await;
+    assert!(second.is_err(), "the second batch must wait");
+    drop(first);
+    assert_eq!(metrics.queue_bytes.get(), 0);
+    let second = tokio::time::timeout(Duration::from_secs(1), budget.reserve(&big))
+        .await
+        .expect("fits once the first is done")
+        .expect("budget open");
+    drop(second);
+    let huge = set("b", 40_000, 0);
+    assert!(estimated_bytes(&huge) > 1 << 20);
+    let alone = tokio::time::timeout(Duration::from_secs(1), budget.reserve(&huge))
+        .await
+        .expect("larger than the budget: it takes all of it");
+    assert!(alone.is_some());
+}

@@ -50,7 +50,8 @@
 //!
 //! At least once from [`OutboxSender::send`] to [`Delivery::ack`], as long as the outbox
 //! does not overflow and the collector does not exit while NATS is down (both are
-//! counted or logged). Order is the publish order per stream, except that redeliveries
+//! counted or logged). The collector covers an overflow: once the outbox has dropped
+//! candidates and emptied again, it sends every alert's latest candidate once more. Order is the publish order per stream, except that redeliveries
 //! come after newer messages; the `transition` counter lets the alerter ignore stale
 //! ones.
 //!

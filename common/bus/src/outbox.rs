@@ -237,7 +237,7 @@ impl OutboxTask {
         let mut failures = 0u64;
         loop {
             if in_flight.is_none() {
-                in_flight = self.shared.lock().items.pop_front();
+                in_flight = self.shared.take_oldest();
             }
             let Some(item) = &in_flight else {
                 tokio::select! {
@@ -298,7 +298,7 @@ impl OutboxTask {
         let deadline = tokio::time::Instant::now() + self.grace;
         loop {
             if in_flight.is_none() {
-                in_flight = self.shared.lock().items.pop_front();
+                in_flight = self.shared.take_oldest();
             }
             let Some(item) = &in_flight else {
                 return;
@@ -357,6 +357,16 @@ impl Shared {
         // The lock is held only for queue operations that cannot panic halfway; a
         // poisoned lock still holds a consistent queue.
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the oldest candidate out of the queue for publishing; it no longer
+    /// counts against `max_bytes` (it is the one outside the bound, see the
+    /// module docs).
+    fn take_oldest(&self) -> Option<Item> {
+        let mut queue = self.lock();
+        let item = queue.items.pop_front()?;
+        queue.bytes -= item.size;
+        Some(item)
     }
 }
 
@@ -514,6 +524,43 @@ mod tests {
         let handle = tokio::spawn(task.run(shutdown.clone()));
         wait_for("publishes", || stats.published() == 3).await;
         assert_eq!(fake.published(), [5, 6, 7]);
+        shutdown.cancel();
+        handle.await.unwrap();
+    }
+
+    /// Published candidates leave the queue's byte count. They did not: after a
+    /// process had published `max_bytes` of candidates in all, every candidate sent
+    /// while another one waited pushed the older one out, dropped.
+    #[tokio::test]
+    async fn published_candidates_free_their_room() {
+        let fake = Arc::new(Fake::default());
+        let size = serialized_size(&candidate(1));
+        let (sender, task) = Outbox::new(fake.clone(), 3 * size + size / 2);
+        let stats = sender.stats();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(fast(task).run(shutdown.clone()));
+        // Ten times what the queue holds, a few at a time, all published.
+        for round in 0..10u64 {
+            for t in 1..=3 {
+                sender.send(candidate(round * 3 + t));
+            }
+            wait_for("publishes", || stats.published() == (round + 1) * 3).await;
+        }
+        // With the bus away, the queue still holds three besides the one retried.
+        fake.down.store(true, Ordering::Relaxed);
+        let attempts = fake.attempts.load(Ordering::Relaxed);
+        sender.send(candidate(100));
+        wait_for("a failed attempt", || {
+            fake.attempts.load(Ordering::Relaxed) > attempts
+        })
+        .await;
+        for t in 101..=103 {
+            sender.send(candidate(t));
+        }
+        // One is being retried outside the queue; three wait in it; none dropped.
+        assert_eq!(stats.dropped(), 0, "room was never given back");
+        fake.down.store(false, Ordering::Relaxed);
+        wait_for("publishes", || stats.published() == 34).await;
         shutdown.cancel();
         handle.await.unwrap();
     }
