@@ -182,6 +182,33 @@ pub struct UpstreamConfig {
     /// gzip for the agent and the collector) or `gzip` (for collectors older
     /// than 0.1 that accept only gzip).
     pub compression: Compression,
+    /// TLS towards the collector (an `https://` address): the CA that signed
+    /// the collector's certificate, and this agent's client certificate when
+    /// the collector identifies agents by certificate.
+    pub tls: UpstreamTlsConfig,
+    /// Bearer token the collector knows (by its hash) in `[[grpc.agents]]`.
+    /// Prefer `token_file` (or `ETCDMON_AGENT_UPSTREAM__TOKEN`): a config file
+    /// holding it must be kept secret.
+    pub token: Option<etcdmon_core::secret::Secret>,
+    /// File holding the bearer token (its trailing newline is ignored).
+    pub token_file: Option<PathBuf>,
+    /// Send the token over plain `http://` anyway (anyone on the path can read
+    /// it); the agent warns at start.
+    pub allow_plaintext: bool,
+}
+
+/// PEM files for TLS towards the collector.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTlsConfig {
+    /// CA that signed the collector's certificate (required for `https://`).
+    pub ca: Option<PathBuf>,
+    /// This agent's client certificate.
+    pub cert: Option<PathBuf>,
+    /// Its private key.
+    pub key: Option<PathBuf>,
+    /// Name to verify in the collector's certificate; defaults to the address's host.
+    pub server_name: Option<String>,
 }
 
 /// Compression of the agent's stream.
@@ -207,6 +234,10 @@ impl Default for UpstreamConfig {
             spool_disk_bytes: 512 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(5),
             compression: Compression::Zstd,
+            tls: UpstreamTlsConfig::default(),
+            token: None,
+            token_file: None,
+            allow_plaintext: false,
         }
     }
 }
@@ -271,6 +302,29 @@ impl AgentConfig {
         }
         if self.upstream.window == 0 {
             return Err(FieldError::new("upstream.window", "must be positive"));
+        }
+        if self.upstream.tls.cert.is_some() != self.upstream.tls.key.is_some() {
+            return Err(FieldError::new(
+                "upstream.tls.key",
+                "upstream.tls.cert and upstream.tls.key must be given together",
+            ));
+        }
+        if let Some(addr) = &self.upstream.address {
+            let secured = addr.scheme() == "https";
+            if secured && self.upstream.tls.ca.is_none() {
+                return Err(FieldError::new(
+                    "upstream.tls.ca",
+                    "is required for an https:// collector: the CA that signed its certificate",
+                ));
+            }
+            let token = self.upstream.token.is_some() || self.upstream.token_file.is_some();
+            if token && !secured && !self.upstream.allow_plaintext {
+                return Err(FieldError::new(
+                    "upstream.token",
+                    "would cross the network in plain text: use an https:// address (or set \
+                     upstream.allow_plaintext = true)",
+                ));
+            }
         }
         if self.identity.cluster.is_empty() {
             return Err(FieldError::new("identity.cluster", "must not be empty"));
@@ -383,6 +437,33 @@ mod tests {
 
         let c: AgentConfig = from_toml_str("[etcd.tls]\ncert = \"/c.pem\"\n").expect("parse");
         assert_eq!(c.validate().expect_err("invalid").field, "etcd.tls.key");
+    }
+
+    /// An https collector needs its CA; a token never crosses plain text unasked.
+    #[test]
+    fn upstream_credentials_need_tls() {
+        let field = |toml: &str| {
+            let c: AgentConfig = from_toml_str(toml).expect("parse");
+            c.validate().err().map(|e| e.field)
+        };
+        assert_eq!(
+            field("[upstream]\naddress = \"https://c:7070\"\n"),
+            Some("upstream.tls.ca")
+        );
+        assert_eq!(
+            field("[upstream]\naddress = \"https://c:7070\"\ntls.ca = \"/ca.pem\"\n"),
+            None
+        );
+        let plain_token = "[upstream]\naddress = \"http://c:7070\"\ntoken_file = \"/t\"\n";
+        assert_eq!(field(plain_token), Some("upstream.token"));
+        assert_eq!(
+            field(&format!("{plain_token}allow_plaintext = true\n")),
+            None
+        );
+        assert_eq!(
+            field("[upstream.tls]\ncert = \"/c.pem\"\n"),
+            Some("upstream.tls.key")
+        );
     }
 
     #[test]

@@ -178,7 +178,9 @@ pub fn collector_config(args: &UpArgs, data_dir: &Path) -> anyhow::Result<Collec
         format!("sqlite:{}", data_dir.join("etcdmon.sqlite").display()),
     )
     .set("http.listen", args.listen.to_string())
-    .set("grpc.listen", "127.0.0.1:0");
+    .set("grpc.listen", "127.0.0.1:0")
+    // Agents and collector are this process, over loopback.
+    .set("grpc.allow_plaintext", true);
     CollectorConfig::load(None, &o.into_value()).context("collector config")
 }
 

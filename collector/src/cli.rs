@@ -29,6 +29,14 @@ pub struct Cli {
     /// Log level or filter [log.level].
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Accept agents without TLS (and, with no [[grpc.agents]], without
+    /// credentials) [grpc.allow_plaintext].
+    #[arg(long)]
+    pub allow_plaintext: bool,
+    /// Read an agent token from standard input, print its SHA-256 for
+    /// `grpc.agents.token_sha256`, and exit.
+    #[arg(long)]
+    pub hash_token: bool,
 }
 
 impl Cli {
@@ -40,6 +48,9 @@ impl Cli {
             .set_opt("storage.url", self.storage.as_ref())
             .set_opt("log.level", self.log_level.as_ref())
             .set_opt("alerting.jetstream.url", self.nats.as_ref());
+        if self.allow_plaintext {
+            o.set("grpc.allow_plaintext", true);
+        }
         o.into_value()
     }
 }
@@ -47,4 +58,13 @@ impl Cli {
 /// Loads and validates the config; the error names the field.
 pub fn load_config(cli: &Cli) -> anyhow::Result<CollectorConfig> {
     CollectorConfig::load(cli.config.as_deref(), &cli.overrides())
+}
+
+/// The SHA-256 (hex) of a token as `grpc.agents.token_sha256` wants it; a
+/// trailing newline (from `echo` or a file) is not part of the token.
+pub fn hash_token(token: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(
+        token.trim_end_matches(['\n', '\r']).as_bytes(),
+    ))
 }

@@ -8,6 +8,7 @@ use etcdmon_core::telemetry::LogConfig;
 pub use etcdmon_storage::open::{StorageConfig, StorageTarget};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Environment prefix: `ETCDMON_COLLECTOR_GRPC__LISTEN` sets `grpc.listen`.
@@ -60,19 +61,137 @@ impl Default for CollectorConfig {
     }
 }
 
-/// gRPC listener.
+/// The agents' gRPC listener, and who may report there.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
     /// Listen address for agents.
     pub listen: SocketAddr,
+    /// TLS of the listener; required unless `allow_plaintext`.
+    pub tls: Option<GrpcTlsConfig>,
+    /// Who may report, and for which clusters: each agent (or group of agents)
+    /// by its client certificate or a bearer token. Required unless
+    /// `allow_plaintext`; with entries here every stream must present one.
+    pub agents: Vec<AgentGrant>,
+    /// Accept agents without TLS and, when `agents` is empty, without
+    /// credentials: anyone who reaches the port can then write any cluster's
+    /// data. For a trusted network or a test; the collector warns at start.
+    pub allow_plaintext: bool,
+}
+
+/// TLS of the gRPC listener (PEM files).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcTlsConfig {
+    /// The collector's certificate (chain).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// CA that signs agents' client certificates; agents identified by a
+    /// certificate in `agents` need it. Agents with a token need no client
+    /// certificate.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Agents allowed to report, by one credential, for some clusters.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentGrant {
+    /// A name for logs and errors, e.g. `prod-eu agents`.
+    pub name: String,
+    /// A DNS name (subject alternative name) or the common name of the agents'
+    /// client certificate (signed by `grpc.tls.client_ca`).
+    pub certificate: Option<String>,
+    /// SHA-256 (hex) of the agents' bearer token: the token itself is never in
+    /// the config. `etcdmon-collector --hash-token` prints it.
+    pub token_sha256: Option<String>,
+    /// Clusters these agents may report for; `*` and `?` are wildcards
+    /// (`prod-eu-*`).
+    pub clusters: Vec<String>,
 }
 
 impl Default for GrpcConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 7070)),
+            tls: None,
+            agents: Vec::new(),
+            allow_plaintext: false,
         }
+    }
+}
+
+impl GrpcConfig {
+    /// Agents must authenticate over TLS unless plain text is allowed, and each
+    /// grant names one credential and some clusters.
+    fn validate(&self) -> Result<(), FieldError> {
+        if !self.allow_plaintext {
+            if self.tls.is_none() {
+                return Err(FieldError::new(
+                    "grpc.tls",
+                    "is required: agents' data and credentials cross the network (set \
+                     grpc.allow_plaintext = true, or --allow-plaintext, to accept plain \
+                     text from anyone who reaches the port)",
+                ));
+            }
+            if self.agents.is_empty() {
+                return Err(FieldError::new(
+                    "grpc.agents",
+                    "is required: say which client certificates or tokens may report for \
+                     which clusters (or set grpc.allow_plaintext = true to accept anyone)",
+                ));
+            }
+        }
+        for g in &self.agents {
+            if g.name.is_empty() {
+                return Err(FieldError::new("grpc.agents.name", "must not be empty"));
+            }
+            match (&g.certificate, &g.token_sha256) {
+                (Some(_), None) => {
+                    if self
+                        .tls
+                        .as_ref()
+                        .and_then(|t| t.client_ca.as_ref())
+                        .is_none()
+                    {
+                        return Err(FieldError::new(
+                            "grpc.tls.client_ca",
+                            format!(
+                                "is required to identify agents by certificate ({:?})",
+                                g.name
+                            ),
+                        ));
+                    }
+                }
+                (None, Some(hash)) => {
+                    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(FieldError::new(
+                            "grpc.agents.token_sha256",
+                            format!(
+                                "{:?}: must be 64 hex digits (etcdmon-collector --hash-token prints them)",
+                                g.name
+                            ),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(FieldError::new(
+                        "grpc.agents",
+                        format!(
+                            "{:?} must set exactly one of certificate, token_sha256",
+                            g.name
+                        ),
+                    ))
+                }
+            }
+            if g.clusters.is_empty() {
+                return Err(FieldError::new(
+                    "grpc.agents.clusters",
+                    format!("{:?}: name at least one cluster (\"*\" for all)", g.name),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -167,6 +286,7 @@ impl CollectorConfig {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), FieldError> {
         self.storage.target()?;
+        self.grpc.validate()?;
         if self.ingest.max_batch_bytes < 1024 {
             return Err(FieldError::new(
                 "ingest.max_batch_bytes",
@@ -279,14 +399,43 @@ mod tests {
         ));
     }
 
+    /// Agents must authenticate over TLS unless plain text is asked for.
     #[test]
-    fn defaults_validate() {
-        CollectorConfig::default().validate().expect("defaults");
+    fn defaults_need_agent_credentials_or_plain_text() {
+        let mut c = CollectorConfig::default();
+        assert_eq!(c.validate().unwrap_err().field, "grpc.tls");
+        c.grpc.tls = Some(GrpcTlsConfig {
+            cert: "/c.pem".into(),
+            key: "/k.pem".into(),
+            client_ca: None,
+        });
+        assert_eq!(c.validate().unwrap_err().field, "grpc.agents");
+        let grant = |cert: Option<&str>, token: Option<&str>, clusters: &[&str]| AgentGrant {
+            name: "a".into(),
+            certificate: cert.map(str::to_owned),
+            token_sha256: token.map(str::to_owned),
+            clusters: clusters.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        c.grpc.agents = vec![grant(Some("agent"), None, &["*"])];
+        assert_eq!(c.validate().unwrap_err().field, "grpc.tls.client_ca");
+        c.grpc.agents = vec![grant(None, Some("abc"), &["*"])];
+        assert_eq!(c.validate().unwrap_err().field, "grpc.agents.token_sha256");
+        c.grpc.agents = vec![grant(None, Some(&"a".repeat(64)), &[])];
+        assert_eq!(c.validate().unwrap_err().field, "grpc.agents.clusters");
+        c.grpc.agents = vec![grant(Some("x"), Some(&"a".repeat(64)), &["*"])];
+        assert_eq!(c.validate().unwrap_err().field, "grpc.agents");
+        c.grpc.agents = vec![grant(None, Some(&"a".repeat(64)), &["lab"])];
+        c.validate().expect("TLS and a token grant");
+
+        let mut open = CollectorConfig::default();
+        open.grpc.allow_plaintext = true;
+        open.validate().expect("plain text, anyone");
     }
 
     #[test]
     fn the_largest_write_is_at_least_flush_rows() {
         let mut c = CollectorConfig::default();
+        c.grpc.allow_plaintext = true;
         c.ingest.max_write_rows = c.ingest.flush_rows - 1;
         assert_eq!(c.validate().unwrap_err().field, "ingest.max_write_rows");
         c.ingest.max_write_rows = c.ingest.flush_rows;

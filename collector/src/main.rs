@@ -17,6 +17,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.hash_token {
+        let mut token = String::new();
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut token) {
+            eprintln!("etcdmon-collector: read the token from standard input: {e}");
+            return ExitCode::from(2);
+        }
+        println!("{}", etcdmon_collector::cli::hash_token(&token));
+        return ExitCode::SUCCESS;
+    }
     let cfg = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -56,7 +65,7 @@ async fn run(cfg: etcdmon_collector::config::CollectorConfig) -> anyhow::Result<
     };
     let listeners = Listeners::bind(&cfg).await?;
     let sink = AlertSink::from_config(&cfg);
-    let running = Collector::serve_on(&cfg, stores, listeners, sink, &shutdown).await;
+    let running = Collector::serve_on(&cfg, stores, listeners, sink, &shutdown).await?;
     shutdown.cancelled().await;
     running.drain().await?;
     match shutdown.failure() {

@@ -112,18 +112,32 @@ impl Collector {
             return Ok(None);
         };
         Ok(Some(
-            Self::serve_on(cfg, stores, listeners, sink, shutdown).await,
+            Self::serve_on(cfg, stores, listeners, sink, shutdown).await?,
         ))
     }
 
-    /// Serves on an opened (and migrated) store.
+    /// Serves on an opened (and migrated) store. Fails only when the TLS files of
+    /// `grpc.tls` cannot be read (naming the field), before anything starts.
     pub async fn serve_on(
         cfg: &CollectorConfig,
         stores: Stores,
         listeners: Listeners,
         sink: AlertSink,
         shutdown: &Shutdown,
-    ) -> Running {
+    ) -> anyhow::Result<Running> {
+        let tls = grpc_tls(cfg)?;
+        if cfg.grpc.allow_plaintext {
+            tracing::warn!(
+                tls = tls.is_some(),
+                credentials = !cfg.grpc.agents.is_empty(),
+                "grpc.allow_plaintext: agents may connect without TLS{}",
+                if cfg.grpc.agents.is_empty() {
+                    " and without credentials: anyone who reaches the port can write any cluster's data"
+                } else {
+                    ""
+                }
+            );
+        }
         let metrics = CollectorMetrics::new();
         let state = LiveState::new(cfg.ingest.agent_timeout);
         // Everything but the rules stops on `serving`, which only `drain` cancels.
@@ -139,6 +153,7 @@ impl Collector {
             state.clone(),
             metrics.clone(),
             &cfg.ingest,
+            crate::ingest::auth::AgentAuth::new(&cfg.grpc),
             serving.clone(),
         )
         .into_service();
@@ -203,9 +218,13 @@ impl Collector {
             etcdmon_core::ops::serve(listeners.http, router, serving.clone()),
         );
         let stop = serving.clone();
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls).context("grpc.tls")?;
+        }
         let grpc = shutdown.spawn_server(
             "gRPC server",
-            tonic::transport::Server::builder()
+            server
                 // An agent holds one stream; a client opening hundreds on one
                 // connection is not an agent.
                 .max_concurrent_streams(Some(GRPC_STREAMS_PER_CONNECTION))
@@ -222,7 +241,7 @@ impl Collector {
                 ),
         );
         tracing::info!(grpc = %grpc_addr, http = %http_addr, backend = stores.storage.backend(), "collector started");
-        Running {
+        Ok(Running {
             grpc_addr,
             http_addr,
             state,
@@ -236,8 +255,33 @@ impl Collector {
             publishing,
             retention,
             http,
-        }
+        })
     }
+}
+
+/// The gRPC listener's TLS: its certificate and key, and the CA of agents'
+/// client certificates (optional for a client: agents with a token need none).
+fn grpc_tls(cfg: &CollectorConfig) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    let Some(t) = &cfg.grpc.tls else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path, field: &str| {
+        std::fs::read(path).with_context(|| format!("{field}: read {}", path.display()))
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        read(&t.cert, "grpc.tls.cert")?,
+        read(&t.key, "grpc.tls.key")?,
+    );
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &t.client_ca {
+        tls = tls
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(
+                ca,
+                "grpc.tls.client_ca",
+            )?))
+            .client_auth_optional(true);
+    }
+    Ok(Some(tls))
 }
 
 fn local_addr(l: &TcpListener) -> SocketAddr {

@@ -47,11 +47,14 @@ async fn server_with(
         alerts: sqlite,
     };
     let mut cfg = CollectorConfig::default();
+    cfg.grpc.allow_plaintext = true;
     cfg.ingest.max_batch_bytes = max_batch_bytes;
     cfg.ingest.flush_interval = Duration::from_millis(50);
     let shutdown = Shutdown::new();
     let listeners = Listeners::loopback().await.expect("bind");
-    let c = Collector::serve_on(&cfg, stores, listeners, AlertSink::LogOnly, &shutdown).await;
+    let c = Collector::serve_on(&cfg, stores, listeners, AlertSink::LogOnly, &shutdown)
+        .await
+        .expect("serve");
     Server {
         url: c.grpc_url(),
         storage,

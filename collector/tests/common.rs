@@ -26,6 +26,9 @@ pub struct CollectorProc {
     pub storage: String,
     pub log: PathBuf,
     pub envs: Vec<(String, String)>,
+    /// Arguments after the listen addresses and the store (default
+    /// `--allow-plaintext`: tests talk plain gRPC unless they test TLS).
+    pub args: Vec<String>,
 }
 
 impl CollectorProc {
@@ -37,6 +40,22 @@ impl CollectorProc {
             storage: storage.to_string(),
             log: dir.join("collector.log"),
             envs: Vec::new(),
+            args: vec!["--allow-plaintext".into()],
+        };
+        c.spawn();
+        c
+    }
+
+    /// Like `start`, with `args` instead of `--allow-plaintext` (a config file).
+    pub fn start_with_args(storage: &str, dir: &Path, args: &[&str]) -> Self {
+        let mut c = Self {
+            child: None,
+            grpc: free_port(),
+            http: free_port(),
+            storage: storage.to_string(),
+            log: dir.join("collector.log"),
+            envs: Vec::new(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         c.spawn();
         c
@@ -54,6 +73,7 @@ impl CollectorProc {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            args: vec!["--allow-plaintext".into()],
         };
         c.spawn();
         c
@@ -69,6 +89,7 @@ impl CollectorProc {
             .args(["--grpc-listen", &format!("127.0.0.1:{}", self.grpc)])
             .args(["--http-listen", &format!("127.0.0.1:{}", self.http)])
             .args(["--storage", &self.storage])
+            .args(&self.args)
             .env("RUST_LOG", "info")
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())

@@ -95,6 +95,66 @@ impl Ctx {
     }
 }
 
+/// TLS and the bearer token towards the collector, read once at start (an
+/// unreadable file fails the start, naming the field).
+fn upstream_credentials(
+    cfg: &AgentConfig,
+) -> anyhow::Result<(
+    Option<tonic::transport::ClientTlsConfig>,
+    Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+)> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let up = &cfg.upstream;
+    let read = |path: &std::path::Path, field: &str| {
+        std::fs::read(path).with_context(|| format!("{field}: read {}", path.display()))
+    };
+    let secured = up.address.as_ref().is_some_and(|a| a.scheme() == "https");
+    let tls = if secured {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &up.tls.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca, "upstream.tls.ca")?));
+        }
+        if let (Some(cert), Some(key)) = (&up.tls.cert, &up.tls.key) {
+            tls = tls.identity(Identity::from_pem(
+                read(cert, "upstream.tls.cert")?,
+                read(key, "upstream.tls.key")?,
+            ));
+        }
+        let host = up
+            .address
+            .as_ref()
+            .and_then(|a| a.host_str().map(str::to_owned));
+        if let Some(name) = up.tls.server_name.clone().or(host) {
+            tls = tls.domain_name(name);
+        }
+        Some(tls)
+    } else {
+        None
+    };
+    let token = etcdmon_core::secret::resolve(
+        up.token.as_ref(),
+        up.token_file.as_deref(),
+        "upstream.token",
+        "upstream.token_file",
+    )?;
+    let bearer = match token {
+        Some(token) => {
+            if !secured {
+                tracing::warn!(
+                    "upstream.allow_plaintext: the token crosses the network in plain text"
+                );
+            }
+            Some(
+                format!("Bearer {}", token.expose())
+                    .parse()
+                    .context("upstream.token: not a valid header value")?,
+            )
+        }
+        None => None,
+    };
+    Ok((tls, bearer))
+}
+
 /// The stable agent id from config.
 pub fn agent_id(cfg: &AgentConfig, shared: &MemberView) -> String {
     if !cfg.upstream.agent_id.is_empty() {
@@ -167,9 +227,12 @@ pub async fn run(
         protocol_version: etcdmon_proto::PROTOCOL_VERSION,
         agent_id: agent_id(cfg, &shared),
     };
+    let (tls, bearer) = upstream_credentials(cfg)?;
     let conn = Connection {
         ctx: ctx.clone(),
         address,
+        tls,
+        bearer,
         max_batch_bytes: cfg.upstream.max_batch_bytes,
         hello,
         shared,
@@ -304,6 +367,10 @@ async fn seal(ctx: &Ctx, reports: Vec<Report>) {
 struct Connection {
     ctx: Ctx,
     address: String,
+    /// TLS towards the collector, for an `https://` address.
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    /// `authorization: Bearer <token>`, when the config has a token.
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     /// `upstream.max_batch_bytes`.
     max_batch_bytes: u64,
     hello: Hello,
@@ -346,15 +413,26 @@ impl Connection {
     /// One stream. Ok(true) when finished for good, Ok(false) when the
     /// collector closed it cleanly (reconnect at once).
     async fn session(&self, batcher_done: &CancellationToken) -> anyhow::Result<bool> {
-        let channel = tonic::transport::Endpoint::from_shared(self.address.clone())
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.address.clone())
             .context("parse upstream.address")?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).context("upstream.tls")?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("connect to collector {}", self.address))?;
-        let mut client = IngestServiceClient::new(channel)
+        let bearer = self.bearer.clone();
+        let mut client =
+            IngestServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+                if let Some(value) = &bearer {
+                    req.metadata_mut().insert("authorization", value.clone());
+                }
+                Ok(req)
+            })
             .send_compressed(self.compression)
             .accept_compressed(CompressionEncoding::Zstd)
             .accept_compressed(CompressionEncoding::Gzip)

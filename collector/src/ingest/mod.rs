@@ -15,6 +15,7 @@
 //! FAILED_PRECONDITION), a batch over the size limit (RESOURCE_EXHAUSTED,
 //! enforced by tonic's decoder), malformed protobuf (tonic's decode error).
 
+pub mod auth;
 pub mod convert;
 
 use crate::config::IngestConfig;
@@ -22,6 +23,7 @@ use crate::metrics::CollectorMetrics;
 use crate::now_ms;
 use crate::state::{member_key, LiveState};
 use crate::writer::{QueueBudget, WriteError, WriteRequest};
+use auth::AgentAuth;
 use convert::{report_rows_where, Target};
 use etcdmon_proto::v1::ingest_service_server::{IngestService, IngestServiceServer};
 use etcdmon_proto::v1::{
@@ -81,6 +83,8 @@ pub struct Ingest {
     /// Agent ids with a live stream, and from where: a second stream for the
     /// same id is refused (see [`LiveIds`]).
     live: LiveIds,
+    /// Who may report for which cluster (`[[grpc.agents]]`).
+    auth: Arc<AgentAuth>,
 }
 
 /// Agent ids with a live stream. Two agents under one id (a copied config)
@@ -127,6 +131,7 @@ impl Ingest {
         state: LiveState,
         metrics: CollectorMetrics,
         cfg: &IngestConfig,
+        auth: AgentAuth,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -139,6 +144,7 @@ impl Ingest {
             max_batch_samples: cfg.max_batch_samples,
             shutdown,
             live: LiveIds::default(),
+            auth: Arc::new(auth),
         }
     }
 
@@ -154,12 +160,18 @@ impl Ingest {
             .max_decoding_message_size(max)
     }
 
-    fn reject(&self, reason: &'static str, status: Status) -> Status {
+    /// Counts and logs a refused stream; `from` is its peer address or agent id.
+    fn reject(&self, reason: &'static str, from: &str, status: Status) -> Status {
         self.metrics
             .streams_rejected
             .with_label_values(&[reason])
             .inc();
-        tracing::warn!(reason, message = status.message(), "agent stream rejected");
+        tracing::warn!(
+            reason,
+            from,
+            message = status.message(),
+            "agent stream rejected"
+        );
         status
     }
 
@@ -268,17 +280,26 @@ impl IngestService for Ingest {
         let peer = request
             .remote_addr()
             .map_or_else(|| "an unknown address".to_owned(), |a| a.to_string());
+        let principal = self
+            .auth
+            .authenticate(&request)
+            .map_err(|s| self.reject("unauthenticated", &peer, s))?;
         let mut inbound = request.into_inner();
         let first = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => {
                 return Err(self.reject(
                     "no_hello",
+                    &peer,
                     Status::deadline_exceeded("no Hello within 10 s of opening the stream"),
                 ))
             }
-            Ok(Err(status)) => return Err(self.reject("decode", status)),
+            Ok(Err(status)) => return Err(self.reject("decode", &peer, status)),
             Ok(Ok(None)) => {
-                return Err(self.reject("empty", Status::cancelled("stream closed before Hello")))
+                return Err(self.reject(
+                    "empty",
+                    &peer,
+                    Status::cancelled("stream closed before Hello"),
+                ))
             }
             Ok(Ok(Some(m))) => m,
         };
@@ -287,6 +308,7 @@ impl IngestService for Ingest {
             Some(stream_request::Kind::Batch(_)) => {
                 return Err(self.reject(
                     "no_hello",
+                    &peer,
                     Status::failed_precondition(
                         "the first message of a stream must be a Hello, got a Batch",
                     ),
@@ -295,14 +317,20 @@ impl IngestService for Ingest {
             None => {
                 return Err(self.reject(
                     "unknown_message",
+                    &peer,
                     Status::invalid_argument("unknown message kind (newer agent?); expected Hello"),
                 ))
             }
         };
-        let identity = validate_hello(&hello).map_err(|s| self.reject("invalid_hello", s))?;
+        let identity =
+            validate_hello(&hello).map_err(|s| self.reject("invalid_hello", &peer, s))?;
+        self.auth
+            .authorize(&principal, &identity.cluster)
+            .map_err(|s| self.reject("permission_denied", &peer, s))?;
         let claim = self.live.claim(&hello.agent_id, &peer).map_err(|other| {
             self.reject(
                 "duplicate_agent_id",
+                &peer,
                 Status::already_exists(format!(
                     "agent id {:?} already has a live stream (from {other}); two agents \
                      under one id would erase each other's data: give each agent its own \
@@ -318,11 +346,13 @@ impl IngestService for Ingest {
             .map_err(|e| {
                 self.reject(
                     "storage",
+                    &peer,
                     Status::unavailable(format!("storage not ready: {e}")),
                 )
             })?;
         tracing::info!(agent = %hello.agent_id, cluster = %identity.cluster, member = %member_key(&identity),
-            version = %hello.agent_version, stored_through = stored, "agent connected");
+            version = %hello.agent_version, stored_through = stored, %peer,
+            credentials = self.auth.name(&principal), "agent connected");
 
         let (out_tx, out_rx) = mpsc::channel::<Result<StreamResponse, Status>>(ACK_WINDOW + 1);
         let welcome = StreamResponse {
@@ -337,6 +367,7 @@ impl IngestService for Ingest {
         self.metrics.agents_connected.inc();
         let session = Session {
             svc: self.clone(),
+            cluster: identity.cluster.clone(),
             claim: Some(claim),
             agent_id: hello.agent_id.clone(),
             identity,
@@ -377,6 +408,9 @@ fn validate_hello(h: &Hello) -> Result<Identity, Status> {
 
 struct Session {
     svc: Ingest,
+    /// The cluster of the Hello, which the stream was authorized for: every
+    /// report must be for it.
+    cluster: String,
     /// The agent id, held until the session ends.
     claim: Option<LiveClaim>,
     agent_id: String,
@@ -444,6 +478,7 @@ impl Session {
                 })) => {
                     closing = Some(self.svc.reject(
                         "second_hello",
+                        &self.agent_id,
                         Status::failed_precondition("Hello may only be sent once per stream"),
                     ));
                     break "second Hello".into();
@@ -451,6 +486,7 @@ impl Session {
                 Ok(Some(StreamRequest { kind: None })) => {
                     closing = Some(self.svc.reject(
                         "unknown_message",
+                        &self.agent_id,
                         Status::invalid_argument("unknown message kind; expected Batch"),
                     ));
                     break "unknown message".into();
@@ -517,14 +553,31 @@ impl Session {
             .metrics
             .batch_bytes
             .observe(prost::Message::encoded_len(&batch) as f64);
+        let foreign = batch
+            .reports
+            .iter()
+            .filter_map(|r| r.identity.as_ref())
+            .find(|id| id.cluster != self.cluster)
+            .map(|id| id.cluster.clone());
         let samples = samples_in(&batch);
-        if samples > self.svc.max_batch_samples {
-            // Not converted: its rows could take hundreds of times its wire size.
-            self.svc.metrics.batches_rejected.inc();
-            let reason = format!(
+        let refusal = if let Some(other) = foreign {
+            // A stream may only write the cluster it was authorized for.
+            Some(format!(
+                "batch {seq} has a report for cluster {other:?} in a stream opened for {:?}",
+                self.cluster
+            ))
+        } else if samples > self.svc.max_batch_samples {
+            Some(format!(
                 "batch {seq} holds {samples} samples, more than ingest.max_batch_samples ({})",
                 self.svc.max_batch_samples
-            );
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            // Not converted: another cluster's report must not touch the state,
+            // and too many samples could take hundreds of times the wire size.
+            self.svc.metrics.batches_rejected.inc();
             tracing::warn!(agent = %self.agent_id, %reason, "batch refused");
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(Err(WriteError::Rejected(reason)));

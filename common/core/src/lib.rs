@@ -10,6 +10,7 @@
 pub mod config;
 pub mod ops;
 pub mod retry;
+pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 

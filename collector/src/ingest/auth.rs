@@ -1,0 +1,261 @@
+//! Who may report for which cluster. Every stream is authenticated when it opens,
+//! by the agent's client certificate (TLS) or its bearer token, against
+//! `[[grpc.agents]]`; its Hello may only name a cluster its grant covers, and every
+//! report in it must be for that same cluster (see [`super::Session`]), so an agent
+//! cannot write another cluster's data or fake another cluster's members.
+//!
+//! ```text
+//! stream opens ─> client certificate (SAN DNS names, CN) or `authorization: Bearer`
+//!              ─> grant ─> Hello.cluster matches one of its globs ─> session
+//! ```
+//!
+//! With `grpc.allow_plaintext` and no grants, every stream is accepted as it used
+//! to be (anyone who reaches the port may write); the collector warns at start.
+
+use sha2::{Digest as _, Sha256};
+use tonic::{Request, Status};
+
+use crate::config::{AgentGrant, GrpcConfig};
+
+/// The grants of `[[grpc.agents]]`, checked once per stream.
+#[derive(Debug, Clone)]
+pub struct AgentAuth {
+    grants: Vec<Grant>,
+}
+
+#[derive(Debug, Clone)]
+struct Grant {
+    name: String,
+    credential: Credential,
+    clusters: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Credential {
+    /// A DNS name or common name of the client certificate.
+    Certificate(String),
+    /// SHA-256 of the bearer token.
+    Token([u8; 32]),
+}
+
+/// Who opened a stream.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// Nobody in particular: no grants are configured (`grpc.allow_plaintext`).
+    Anyone,
+    /// The grant at this index.
+    Granted(usize),
+}
+
+impl AgentAuth {
+    /// The grants of `cfg` (already validated).
+    pub fn new(cfg: &GrpcConfig) -> Self {
+        let grants = cfg
+            .agents
+            .iter()
+            .filter_map(|g: &AgentGrant| {
+                let credential = match (&g.certificate, &g.token_sha256) {
+                    (Some(name), _) => Credential::Certificate(name.clone()),
+                    (None, Some(hash)) => {
+                        let mut digest = [0u8; 32];
+                        hex::decode_to_slice(hash, &mut digest).ok()?;
+                        Credential::Token(digest)
+                    }
+                    (None, None) => return None,
+                };
+                Some(Grant {
+                    name: g.name.clone(),
+                    credential,
+                    clusters: g.clusters.clone(),
+                })
+            })
+            .collect();
+        Self { grants }
+    }
+
+    /// Whether any grant is configured (else every stream is accepted).
+    pub fn is_open(&self) -> bool {
+        self.grants.is_empty()
+    }
+
+    /// Identifies the stream's sender by its client certificate or bearer token.
+    pub fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        if self.grants.is_empty() {
+            return Ok(Principal::Anyone);
+        }
+        let token = bearer_token(request)?;
+        let names = request
+            .peer_certs()
+            .and_then(|chain| chain.first().map(|leaf| certificate_names(leaf.as_ref())))
+            .unwrap_or_default();
+        let digest: Option<[u8; 32]> = token.map(|t| Sha256::digest(t.as_bytes()).into());
+        let found = self.grants.iter().position(|g| match &g.credential {
+            Credential::Certificate(name) => names.iter().any(|n| n == name),
+            Credential::Token(hash) => digest.as_ref() == Some(hash),
+        });
+        match found {
+            Some(i) => Ok(Principal::Granted(i)),
+            None if digest.is_some() => Err(Status::unauthenticated(
+                "the bearer token is not one of grpc.agents",
+            )),
+            None if !names.is_empty() => Err(Status::unauthenticated(format!(
+                "client certificate {names:?} is not one of grpc.agents"
+            ))),
+            None => Err(Status::unauthenticated(
+                "no credentials: this collector needs a client certificate or a bearer token \
+                 (upstream.tls.cert or upstream.token_file in the agent's config)",
+            )),
+        }
+    }
+
+    /// Whether `who` may report for `cluster`.
+    pub fn authorize(&self, who: &Principal, cluster: &str) -> Result<(), Status> {
+        let Principal::Granted(i) = who else {
+            return Ok(());
+        };
+        let Some(grant) = self.grants.get(*i) else {
+            return Err(Status::internal("unknown grant"));
+        };
+        if grant.clusters.iter().any(|pattern| glob(pattern, cluster)) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "{:?} may not report for cluster {cluster:?} (it may for {:?})",
+                grant.name, grant.clusters
+            )))
+        }
+    }
+
+    /// The grant's name, for logs.
+    pub fn name(&self, who: &Principal) -> &str {
+        match who {
+            Principal::Anyone => "anyone",
+            Principal::Granted(i) => self.grants.get(*i).map_or("?", |g| g.name.as_str()),
+        }
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header, if any.
+fn bearer_token<T>(request: &Request<T>) -> Result<Option<String>, Status> {
+    let Some(value) = request.metadata().get("authorization") else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
+    // The scheme is case-insensitive (RFC 9110 section 11.1).
+    match text.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+            Ok(Some(token.trim().to_owned()))
+        }
+        _ => Err(Status::unauthenticated(
+            "the authorization header is not `Bearer <token>`",
+        )),
+    }
+}
+
+/// The DNS names (subject alternative names) and common names of a certificate.
+fn certificate_names(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_owned))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// Glob match with `*` (any run) and `?` (one character).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        for (p, t, want) in [
+            ("*", "anything", true),
+            ("prod-eu-*", "prod-eu-1", true),
+            ("prod-eu-*", "prod-us-1", false),
+            ("lab", "lab", true),
+            ("lab", "lab2", false),
+            ("c?", "c1", true),
+            ("c?", "c12", false),
+            ("*-1", "prod-eu-1", true),
+            ("", "", true),
+            ("", "x", false),
+        ] {
+            assert_eq!(glob(p, t), want, "{p} {t}");
+        }
+    }
+
+    fn auth() -> AgentAuth {
+        let cfg = GrpcConfig {
+            agents: vec![AgentGrant {
+                name: "lab agents".into(),
+                certificate: None,
+                token_sha256: Some(hex::encode(Sha256::digest(b"s3cret"))),
+                clusters: vec!["lab-*".into()],
+            }],
+            ..GrpcConfig::default()
+        };
+        AgentAuth::new(&cfg)
+    }
+
+    #[test]
+    fn a_token_grants_its_clusters_only() {
+        let a = auth();
+        let mut req = Request::new(());
+        req.metadata_mut()
+            .insert("authorization", "bearer s3cret".parse().unwrap());
+        let who = a.authenticate(&req).expect("the token is known");
+        assert!(a.authorize(&who, "lab-1").is_ok());
+        let denied = a.authorize(&who, "prod").unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+
+        let mut wrong = Request::new(());
+        wrong
+            .metadata_mut()
+            .insert("authorization", "Bearer guess".parse().unwrap());
+        assert_eq!(
+            a.authenticate(&wrong).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        let none = a.authenticate(&Request::new(())).unwrap_err();
+        assert!(
+            none.message().contains("no credentials"),
+            "{}",
+            none.message()
+        );
+    }
+}
