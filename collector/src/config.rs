@@ -108,6 +108,12 @@ pub struct AgentGrant {
     /// Clusters these agents may report for; `*` and `?` are wildcards
     /// (`prod-eu-*`).
     pub clusters: Vec<String>,
+    /// Members (by name) these agents may report for, with the same
+    /// wildcards; empty: any member of `clusters`. A certificate per member
+    /// with `members = ["etcd-0"]` keeps one member's agent from speaking for
+    /// another; such agents must set `identity.member_name`.
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 impl Default for GrpcConfig {
@@ -415,6 +421,7 @@ mod tests {
             certificate: cert.map(str::to_owned),
             token_sha256: token.map(str::to_owned),
             clusters: clusters.iter().map(|c| (*c).to_owned()).collect(),
+            members: Vec::new(),
         };
         c.grpc.agents = vec![grant(Some("agent"), None, &["*"])];
         assert_eq!(c.validate().unwrap_err().field, "grpc.tls.client_ca");

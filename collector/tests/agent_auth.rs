@@ -44,7 +44,8 @@ impl Secured {
 }
 
 /// A collector on SQLite with TLS and two grants: a token for `lab-*` and the
-/// testkit's client certificate (common name `etcdmon-testkit-client`) for `cert-*`.
+/// testkit's client certificate (common name `etcdmon-testkit-client`) for
+/// member `m0` of `cert-*`.
 async fn secured_collector() -> Secured {
     let dir = tempfile::tempdir().expect("tmp");
     let tls = generate_tls(&dir.path().join("tls"), 1).expect("certificates");
@@ -65,12 +66,14 @@ async fn secured_collector() -> Secured {
             certificate: None,
             token_sha256: Some(hex::encode(Sha256::digest(LAB_TOKEN.as_bytes()))),
             clusters: vec!["lab-*".into()],
+            members: Vec::new(),
         },
         AgentGrant {
             name: "certified agents".into(),
             certificate: Some("etcdmon-testkit-client".into()),
             token_sha256: None,
             clusters: vec!["cert-*".into()],
+            members: vec!["m0".into()],
         },
     ];
     cfg.validate().expect("a secured config is valid");
@@ -112,6 +115,8 @@ async fn agents_with_a_token_or_a_client_certificate_report_over_tls() {
 
     let mut by_cert = common::agent_config("cert-1", member, &s.https_url(), spool.path());
     by_cert.upstream.agent_id = "cert-agent".into();
+    // Its grant names members, so it names its own from the start.
+    by_cert.identity.member_name = member.name.clone();
     by_cert.upstream.spool_dir = Some(spool.path().join("cert"));
     by_cert.upstream.tls.ca = Some(s.tls.ca_cert.clone());
     by_cert.upstream.tls.cert = Some(s.tls.client_cert.clone());
@@ -177,11 +182,15 @@ async fn channel(s: &Secured, certified: bool) -> Channel {
 }
 
 fn hello(cluster: &str, agent: &str) -> StreamRequest {
+    hello_of(cluster, "m1", agent)
+}
+
+fn hello_of(cluster: &str, member: &str, agent: &str) -> StreamRequest {
     StreamRequest {
         kind: Some(stream_request::Kind::Hello(Hello {
             identity: Some(Identity {
                 cluster: cluster.into(),
-                member_name: "m1".into(),
+                member_name: member.into(),
                 ..Default::default()
             }),
             agent_version: "test".into(),
@@ -193,6 +202,11 @@ fn hello(cluster: &str, agent: &str) -> StreamRequest {
 
 /// Batch `sequence` with one status report of member m1 of `cluster`.
 fn status_batch(sequence: u64, cluster: &str) -> StreamRequest {
+    member_batch(sequence, cluster, "m1")
+}
+
+/// Batch `sequence` with one status report of `member` of `cluster`.
+fn member_batch(sequence: u64, cluster: &str, member: &str) -> StreamRequest {
     StreamRequest {
         kind: Some(stream_request::Kind::Batch(Batch {
             sequence,
@@ -203,7 +217,7 @@ fn status_batch(sequence: u64, cluster: &str) -> StreamRequest {
                     .as_millis() as i64,
                 identity: Some(Identity {
                     cluster: cluster.into(),
-                    member_name: "m1".into(),
+                    member_name: member.into(),
                     member_id: 1,
                     ..Default::default()
                 }),
@@ -295,6 +309,23 @@ async fn streams_without_a_grant_for_their_cluster_are_refused() {
         "{cert_for_lab:?}"
     );
 
+    let other_member = exchange(
+        channel(&s, true).await,
+        None,
+        vec![hello_of("cert-1", "m1", "a")],
+    )
+    .await
+    .expect_err("the certificate grant covers member m0 only");
+    assert_eq!(
+        other_member.code(),
+        tonic::Code::PermissionDenied,
+        "{other_member:?}"
+    );
+    assert!(
+        other_member.message().contains("member \"m1\""),
+        "{other_member:?}"
+    );
+
     // Plain text to the TLS port never reaches the service.
     let plain = async {
         let ch = Endpoint::from_shared(s.collector.grpc_url())
@@ -339,13 +370,7 @@ async fn a_report_for_another_cluster_in_an_authorized_stream_is_refused() {
     )
     .await
     .expect("the stream is authorized");
-    let acks: Vec<(u64, String)> = responses
-        .iter()
-        .filter_map(|r| match &r.kind {
-            Some(stream_response::Kind::Ack(a)) => Some((a.sequence, a.rejected_reason.clone())),
-            _ => None,
-        })
-        .collect();
+    let acks = acks_of(&responses);
     assert_eq!(acks.len(), 2, "{responses:?}");
     assert_eq!(acks[0], (1, String::new()), "its own cluster is stored");
     assert_eq!(acks[1].0, 2);
@@ -367,6 +392,49 @@ async fn a_report_for_another_cluster_in_an_authorized_stream_is_refused() {
         .await
         .expect("count");
     assert!(events.is_empty(), "nothing stored for lab-2: {events:?}");
+}
+
+#[tokio::test]
+async fn a_report_for_another_member_than_the_grant_names_is_refused() {
+    let s = secured_collector().await;
+    let responses = exchange(
+        channel(&s, true).await,
+        None,
+        vec![
+            hello_of("cert-1", "m0", "a"),
+            member_batch(1, "cert-1", "m0"),
+            // Member m1 of the same cluster: the certificate speaks for m0 only.
+            member_batch(2, "cert-1", "m1"),
+        ],
+    )
+    .await
+    .expect("the stream is authorized");
+    let acks = acks_of(&responses);
+    assert_eq!(acks.len(), 2, "{responses:?}");
+    assert_eq!(acks[0], (1, String::new()), "its own member is stored");
+    assert!(
+        acks[1].0 == 2 && acks[1].1.contains("may not report for member \"m1\""),
+        "{acks:?}"
+    );
+    let members: Vec<String> = s
+        .collector
+        .state
+        .snapshot()
+        .into_iter()
+        .flat_map(|c| c.members.into_keys())
+        .collect();
+    assert_eq!(members, ["m0"], "m1 was not faked into the state");
+}
+
+/// Each ack: its sequence and rejection reason (empty when stored).
+fn acks_of(responses: &[StreamResponse]) -> Vec<(u64, String)> {
+    responses
+        .iter()
+        .filter_map(|r| match &r.kind {
+            Some(stream_response::Kind::Ack(a)) => Some((a.sequence, a.rejected_reason.clone())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Without TLS and grants (or `--allow-plaintext`) the collector does not start,

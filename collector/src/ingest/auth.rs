@@ -1,12 +1,14 @@
 //! Who may report for which cluster. Every stream is authenticated when it opens,
 //! by the agent's client certificate (TLS) or its bearer token, against
-//! `[[grpc.agents]]`; its Hello may only name a cluster its grant covers, and every
-//! report in it must be for that same cluster (see [`super::Session`]), so an agent
-//! cannot write another cluster's data or fake another cluster's members.
+//! `[[grpc.agents]]`; its Hello may only name a cluster (and member) its grant
+//! covers, and every report in it must be for that same cluster and a member the
+//! grant covers (see [`super::Session`]), so an agent cannot write another
+//! cluster's data or fake another member.
 //!
 //! ```text
 //! stream opens ─> client certificate (SAN DNS names, CN) or `authorization: Bearer`
-//!              ─> grant ─> Hello.cluster matches one of its globs ─> session
+//!              ─> grant ─> Hello's cluster and member match its globs ─> session
+//!              ─> every report: the same cluster, a member the grant matches
 //! ```
 //!
 //! With `grpc.allow_plaintext` and no grants, every stream is accepted as it used
@@ -16,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 use tonic::{Request, Status};
 
 use crate::config::{AgentGrant, GrpcConfig};
+use etcdmon_proto::v1::Identity;
 
 /// The grants of `[[grpc.agents]]`, checked once per stream.
 #[derive(Debug, Clone)]
@@ -28,6 +31,8 @@ struct Grant {
     name: String,
     credential: Credential,
     clusters: Vec<String>,
+    /// Empty: any member.
+    members: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +72,7 @@ impl AgentAuth {
                     name: g.name.clone(),
                     credential,
                     clusters: g.clusters.clone(),
+                    members: g.members.clone(),
                 })
             })
             .collect();
@@ -108,22 +114,42 @@ impl AgentAuth {
         }
     }
 
-    /// Whether `who` may report for `cluster`.
-    pub fn authorize(&self, who: &Principal, cluster: &str) -> Result<(), Status> {
+    /// Whether `who` may report for the member `id` names (its cluster, and its
+    /// name when the grant names members).
+    pub fn authorize(&self, who: &Principal, id: &Identity) -> Result<(), Status> {
         let Principal::Granted(i) = who else {
             return Ok(());
         };
         let Some(grant) = self.grants.get(*i) else {
             return Err(Status::internal("unknown grant"));
         };
-        if grant.clusters.iter().any(|pattern| glob(pattern, cluster)) {
-            Ok(())
-        } else {
-            Err(Status::permission_denied(format!(
+        let cluster = &id.cluster;
+        if !grant.clusters.iter().any(|pattern| glob(pattern, cluster)) {
+            return Err(Status::permission_denied(format!(
                 "{:?} may not report for cluster {cluster:?} (it may for {:?})",
                 grant.name, grant.clusters
-            )))
+            )));
         }
+        if grant.members.is_empty() {
+            return Ok(());
+        }
+        // By name only: an agent learns its member's name from etcd unless
+        // configured, and its reports before that carry no name.
+        let member = &id.member_name;
+        if member.is_empty() {
+            return Err(Status::permission_denied(format!(
+                "{:?} names members, and this report names none: set identity.member_name \
+                 in the agent's config",
+                grant.name
+            )));
+        }
+        if !grant.members.iter().any(|p| glob(p, member)) {
+            return Err(Status::permission_denied(format!(
+                "{:?} may not report for member {member:?} of {cluster:?} (it may for {:?})",
+                grant.name, grant.members
+            )));
+        }
+        Ok(())
     }
 
     /// The grant's name, for logs.
@@ -226,6 +252,7 @@ mod tests {
                 certificate: None,
                 token_sha256: Some(hex::encode(Sha256::digest(b"s3cret"))),
                 clusters: vec!["lab-*".into()],
+                members: vec!["m?".into()],
             }],
             ..GrpcConfig::default()
         };
@@ -239,9 +266,17 @@ mod tests {
         req.metadata_mut()
             .insert("authorization", "bearer s3cret".parse().unwrap());
         let who = a.authenticate(&req).expect("the token is known");
-        assert!(a.authorize(&who, "lab-1").is_ok());
-        let denied = a.authorize(&who, "prod").unwrap_err();
+        let id = |cluster: &str, member: &str| Identity {
+            cluster: cluster.into(),
+            member_name: member.into(),
+            ..Default::default()
+        };
+        assert!(a.authorize(&who, &id("lab-1", "m1")).is_ok());
+        let denied = a.authorize(&who, &id("prod", "m1")).unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        let denied = a.authorize(&who, &id("lab-1", "etcd-9")).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert!(denied.message().contains("member"), "{}", denied.message());
 
         let mut wrong = Request::new(());
         wrong

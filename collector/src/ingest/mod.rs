@@ -325,7 +325,7 @@ impl IngestService for Ingest {
         let identity =
             validate_hello(&hello).map_err(|s| self.reject("invalid_hello", &peer, s))?;
         self.auth
-            .authorize(&principal, &identity.cluster)
+            .authorize(&principal, &identity)
             .map_err(|s| self.reject("permission_denied", &peer, s))?;
         let claim = self.live.claim(&hello.agent_id, &peer).map_err(|other| {
             self.reject(
@@ -368,6 +368,7 @@ impl IngestService for Ingest {
         let session = Session {
             svc: self.clone(),
             cluster: identity.cluster.clone(),
+            principal,
             claim: Some(claim),
             agent_id: hello.agent_id.clone(),
             identity,
@@ -411,6 +412,9 @@ struct Session {
     /// The cluster of the Hello, which the stream was authorized for: every
     /// report must be for it.
     cluster: String,
+    /// Who opened the stream: every report must be for a member they may
+    /// report for.
+    principal: auth::Principal,
     /// The agent id, held until the session ends.
     claim: Option<LiveClaim>,
     agent_id: String,
@@ -449,6 +453,28 @@ impl Pending {
 }
 
 impl Session {
+    /// Why the batch may not be written by this stream, if a report in it is
+    /// for another cluster than the stream's or a member its grant does not
+    /// cover. A report without an identity is judged as the stream's member.
+    fn foreign_report(&self, batch: &Batch) -> Option<String> {
+        batch
+            .reports
+            .iter()
+            .filter_map(|r| r.identity.as_ref())
+            .find_map(|id| {
+                if id.cluster != self.cluster {
+                    return Some(format!(
+                        "has a report for cluster {:?} in a stream opened for {:?}",
+                        id.cluster, self.cluster
+                    ));
+                }
+                let auth = &self.svc.auth;
+                auth.authorize(&self.principal, id)
+                    .err()
+                    .map(|s| format!("has a report it may not send: {}", s.message()))
+            })
+    }
+
     async fn run(
         mut self,
         mut inbound: Streaming<StreamRequest>,
@@ -553,19 +579,9 @@ impl Session {
             .metrics
             .batch_bytes
             .observe(prost::Message::encoded_len(&batch) as f64);
-        let foreign = batch
-            .reports
-            .iter()
-            .filter_map(|r| r.identity.as_ref())
-            .find(|id| id.cluster != self.cluster)
-            .map(|id| id.cluster.clone());
         let samples = samples_in(&batch);
-        let refusal = if let Some(other) = foreign {
-            // A stream may only write the cluster it was authorized for.
-            Some(format!(
-                "batch {seq} has a report for cluster {other:?} in a stream opened for {:?}",
-                self.cluster
-            ))
+        let refusal = if let Some(reason) = self.foreign_report(&batch) {
+            Some(format!("batch {seq} {reason}"))
         } else if samples > self.svc.max_batch_samples {
             Some(format!(
                 "batch {seq} holds {samples} samples, more than ingest.max_batch_samples ({})",
@@ -575,7 +591,7 @@ impl Session {
             None
         };
         if let Some(reason) = refusal {
-            // Not converted: another cluster's report must not touch the state,
+            // Not converted: another member's report must not touch the state,
             // and too many samples could take hundreds of times the wire size.
             self.svc.metrics.batches_rejected.inc();
             tracing::warn!(agent = %self.agent_id, %reason, "batch refused");
