@@ -157,7 +157,7 @@ receiver = "hook"
         ])
         .args(["--storage", &self.db()])
         .args(["--nats", &self.nats_url])
-        .arg("--allow-plaintext")
+        .args(["--allow-plaintext", "--anonymous", "admin"])
         .env("RUST_LOG", "info");
         let log = self.dir.path().join("collector.log");
         self.collector = Some(ChildProcess::spawn("collector", cmd, &log).expect("collector"));

@@ -181,6 +181,12 @@ pub fn collector_config(args: &UpArgs, data_dir: &Path) -> anyhow::Result<Collec
     .set("grpc.listen", "127.0.0.1:0")
     // Agents and collector are this process, over loopback.
     .set("grpc.allow_plaintext", true);
+    // One person's machine: the API needs no credentials on loopback. On any
+    // other address the collector's own rules apply (tokens or an anonymous
+    // viewer from ETCDMON_COLLECTOR_HTTP__AUTH__*).
+    if args.listen.ip().is_loopback() {
+        o.set("http.auth.anonymous", "admin");
+    }
     CollectorConfig::load(None, &o.into_value()).context("collector config")
 }
 

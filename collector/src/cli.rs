@@ -33,8 +33,12 @@ pub struct Cli {
     /// credentials) [grpc.allow_plaintext].
     #[arg(long)]
     pub allow_plaintext: bool,
-    /// Read an agent token from standard input, print its SHA-256 for
-    /// `grpc.agents.token_sha256`, and exit.
+    /// Role of API requests without credentials: viewer (read-only), or
+    /// operator or admin on a loopback listener [http.auth.anonymous].
+    #[arg(long, value_name = "ROLE")]
+    pub anonymous: Option<String>,
+    /// Read a token from standard input, print its SHA-256 for
+    /// `grpc.agents.token_sha256` or `http.auth.tokens.token_sha256`, and exit.
     #[arg(long)]
     pub hash_token: bool,
 }
@@ -47,7 +51,8 @@ impl Cli {
             .set_opt("http.listen", self.http_listen)
             .set_opt("storage.url", self.storage.as_ref())
             .set_opt("log.level", self.log_level.as_ref())
-            .set_opt("alerting.jetstream.url", self.nats.as_ref());
+            .set_opt("alerting.jetstream.url", self.nats.as_ref())
+            .set_opt("http.auth.anonymous", self.anonymous.as_ref());
         if self.allow_plaintext {
             o.set("grpc.allow_plaintext", true);
         }

@@ -3,6 +3,7 @@
 //! `deploy/config/collector.example.toml` (parsed by a test) and
 //! `docs/storage.md`.
 
+pub use crate::api::auth::Role;
 use etcdmon_core::config::FieldError;
 use etcdmon_core::telemetry::LogConfig;
 pub use etcdmon_storage::open::{StorageConfig, StorageTarget};
@@ -170,7 +171,7 @@ impl GrpcConfig {
                     }
                 }
                 (None, Some(hash)) => {
-                    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    if !is_sha256_hex(hash) {
                         return Err(FieldError::new(
                             "grpc.agents.token_sha256",
                             format!(
@@ -201,20 +202,111 @@ impl GrpcConfig {
     }
 }
 
-/// HTTP listener.
+/// HTTP listener of the API, the page and `/metrics`, and who may use them.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Listen address of the API and `/metrics`.
     pub listen: SocketAddr,
+    /// Host names requests may address besides IP addresses and `localhost`
+    /// (globs, e.g. `etcdmon.example.internal`, `*.svc.cluster.local`; `*`
+    /// for any). A request for any other Host is refused: a web page cannot
+    /// then reach the API through a name it controls (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Who may call which endpoint.
+    pub auth: HttpAuthConfig,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allowed_hosts: Vec::new(),
+            auth: HttpAuthConfig::default(),
         }
     }
+}
+
+/// API credentials and roles (see `docs/api.md`, "Authentication").
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpAuthConfig {
+    /// The role of a request without credentials; unset: such requests are
+    /// refused (401). Above `viewer` only on a loopback listener.
+    pub anonymous: Option<Role>,
+    /// API tokens, each with a role; the config holds only their SHA-256.
+    pub tokens: Vec<ApiToken>,
+}
+
+/// One API token.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// Who uses it (for the audit log), e.g. `grafana` or `alice`.
+    pub name: String,
+    /// SHA-256 (hex) of the token (`etcdmon-collector --hash-token`).
+    pub token_sha256: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+impl HttpConfig {
+    /// Someone must be able to use the API, and nobody anonymous may change
+    /// anything from another host.
+    fn validate(&self) -> Result<(), FieldError> {
+        let auth = &self.auth;
+        if auth.anonymous.is_none() && auth.tokens.is_empty() {
+            return Err(FieldError::new(
+                "http.auth",
+                "nobody could use the API: add [[http.auth.tokens]], or set \
+                 http.auth.anonymous = \"viewer\" (--anonymous viewer) for read-only access \
+                 without credentials",
+            ));
+        }
+        if auth.anonymous.is_some_and(|r| r > Role::Viewer) && !self.listen.ip().is_loopback() {
+            return Err(FieldError::new(
+                "http.auth.anonymous",
+                format!(
+                    "may be above viewer only on a loopback listener (http.listen is {}): \
+                     anyone who reaches it could silence every alert",
+                    self.listen
+                ),
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for t in &auth.tokens {
+            if t.name.is_empty() {
+                return Err(FieldError::new(
+                    "http.auth.tokens.name",
+                    "must not be empty",
+                ));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Err(FieldError::new(
+                    "http.auth.tokens.name",
+                    format!(
+                        "{:?} is given twice: the audit log could not tell them apart",
+                        t.name
+                    ),
+                ));
+            }
+            if !is_sha256_hex(&t.token_sha256) {
+                return Err(FieldError::new(
+                    "http.auth.tokens.token_sha256",
+                    format!(
+                        "{:?}: must be 64 hex digits (etcdmon-collector --hash-token prints them)",
+                        t.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` is a SHA-256 in hex.
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Ingest path.
@@ -293,6 +385,7 @@ impl CollectorConfig {
     pub fn validate(&self) -> Result<(), FieldError> {
         self.storage.target()?;
         self.grpc.validate()?;
+        self.http.validate()?;
         if self.ingest.max_batch_bytes < 1024 {
             return Err(FieldError::new(
                 "ingest.max_batch_bytes",
@@ -432,17 +525,52 @@ mod tests {
         c.grpc.agents = vec![grant(Some("x"), Some(&"a".repeat(64)), &["*"])];
         assert_eq!(c.validate().unwrap_err().field, "grpc.agents");
         c.grpc.agents = vec![grant(None, Some(&"a".repeat(64)), &["lab"])];
+        c.http.auth.anonymous = Some(Role::Viewer);
         c.validate().expect("TLS and a token grant");
 
         let mut open = CollectorConfig::default();
         open.grpc.allow_plaintext = true;
+        open.http.auth.anonymous = Some(Role::Viewer);
         open.validate().expect("plain text, anyone");
+    }
+
+    /// Somebody must be able to use the API; anonymous changes only on loopback.
+    #[test]
+    fn the_api_needs_tokens_or_an_anonymous_role() {
+        let mut c = CollectorConfig::default();
+        c.grpc.allow_plaintext = true;
+        assert_eq!(c.validate().unwrap_err().field, "http.auth");
+        c.http.auth.anonymous = Some(Role::Admin);
+        c.validate().expect("anonymous admin on loopback");
+        c.http.listen = "0.0.0.0:8080".parse().expect("address");
+        assert_eq!(c.validate().unwrap_err().field, "http.auth.anonymous");
+        c.http.auth.anonymous = Some(Role::Viewer);
+        c.validate().expect("anonymous viewer anywhere");
+        let token = |name: &str, hash: &str| ApiToken {
+            name: name.into(),
+            token_sha256: hash.into(),
+            role: Role::Operator,
+        };
+        c.http.auth.tokens = vec![token("alice", "abc")];
+        assert_eq!(
+            c.validate().unwrap_err().field,
+            "http.auth.tokens.token_sha256"
+        );
+        c.http.auth.tokens = vec![
+            token("alice", &"a".repeat(64)),
+            token("alice", &"b".repeat(64)),
+        ];
+        assert_eq!(c.validate().unwrap_err().field, "http.auth.tokens.name");
+        c.http.auth.tokens.pop();
+        c.http.auth.anonymous = None;
+        c.validate().expect("a token and no anonymous access");
     }
 
     #[test]
     fn the_largest_write_is_at_least_flush_rows() {
         let mut c = CollectorConfig::default();
         c.grpc.allow_plaintext = true;
+        c.http.auth.anonymous = Some(Role::Viewer);
         c.ingest.max_write_rows = c.ingest.flush_rows - 1;
         assert_eq!(c.validate().unwrap_err().field, "ingest.max_write_rows");
         c.ingest.max_write_rows = c.ingest.flush_rows;

@@ -48,6 +48,12 @@ pub struct CollectorMetrics {
     pub alerts_dropped: IntGauge,
     /// Alert candidates sent again after the outbox dropped some.
     pub alerts_restated: IntCounter,
+    /// API requests refused, by reason (`host`, `unauthenticated`, `forbidden`).
+    pub api_refused: IntCounterVec,
+    /// Audit rows the store did not take (logged with what they recorded).
+    pub audit_write_failures: IntCounter,
+    /// Refused API requests not written to the audit log (over the per-second budget).
+    pub audit_suppressed: IntCounter,
 }
 
 impl CollectorMetrics {
@@ -105,6 +111,22 @@ impl CollectorMetrics {
             "Estimated memory of rows waiting for the writer or being written (ingest.queue_bytes bounds it).",
         )
         .expect("valid metric");
+        let api_refused = IntCounterVec::new(
+            Opts::new(
+                "api_refused_total",
+                "API requests refused, by reason (host, unauthenticated, forbidden).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let audit_write_failures = c(
+            "audit_write_failures_total",
+            "Audit log rows the store did not take (each is logged).",
+        );
+        let audit_suppressed = c(
+            "audit_suppressed_total",
+            "Refused API requests beyond the audit log's per-second budget (counted, not written).",
+        );
         let queue_batches = IntGauge::new("queue_batches", "Batches waiting for the writer.")
             .expect("valid metric");
         let agents_connected =
@@ -165,6 +187,9 @@ impl CollectorMetrics {
             Box::new(alerts_published.clone()),
             Box::new(alerts_dropped.clone()),
             Box::new(alerts_restated.clone()),
+            Box::new(api_refused.clone()),
+            Box::new(audit_write_failures.clone()),
+            Box::new(audit_suppressed.clone()),
             Box::new(alert_transitions.clone()),
             Box::new(alerts_firing.clone()),
             Box::new(rules_seconds.clone()),
@@ -208,6 +233,9 @@ impl CollectorMetrics {
             alerts_published,
             alerts_dropped,
             alerts_restated,
+            api_refused,
+            audit_write_failures,
+            audit_suppressed,
         }
     }
 

@@ -164,8 +164,16 @@ impl Collector {
             cfg.ingest.unhealthy_after,
             "serving",
         );
-        let router = etcdmon_core::ops::router(metrics.registry().clone(), health).merge(
-            api::router(stores.storage.clone(), stores.alerts.clone(), state.clone()),
+        let routes =
+            etcdmon_core::ops::router(metrics.registry().clone(), health).merge(api::router(
+                stores.storage.clone(),
+                stores.alerts.clone(),
+                stores.audit.clone(),
+                state.clone(),
+            ));
+        let router = api::guarded(
+            routes,
+            api::auth::ApiAuth::new(&cfg.http, stores.audit.clone(), metrics.clone()),
         );
 
         let mut rule_set = rules::Rules::new(cfg.rules.clone());

@@ -76,11 +76,13 @@ async fn secured_collector() -> Secured {
             members: vec!["m0".into()],
         },
     ];
+    cfg.http.auth.anonymous = Some(etcdmon_collector::config::Role::Viewer);
     cfg.validate().expect("a secured config is valid");
     cfg.ingest.flush_interval = Duration::from_millis(50);
     let stores = Stores {
         storage: storage.clone(),
-        alerts: sqlite,
+        alerts: sqlite.clone(),
+        audit: sqlite,
     };
     let listeners = Listeners::loopback().await.expect("bind");
     let collector = Collector::serve_on(

@@ -44,10 +44,12 @@ async fn server_with(
     storage.migrate().await.expect("migrate");
     let stores = Stores {
         storage: storage.clone(),
-        alerts: sqlite,
+        alerts: sqlite.clone(),
+        audit: sqlite,
     };
     let mut cfg = CollectorConfig::default();
     cfg.grpc.allow_plaintext = true;
+    cfg.http.auth.anonymous = Some(etcdmon_collector::config::Role::Admin);
     cfg.ingest.max_batch_bytes = max_batch_bytes;
     cfg.ingest.flush_interval = Duration::from_millis(50);
     let shutdown = Shutdown::new();

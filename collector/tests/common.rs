@@ -27,8 +27,16 @@ pub struct CollectorProc {
     pub log: PathBuf,
     pub envs: Vec<(String, String)>,
     /// Arguments after the listen addresses and the store (default
-    /// `--allow-plaintext`: tests talk plain gRPC unless they test TLS).
+    /// `--allow-plaintext --anonymous admin`: tests talk plain gRPC and call
+    /// the API without credentials unless they test those).
     pub args: Vec<String>,
+}
+
+/// Plain gRPC from anyone, and the whole API without credentials (loopback).
+fn open_args() -> Vec<String> {
+    ["--allow-plaintext", "--anonymous", "admin"]
+        .map(str::to_owned)
+        .to_vec()
 }
 
 impl CollectorProc {
@@ -40,7 +48,7 @@ impl CollectorProc {
             storage: storage.to_string(),
             log: dir.join("collector.log"),
             envs: Vec::new(),
-            args: vec!["--allow-plaintext".into()],
+            args: open_args(),
         };
         c.spawn();
         c
@@ -73,7 +81,7 @@ impl CollectorProc {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            args: vec!["--allow-plaintext".into()],
+            args: open_args(),
         };
         c.spawn();
         c

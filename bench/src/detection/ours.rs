@@ -52,7 +52,7 @@ impl OurStack {
 
         let mut cmd = Command::new(sibling_bin("etcdmon-collector")?);
         cmd.args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
-            .arg("--allow-plaintext")
+            .args(["--allow-plaintext", "--anonymous", "admin"])
             .args(["--http-listen", &format!("127.0.0.1:{http}")])
             .args(["--storage", &db])
             .args(["--nats", &nats.url()]);

@@ -19,13 +19,14 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use etcdmon_alert::{all_match, AlertState, Labels, Matcher, Silence};
 use etcdmon_storage::{
     AlertAckRow, AlertDeliveryRow, AlertHistoryQuery, AlertStore, AlertTransitionRow, SilenceRow,
 };
 use serde::{Deserialize, Serialize};
 
+use super::auth::Caller;
 use super::{bad, parse_range, parse_time, ApiError};
 use crate::now_ms;
 
@@ -273,12 +274,12 @@ struct AckResponse {
 async fn ack(
     State(api): State<AlertsApi>,
     Path(fingerprint): Path<String>,
+    caller: Option<Extension<Caller>>,
     body: Result<Json<AckRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<AckResponse>, ApiError> {
-    let Json(req) = body.map_err(|e| bad(e.body_text()))?;
-    if req.by.trim().is_empty() {
-        return Err(bad("`by` (who acknowledges) is required"));
-    }
+    let Json(mut req) = body.map_err(|e| bad(e.body_text()))?;
+    req.by = who(req.by, caller.as_ref().map(|c| &c.0))
+        .ok_or_else(|| bad("`by` (who acknowledges) is required"))?;
     let now = now_ms();
     let latest = api
         .store
@@ -314,6 +315,17 @@ async fn ack(
         transition: latest.transition,
         by: kept.map_or(req.by, |a| a.by),
     }))
+}
+
+/// Who did it: the name the request gives, else the caller's name when it
+/// authenticated (an anonymous caller must say).
+fn who(given: String, caller: Option<&Caller>) -> Option<String> {
+    if !given.trim().is_empty() {
+        return Some(given);
+    }
+    caller
+        .filter(|c| c.via != "anonymous")
+        .map(|c| c.name.clone())
 }
 
 #[derive(Debug, Serialize)]
@@ -375,9 +387,12 @@ struct SilenceRequest {
 
 async fn create_silence(
     State(api): State<AlertsApi>,
+    caller: Option<Extension<Caller>>,
     body: Result<Json<SilenceRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<SilenceJson>), ApiError> {
-    let Json(req) = body.map_err(|e| bad(e.body_text()))?;
+    let Json(mut req) = body.map_err(|e| bad(e.body_text()))?;
+    req.created_by = who(req.created_by, caller.as_ref().map(|c| &c.0))
+        .ok_or_else(|| bad("`created_by` is required"))?;
     let now = now_ms();
     if req.matchers.is_empty() {
         return Err(bad(
@@ -389,9 +404,6 @@ async fn create_silence(
         .iter()
         .map(|m| Matcher::parse(m).map_err(|e| bad(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    if req.created_by.trim().is_empty() {
-        return Err(bad("`created_by` is required"));
-    }
     let starts_ms = match &req.starts_at {
         Some(t) => parse_time("starts_at", t, now)?,
         None => now,

@@ -4,9 +4,11 @@
 //! - `GET /api/v1/clusters`
 //! - `GET /api/v1/clusters/{cluster}/metrics/history?metric=NAME&member=M&labels=L&from=T&to=T&step=S`
 //! - alerts, their history, acknowledgements and silences: see [`alerting`].
+//! - `GET /api/v1/whoami`, `GET /api/v1/audit`, and who may call what: see [`auth`].
 //! - `GET /` and `GET /docs/{name}`: a page for the browser, see [`home`].
 
 pub mod alerting;
+pub mod auth;
 pub mod home;
 
 use crate::now_ms;
@@ -16,7 +18,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use etcdmon_storage::{AlertStore, PointQuery, Storage, StorageError};
+use etcdmon_storage::{AlertStore, AuditLog, PointQuery, Storage, StorageError};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -33,10 +35,11 @@ struct Api {
     state: LiveState,
 }
 
-/// The API routes.
+/// The API routes, without the checks of [`auth::guard`] (see [`guarded`]).
 pub fn router(
     storage: Arc<dyn Storage>,
     alert_store: Arc<dyn AlertStore>,
+    audit: Arc<dyn AuditLog>,
     state: LiveState,
 ) -> Router {
     Router::new()
@@ -47,7 +50,17 @@ pub fn router(
             state: state.clone(),
         })
         .merge(alerting::router(alert_store))
+        .merge(auth::router(audit))
         .merge(home::router(state))
+}
+
+/// `routes` (the API merged with `/metrics` and `/healthz`) behind the Host,
+/// credential and role checks of `auth` on every route.
+pub fn guarded(routes: Router, auth: auth::ApiAuth) -> Router {
+    routes.route_layer(axum::middleware::from_fn_with_state(
+        Arc::new(auth),
+        auth::guard,
+    ))
 }
 
 /// An API error: status plus a one-sentence message.

@@ -18,6 +18,7 @@ use sha2::{Digest as _, Sha256};
 use tonic::{Request, Status};
 
 use crate::config::{AgentGrant, GrpcConfig};
+use crate::glob::glob;
 use etcdmon_proto::v1::Identity;
 
 /// The grants of `[[grpc.agents]]`, checked once per stream.
@@ -200,50 +201,9 @@ fn certificate_names(der: &[u8]) -> Vec<String> {
     names
 }
 
-/// Glob match with `*` (any run) and `?` (one character).
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn globs() {
-        for (p, t, want) in [
-            ("*", "anything", true),
-            ("prod-eu-*", "prod-eu-1", true),
-            ("prod-eu-*", "prod-us-1", false),
-            ("lab", "lab", true),
-            ("lab", "lab2", false),
-            ("c?", "c1", true),
-            ("c?", "c12", false),
-            ("*-1", "prod-eu-1", true),
-            ("", "", true),
-            ("", "x", false),
-        ] {
-            assert_eq!(glob(p, t), want, "{p} {t}");
-        }
-    }
 
     fn auth() -> AgentAuth {
         let cfg = GrpcConfig {

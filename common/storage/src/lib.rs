@@ -17,12 +17,14 @@
 //! every query deduplicates on it, so nothing is counted twice either way.
 
 pub mod alert_store;
+pub mod audit;
 pub mod clickhouse;
 pub mod model;
 pub mod open;
 pub mod sqlite;
 
 pub use alert_store::*;
+pub use audit::{AuditLog, AuditQuery, AuditRow};
 pub use model::*;
 
 use std::time::Duration;
@@ -122,6 +124,9 @@ pub struct Retention {
     /// alerter restores its state from it.
     #[serde(with = "humantime_serde")]
     pub alerts: Duration,
+    /// The audit log (API changes and refused logins).
+    #[serde(with = "humantime_serde")]
+    pub audit: Duration,
 }
 
 impl Default for Retention {
@@ -133,6 +138,7 @@ impl Default for Retention {
             rollup_1h: Duration::from_secs(365 * DAY),
             events: Duration::from_secs(90 * DAY),
             alerts: Duration::from_secs(90 * DAY),
+            audit: Duration::from_secs(365 * DAY),
         }
     }
 }

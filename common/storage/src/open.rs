@@ -3,7 +3,7 @@
 
 use crate::clickhouse::{ClickHouseConfig, ClickHouseStorage};
 use crate::sqlite::SqliteStorage;
-use crate::{AlertStore, Retention, Storage, StorageError};
+use crate::{AlertStore, AuditLog, Retention, Storage, StorageError};
 use etcdmon_core::config::FieldError;
 use etcdmon_core::retry::{until_ok, RetryPolicy};
 use serde::{Deserialize, Serialize};
@@ -124,6 +124,8 @@ pub struct Stores {
     pub storage: Arc<dyn Storage>,
     /// Alert state and history.
     pub alerts: Arc<dyn AlertStore>,
+    /// Who changed what through the API.
+    pub audit: Arc<dyn AuditLog>,
 }
 
 /// How long a start waits between attempts to reach a store that is not up yet.
@@ -140,7 +142,8 @@ pub async fn open(cfg: &StorageConfig) -> Result<Stores, StorageError> {
             let s = Arc::new(SqliteStorage::open(&path, cfg.retention.clone())?);
             Stores {
                 storage: s.clone(),
-                alerts: s,
+                alerts: s.clone(),
+                audit: s,
             }
         }
         StorageTarget::ClickHouse { url, database } => {
@@ -151,7 +154,8 @@ pub async fn open(cfg: &StorageConfig) -> Result<Stores, StorageError> {
             let s = Arc::new(ClickHouseStorage::new(ch)?);
             Stores {
                 storage: s.clone(),
-                alerts: s,
+                alerts: s.clone(),
+                audit: s,
             }
         }
     };

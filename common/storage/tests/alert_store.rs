@@ -1,4 +1,4 @@
-//! [`AlertStore`] against both backends: every check below runs once on SQLite (a temp
+//! [`AlertStore`] (and the [`AuditLog`]) against both backends: every check below runs once on SQLite (a temp
 //! file) and once on a real ClickHouse 18.16 (started per test), through
 //! [`both_backends!`], so the two answer the same questions the same way.
 //!
@@ -14,8 +14,8 @@ use etcdmon_alert::AlertState;
 use etcdmon_storage::clickhouse::{ClickHouseConfig, ClickHouseStorage};
 use etcdmon_storage::sqlite::SqliteStorage;
 use etcdmon_storage::{
-    AlertAckRow, AlertDeliveryRow, AlertHistoryQuery, AlertStore, AlertTransitionRow, Retention,
-    SilenceRow, Storage, StorageError,
+    AlertAckRow, AlertDeliveryRow, AlertHistoryQuery, AlertStore, AlertTransitionRow, AuditLog,
+    AuditQuery, AuditRow, Retention, SilenceRow, Storage, StorageError,
 };
 use etcdmon_testkit::ClickHouseServer;
 
@@ -28,7 +28,7 @@ const AWKWARD: &str = "it's \"gone\" \\ ünïcödé 🚨\ttab";
 
 /// A store under test and what the checks need to poke at it.
 trait Backend: Sized {
-    type Store: Storage + AlertStore;
+    type Store: Storage + AlertStore + AuditLog;
     /// A fresh, migrated store.
     async fn open(retention: Retention) -> Self;
     fn store(&self) -> &Self::Store;
@@ -134,6 +134,7 @@ both_backends!(
     silences_latest_version_wins,
     acks_keep_the_earliest,
     retention_removes_old_alert_rows_but_keeps_firing_state,
+    the_audit_log_reads_newest_first_and_expires,
 );
 
 async fn open<B: Backend>() -> B {
@@ -695,4 +696,71 @@ async fn retention_removes_old_alert_rows_but_keeps_firing_state<B: Backend>() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+fn audit_row(ts_ms: i64, actor: &str, status: u16) -> AuditRow {
+    AuditRow {
+        ts_ms,
+        actor: actor.to_owned(),
+        role: "operator".to_owned(),
+        via: "token".to_owned(),
+        method: "POST".to_owned(),
+        path: "/api/v1/silences".to_owned(),
+        remote: "127.0.0.1:4711".to_owned(),
+        status,
+        detail: AWKWARD.to_owned(),
+    }
+}
+
+async fn the_audit_log_reads_newest_first_and_expires<B: Backend>() {
+    let b = B::open(Retention {
+        audit: Duration::from_secs(30 * 86_400),
+        ..Retention::default()
+    })
+    .await;
+    let s = b.store();
+    let now = now_ms();
+    let old = audit_row(now - 100 * DAY, "eve", 401);
+    let rows = [
+        old.clone(),
+        audit_row(now - 2_000, "alice", 201),
+        audit_row(now - 1_000, "bob", 204),
+    ];
+    for row in &rows {
+        s.record_audit(row).await.expect("record");
+    }
+    let all = AuditQuery {
+        from_ms: 0,
+        to_ms: i64::MAX,
+        limit: 10,
+    };
+    let read = s.audit(&all).await.expect("read");
+    assert_eq!(
+        read,
+        vec![rows[2].clone(), rows[1].clone(), old],
+        "newest first, byte for byte"
+    );
+    let window = s
+        .audit(&AuditQuery {
+            from_ms: now - 2_000,
+            to_ms: now - 1_000,
+            limit: 10,
+        })
+        .await
+        .expect("window");
+    assert_eq!(window, vec![rows[1].clone()], "[from, to)");
+    let limited = s
+        .audit(&AuditQuery { limit: 1, ..all })
+        .await
+        .expect("limit");
+    assert_eq!(limited, vec![rows[2].clone()]);
+
+    let outcome = s.apply_retention(now).await.expect("retention");
+    let removed: BTreeMap<String, u64> = outcome.removed.into_iter().collect();
+    assert_eq!(removed["audit_log"], 1, "{removed:?}");
+    assert_eq!(
+        s.audit(&all).await.expect("read"),
+        vec![rows[2].clone(), rows[1].clone()],
+        "the expired row is gone"
+    );
 }

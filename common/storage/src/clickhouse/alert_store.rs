@@ -197,7 +197,7 @@ struct ExpiredSilence {
 
 impl ClickHouseStorage {
     /// [`ClickHouseStorage::insert_rows`] within `insert_timeout`.
-    async fn insert_alert_rows<R: RowWrite>(
+    pub(super) async fn insert_alert_rows<R: RowWrite>(
         &self,
         table: &str,
         rows: &[R::Value<'_>],
@@ -213,7 +213,7 @@ impl ClickHouseStorage {
     }
 
     /// Runs a read within `query_timeout`.
-    async fn fetch_alert_rows<T>(&self, what: &str, sql: &Sql) -> Result<Vec<T>>
+    pub(super) async fn fetch_alert_rows<T>(&self, what: &str, sql: &Sql) -> Result<Vec<T>>
     where
         T: clickhouse::RowOwned + clickhouse::RowRead,
     {

@@ -90,6 +90,7 @@
 
 mod alert_sql;
 mod alert_store;
+mod audit;
 mod config;
 mod migrate;
 mod query;
@@ -158,6 +159,7 @@ const RETAINED_TABLES: &[(&str, Granularity)] = &[
     ("alert_transitions", Granularity::Month),
     ("alert_deliveries", Granularity::Month),
     ("alert_acks", Granularity::Month),
+    ("audit_log", Granularity::Month),
 ];
 
 /// A row of `samples`, in column order (validation is off, RowBinary is positional).
@@ -557,6 +559,7 @@ impl Storage for ClickHouseStorage {
                 "rollup_1h" => retention.rollup_1h,
                 "events" => retention.events,
                 "alert_transitions" | "alert_deliveries" | "alert_acks" => retention.alerts,
+                "audit_log" => retention.audit,
                 _ => BATCH_MARKS_RETENTION,
             };
             let mut removed = 0;

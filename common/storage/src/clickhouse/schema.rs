@@ -408,6 +408,31 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             Step::Sql("DROP TABLE IF EXISTS {db}.samples_1h"),
         ],
     },
+    Migration {
+        version: 6,
+        superseded_by: None,
+        description: "audit log: audit_log",
+        steps: &[
+            // Appended and read by time; monthly partitions expire with
+            // storage.retention.audit.
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.audit_log (
+                date Date,
+                ts_ms Int64,
+                actor String,
+                role String,
+                via String,
+                method String,
+                path String,
+                remote String,
+                status UInt16,
+                detail String
+            ) ENGINE = MergeTree()
+            PARTITION BY toYYYYMM(date)
+            ORDER BY ts_ms",
+            ),
+        ],
+    },
 ];
 
 /// `statement` with `{db}` replaced by the backquoted database name. The name is

@@ -19,6 +19,7 @@
 //! the same file; see `alert_store.rs`.
 
 mod alert_store;
+mod audit;
 mod schema;
 
 use crate::{
@@ -429,6 +430,7 @@ impl Storage for SqliteStorage {
             ("batch_marks".into(), marks),
         ];
         removed.extend(self.alert_retention(alerts_before).await?);
+        removed.push(("audit_log".into(), self.audit_retention(ms(r.audit)).await?));
         Ok(RetentionOutcome { removed })
     }
 }

@@ -98,6 +98,22 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX alert_acks_ts ON alert_acks (ts_ms);",
     ),
+    (
+        3,
+        // The audit log (see `crate::audit`): appended, read newest first by time.
+        "CREATE TABLE audit_log (
+            ts_ms INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            role TEXT NOT NULL,
+            via TEXT NOT NULL,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            remote TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            detail TEXT NOT NULL
+        );
+        CREATE INDEX audit_log_ts ON audit_log (ts_ms);",
+    ),
 ];
 
 /// Applies the migrations not yet recorded.
