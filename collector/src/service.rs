@@ -241,10 +241,12 @@ impl Collector {
                 // is free again for the agent's next connection.
                 .http2_keepalive_interval(Some(Duration::from_secs(10)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .tcp_keepalive(Some(Duration::from_secs(30)))
                 .add_service(ingest)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+                    crate::ingest::incoming::limited(
+                        listeners.grpc,
+                        crate::ingest::incoming::MAX_AGENT_CONNECTIONS,
+                    ),
                     async move { stop.cancelled().await },
                 ),
         );

@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod incoming;
 
 use crate::config::IngestConfig;
 use crate::metrics::CollectorMetrics;

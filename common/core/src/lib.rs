@@ -8,6 +8,7 @@
 //! binaries behave alike for operators.
 
 pub mod config;
+pub mod http_server;
 pub mod ops;
 pub mod retry;
 pub mod secret;

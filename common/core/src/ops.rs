@@ -135,18 +135,20 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then lets
-/// in-flight requests finish. Handlers (and middleware) see the peer's address
-/// as `ConnectInfo<SocketAddr>`.
+/// in-flight requests finish, within the default
+/// [`Limits`](crate::http_server::Limits) (header-read timeout, connection
+/// limit). Handlers see the peer's address as `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(
+    crate::http_server::serve(
         listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        router,
+        crate::http_server::Limits::default(),
+        shutdown,
     )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await
 }
 
