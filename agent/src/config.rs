@@ -101,8 +101,11 @@ pub struct EtcdConfig {
     pub pid_file: Option<PathBuf>,
     /// User name for etcd auth, if enabled.
     pub username: Option<String>,
-    /// Password for etcd auth.
-    pub password: Option<String>,
+    /// Password for etcd auth; prefer `password_file`, since a config holding
+    /// it must be kept secret. Never printed.
+    pub password: Option<etcdmon_core::secret::Secret>,
+    /// File holding the etcd password (its trailing newline is ignored).
+    pub password_file: Option<PathBuf>,
     /// TLS towards etcd (client URL and metrics URL).
     pub tls: TlsConfig,
 }
@@ -116,6 +119,7 @@ impl Default for EtcdConfig {
             pid_file: None,
             username: None,
             password: None,
+            password_file: None,
             tls: TlsConfig::default(),
         }
     }
@@ -335,10 +339,17 @@ impl AgentConfig {
                 "etcd.tls.cert and etcd.tls.key must be given together",
             ));
         }
-        if self.etcd.username.is_some() != self.etcd.password.is_some() {
+        let password = self.etcd.password.is_some() || self.etcd.password_file.is_some();
+        if self.etcd.password.is_some() && self.etcd.password_file.is_some() {
+            return Err(FieldError::new(
+                "etcd.password_file",
+                "set either etcd.password or etcd.password_file, not both",
+            ));
+        }
+        if self.etcd.username.is_some() != password {
             return Err(FieldError::new(
                 "etcd.password",
-                "etcd.username and etcd.password must be given together",
+                "etcd.username and etcd.password (or etcd.password_file) must be given together",
             ));
         }
         self.metrics.validate()?;

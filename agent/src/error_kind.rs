@@ -78,8 +78,22 @@ fn classify_status(status: &tonic::Status) -> ErrorKind {
                 by_chain
             }
         }
+        // etcd answers a wrong password with InvalidArgument ("etcdserver:
+        // authentication failed, invalid user ID or password") and an unknown
+        // user with FailedPrecondition: credentials, not the server.
+        _ if is_etcd_auth_message(status.message()) => ErrorKind::Auth,
         _ => ErrorKind::Server,
     }
+}
+
+/// Whether an etcd error message is about the client's credentials.
+fn is_etcd_auth_message(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("authentication failed")
+        || m.contains("invalid auth token")
+        || m.contains("user name not found")
+        || m.contains("user name is empty")
+        || m.contains("permission denied")
 }
 
 /// Classifies an `io::Error` by kind, if its kind says enough.
@@ -236,6 +250,23 @@ mod tests {
         assert_eq!(
             classify_etcd(&etcd_client::Error::GRpcStatus(s)),
             ErrorKind::Timeout
+        );
+        // What etcd 3.5 answers a wrong password and an unknown user.
+        for s in [
+            tonic::Status::invalid_argument(
+                "etcdserver: authentication failed, invalid user ID or password",
+            ),
+            tonic::Status::failed_precondition("etcdserver: user name not found"),
+        ] {
+            assert_eq!(
+                classify_etcd(&etcd_client::Error::GRpcStatus(s)),
+                ErrorKind::Auth
+            );
+        }
+        let s = tonic::Status::invalid_argument("etcdserver: request is too large");
+        assert_eq!(
+            classify_etcd(&etcd_client::Error::GRpcStatus(s)),
+            ErrorKind::Server
         );
     }
 }

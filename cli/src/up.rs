@@ -52,9 +52,13 @@ pub struct UpArgs {
     #[arg(long)]
     pub key: Option<PathBuf>,
     /// Send every alert to this webhook (Alertmanager-compatible JSON); without it and
-    /// without --alerter-config, alerts are written to the log.
-    #[arg(long)]
+    /// without --alerter-config, alerts are written to the log. Every user of this
+    /// machine sees it in `ps`: for a URL with a token in it, use --webhook-file.
+    #[arg(long, conflicts_with = "webhook_file")]
     pub webhook: Option<String>,
+    /// Like --webhook, with the URL read from this file (kept out of `ps`).
+    #[arg(long, value_name = "FILE")]
+    pub webhook_file: Option<PathBuf>,
     /// Alerter config file (routes, receivers, inhibition; see
     /// deploy/config/alerter.example.toml). Its `nats` and `storage` sections are not
     /// used: `up` runs the alerter in-process on its own store.
@@ -270,10 +274,20 @@ fn receiver_names(cfg: &AlerterConfig) -> String {
     names.join(", ")
 }
 
-/// The alerter's config for `up`: the file given, plus `--webhook`, else a log receiver.
+/// The alerter's config for `up`: the file given, plus `--webhook` (or
+/// `--webhook-file`), else a log receiver.
 pub fn alerter_config(args: &UpArgs) -> anyhow::Result<AlerterConfig> {
     let mut cfg = AlerterConfig::load(args.alerter_config.as_deref(), &serde_json::json!({}))?;
-    if let Some(url) = &args.webhook {
+    let url = match (&args.webhook, &args.webhook_file) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--webhook-file: read {}", path.display()))?;
+            Some(text.trim().to_owned())
+        }
+        (None, None) => None,
+    };
+    if let Some(url) = &url {
         let webhook =
             serde_json::from_value(serde_json::json!({ "url": url })).context("--webhook")?;
         cfg.send_everything_to(ReceiverConfig::new(
@@ -287,4 +301,44 @@ pub fn alerter_config(args: &UpArgs) -> anyhow::Result<AlerterConfig> {
     }
     cfg.external_url = format!("http://{}", args.listen);
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+
+    /// A webhook URL with a token in it need not show in `ps`.
+    #[test]
+    fn a_webhook_url_can_come_from_a_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("hook-url");
+        std::fs::write(&file, "http://127.0.0.1:9/hook?token=s3cret\n").expect("write");
+        let cmd = Cmd::try_parse_from(["up", "--webhook-file", file.to_str().expect("utf-8")])
+            .expect("parse");
+        let cfg = alerter_config(&cmd.up).expect("config");
+        let urls: Vec<&str> = cfg
+            .receivers
+            .iter()
+            .filter_map(|r| match &r.kind {
+                ReceiverKind::Webhook(w) if r.name == "up-webhook" => Some(w.url.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(urls, ["http://127.0.0.1:9/hook?token=s3cret"]);
+        assert!(
+            Cmd::try_parse_from(["up", "--webhook", "http://a/", "--webhook-file", "/f"]).is_err(),
+            "both at once"
+        );
+        let missing =
+            Cmd::try_parse_from(["up", "--webhook-file", "/nonexistent/hook"]).expect("parse");
+        let err = alerter_config(&missing.up).expect_err("unreadable file");
+        assert!(format!("{err:#}").contains("--webhook-file"), "{err:#}");
+    }
 }

@@ -31,7 +31,8 @@
 //!   attempts to reach other hosts.
 //! * `shutdown_wait_unfinished` is 2 s instead of 5 s: a test that stops the server
 //!   wants it gone, not its running queries finished.
-//! * User `default` without a password, reachable from loopback only.
+//! * User `default` without a password, reachable from loopback only, and user
+//!   [`PASSWORD_USER`] with a password, for tests of credentials.
 //!
 //! As for etcd, the temp dir is created in `$ETCDMON_TEST_TMPDIR` if set, else in
 //! `/dev/shm` when it exists, else in the system temp dir: ClickHouse fsyncs parts and
@@ -112,6 +113,9 @@ pub struct ClickHouseServer {
     interserver_port: u16,
     dir: TempDir,
 }
+
+/// A user of every test server that needs a password: (name, password).
+pub const PASSWORD_USER: (&str, &str) = ("etcdmon", "etcdmon-testkit-password");
 
 impl ClickHouseServer {
     /// Starts Debian's `clickhouse-server` with a generated config on fresh loopback ports
@@ -401,6 +405,15 @@ impl ClickHouseServer {
             <profile>default</profile>
             <quota>default</quota>
         </default>
+        <etcdmon>
+            <password>etcdmon-testkit-password</password>
+            <networks>
+                <ip>127.0.0.1</ip>
+                <ip>::1</ip>
+            </networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </etcdmon>
     </users>
     <quotas>
         <default>

@@ -56,8 +56,17 @@ pub struct Target {
 /// (status first: it learns the member list that peers needs). Fails on
 /// unreadable TLS files or bad URLs.
 pub fn build(cfg: &AgentConfig, view: &MemberView) -> anyhow::Result<Vec<Box<dyn Probe>>> {
+    let mut etcd = cfg.etcd.clone();
+    // Read once here, so every probe sees the password and none reads the file.
+    etcd.password = etcdmon_core::secret::resolve(
+        cfg.etcd.password.as_ref(),
+        cfg.etcd.password_file.as_deref(),
+        "etcd.password",
+        "etcd.password_file",
+    )?;
+    etcd.password_file = None;
     let target = Target {
-        etcd: cfg.etcd.clone(),
+        etcd,
         tls: TlsMaterial::load(&cfg.etcd.tls)?,
         view: view.clone(),
     };

@@ -218,8 +218,10 @@ impl Spool {
     }
 
     /// The next batch sequence number: strictly increasing, also across
-    /// restarts and crashes. Costs an fsync once per thousand numbers; on
-    /// error (the reservation could not be saved) no number is used up.
+    /// restarts and crashes. Costs an fsync once per thousand numbers; a
+    /// reservation that cannot be saved (full disk) is logged and numbering
+    /// goes on from the clock, so the batch is kept in memory. Fails only when
+    /// the numbers are exhausted.
     pub fn next_sequence(&mut self) -> io::Result<u64> {
         self.sequence.next()
     }

@@ -15,12 +15,18 @@
 //! replaced via a temp file, fsync, rename and directory fsync, so it is
 //! always either the old or the new reservation.
 //!
-//! Without a usable file (a new directory, or a damaged file) the counter
-//! starts at the wall clock in microseconds since the Unix epoch, and never
-//! below the newest batch still on disk. A counter only advances by one per
-//! batch and by one block per restart, far slower than a microsecond clock,
-//! so even an agent whose directory was wiped does not reuse the numbers of
-//! its earlier life (as long as the clock has not been set back).
+//! Every start begins at the highest of: the recorded limit, one past the
+//! newest batch still on disk, and the wall clock in microseconds since the
+//! Unix epoch. A counter only advances by one per batch and by one block per
+//! restart, far slower than a microsecond clock, so even an agent whose
+//! directory was wiped or whose file is damaged does not reuse the numbers of
+//! its earlier life (as long as the clock has not been set back; the file
+//! covers that case).
+//!
+//! When the reservation cannot be saved (a full or read-only disk), the batch
+//! is not lost: the counter jumps to at least the clock and hands out numbers
+//! from there without a reservation, retrying the save at every number. A
+//! restart, crash or not, begins at the clock again, past all of them.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -47,6 +53,8 @@ pub(crate) struct SequenceCounter {
     next: u64,
     /// First number not covered by the durable reservation.
     limit: u64,
+    /// The last reservation failed (logged once per failing stretch).
+    failing: bool,
 }
 
 impl SequenceCounter {
@@ -70,7 +78,9 @@ impl SequenceCounter {
             Err(e) if e.kind() == io::ErrorKind::NotFound => clock_seed(),
             Err(e) => return Err(e),
         };
-        let next = start.max(floor).max(1);
+        // The clock too: numbers handed out without a reservation (see
+        // `next`) lie at or just above the clock of their time.
+        let next = start.max(floor).max(clock_seed()).max(1);
         Ok(SequenceCounter {
             path,
             dir: dir.to_path_buf(),
@@ -78,6 +88,7 @@ impl SequenceCounter {
             // Nothing of the range from `next` on is reserved by this run
             // yet, so the first call writes a reservation.
             limit: next,
+            failing: false,
         })
     }
 
@@ -88,16 +99,32 @@ impl SequenceCounter {
         self.next.saturating_sub(1)
     }
 
-    /// Hands out the next number, first reserving a new block if needed.
-    /// On error nothing is handed out and the counter is unchanged.
+    /// Hands out the next number, first reserving a new block if needed. A
+    /// reservation that cannot be saved does not stop it (see the module
+    /// docs); only running out of numbers does.
     pub(crate) fn next(&mut self) -> io::Result<u64> {
         if self.next >= self.limit {
             let limit = self
                 .next
                 .checked_add(BLOCK)
                 .ok_or_else(|| io::Error::other("spool: batch sequence numbers are exhausted"))?;
-            self.persist(limit)?;
-            self.limit = limit;
+            match self.persist(limit) {
+                Ok(()) => {
+                    if self.failing {
+                        tracing::info!(path = %self.path.display(), "spool: sequence reservation saved again");
+                    }
+                    self.failing = false;
+                    self.limit = limit;
+                }
+                Err(e) => {
+                    if !self.failing {
+                        tracing::warn!(path = %self.path.display(), error = %e,
+                            "spool: cannot save the sequence reservation; numbering from the clock until it can");
+                    }
+                    self.failing = true;
+                    self.next = self.next.max(clock_seed());
+                }
+            }
         }
         let n = self.next;
         self.next += 1;
@@ -184,7 +211,32 @@ mod tests {
         // The reservation covered [first, first + BLOCK): a restart must
         // start past all of it, whatever was actually used.
         let mut c = SequenceCounter::open(dir.path(), 0).unwrap();
-        assert_eq!(c.next().unwrap(), first + BLOCK);
+        assert!(c.next().unwrap() >= first + BLOCK);
+    }
+
+    /// A full or read-only disk must not cost batches: numbers keep coming,
+    /// above everything handed out before, and a restart starts above them.
+    #[test]
+    fn an_unsaved_reservation_still_numbers_and_a_restart_starts_above() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = SequenceCounter::open(dir.path(), 0).unwrap();
+        let mut last = c.next().unwrap();
+        c.limit = c.next; // the block is used up
+                          // The temp file cannot be created: a directory is in its place.
+        fs::create_dir(dir.path().join(format!("{FILE_NAME}.tmp"))).unwrap();
+        for _ in 0..3 {
+            let n = c.next().expect("numbers despite the failing reservation");
+            assert!(n > last, "{n} after {last}");
+            last = n;
+        }
+        assert!(c.failing);
+        drop(c);
+        let mut c = SequenceCounter::open(dir.path(), 0).unwrap();
+        assert!(c.next().unwrap() > last, "a restart reuses no number");
+        fs::remove_dir(dir.path().join(format!("{FILE_NAME}.tmp"))).unwrap();
+        c.limit = c.next;
+        let n = c.next().expect("saved again");
+        assert!(n > last && !c.failing && c.limit > n);
     }
 
     #[test]
@@ -193,7 +245,8 @@ mod tests {
         let mut c = SequenceCounter::open(dir.path(), 0).unwrap();
         let first = c.next().unwrap();
         drop(c);
-        let floor = first + 10 * BLOCK;
+        // Far enough ahead that the clock does not catch up during the test.
+        let floor = first + 1_000_000_000;
         let mut c = SequenceCounter::open(dir.path(), floor).unwrap();
         assert_eq!(c.next().unwrap(), floor);
     }

@@ -854,3 +854,50 @@ async fn uncompressed_inserts_work_too() {
         vec![1080, 720]
     );
 }
+
+/// A password from a file (trailing newline and all) logs in; one given twice or
+/// from a missing file is a configuration error naming the field.
+#[tokio::test]
+async fn the_password_can_come_from_a_file() {
+    let (server, _) = setup().await;
+    let (user, password) = etcdmon_testkit::clickhouse::PASSWORD_USER;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("clickhouse-password");
+    std::fs::write(&file, format!("{password}\n")).unwrap();
+    let with_file = |password_file: Option<std::path::PathBuf>, inline: &str| ClickHouseConfig {
+        user: user.to_owned(),
+        password: inline.to_owned(),
+        password_file,
+        ..config(&server)
+    };
+    let storage = ClickHouseStorage::new(with_file(Some(file.clone()), "")).unwrap();
+    storage
+        .migrate()
+        .await
+        .expect("logged in with the password from the file");
+    assert!(!format!("{:?}", storage.config()).contains(password));
+
+    std::fs::write(&file, "not-the-password\n").unwrap();
+    let wrong = ClickHouseStorage::new(with_file(Some(file.clone()), "")).unwrap();
+    assert!(
+        wrong.migrate().await.is_err(),
+        "a wrong password from the file"
+    );
+
+    for (cfg, field) in [
+        (
+            with_file(Some(file.clone()), password),
+            "storage.clickhouse.password_file",
+        ),
+        (
+            with_file(Some(dir.path().join("missing")), ""),
+            "storage.clickhouse.password_file",
+        ),
+    ] {
+        match ClickHouseStorage::new(cfg) {
+            Err(StorageError::InvalidConfig(m)) => assert!(m.contains(field), "{m}"),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+}

@@ -62,7 +62,7 @@ impl StatusProbe {
         let mut options = ConnectOptions::new();
         if let (Some(u), Some(p)) = (&target.etcd.username, &target.etcd.password) {
             options = options
-                .with_user(u.clone(), p.clone())
+                .with_user(u.clone(), p.expose().to_owned())
                 .with_auto_token_refresh(true);
         }
         Ok(Self {

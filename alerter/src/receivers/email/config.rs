@@ -148,6 +148,16 @@ impl EmailConfig {
             "password",
             "password_file",
         )?;
+        if self.tls == TlsMode::None && self.username.is_some() && !is_loopback(&self.host) {
+            return Err(BuildError::new(
+                "tls",
+                format!(
+                    "\"none\" would send the SMTP password to {} in plain text: use \
+                     \"starttls\" or \"tls\" (plain text with credentials only to a local relay)",
+                    self.host
+                ),
+            ));
+        }
         match (&self.username, password) {
             (Some(user), Some(password)) => {
                 transport = transport.credentials(Credentials::new(user.clone(), password));
@@ -219,6 +229,16 @@ impl EmailConfig {
     }
 }
 
+/// Whether `host` is this machine (`localhost` or a loopback address).
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +287,15 @@ mod tests {
             ),
             Some("ca_file")
         );
+        let plain = |host: &str| {
+            format!(
+                r#"{{"host": "{host}", "from": "a@b.invalid", "to": ["c@d.invalid"], "tls": "none",
+                    "username": "u", "password": "p"}}"#
+            )
+        };
+        assert_eq!(field(&plain("smtp.example.com")), Some("tls"));
+        assert_eq!(field(&plain("127.0.0.1")), None, "a local relay");
+        assert_eq!(field(&plain("localhost")), None, "a local relay");
         let err = serde_json::from_str::<EmailConfig>(
             r#"{"host": "h", "from": "a@b.invalid", "to": ["c@d.invalid"], "tls": "ssl"}"#,
         )

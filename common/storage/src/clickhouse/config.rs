@@ -22,8 +22,12 @@ pub struct ClickHouseConfig {
     pub database: String,
     /// User to authenticate as (sent in the `X-ClickHouse-User` header).
     pub user: String,
-    /// Password of `user`; empty for none. Never printed by `Debug`.
+    /// Password of `user`; empty for none. Never printed by `Debug`. Prefer
+    /// `password_file`: a config holding the password must be kept secret.
     pub password: String,
+    /// File holding the password of `user` (its trailing newline is ignored);
+    /// instead of `password`. Read when the store is opened.
+    pub password_file: Option<std::path::PathBuf>,
     /// How long raw samples, rollups and events are kept. Enforced by dropping whole
     /// daily (monthly for the 1-hour rollup) partitions, so data lives up to one
     /// partition longer than this.
@@ -60,6 +64,7 @@ impl Default for ClickHouseConfig {
             database: "etcdmon".to_owned(),
             user: "default".to_owned(),
             password: String::new(),
+            password_file: None,
             retention: Retention::default(),
             insert_timeout: Duration::from_secs(10),
             query_timeout: Duration::from_secs(30),
@@ -85,6 +90,7 @@ impl std::fmt::Debug for ClickHouseConfig {
                     "<redacted>"
                 },
             )
+            .field("password_file", &self.password_file)
             .field("retention", &self.retention)
             .field("insert_timeout", &self.insert_timeout)
             .field("query_timeout", &self.query_timeout)
@@ -96,6 +102,20 @@ impl std::fmt::Debug for ClickHouseConfig {
 }
 
 impl ClickHouseConfig {
+    /// The password: `password`, or the contents of `password_file`.
+    pub fn resolved_password(&self) -> Result<String, StorageError> {
+        let inline = (!self.password.is_empty())
+            .then(|| etcdmon_core::secret::Secret::new(self.password.clone()));
+        etcdmon_core::secret::resolve(
+            inline.as_ref(),
+            self.password_file.as_deref(),
+            "storage.clickhouse.password",
+            "storage.clickhouse.password_file",
+        )
+        .map(|p| p.map(|p| p.expose().to_owned()).unwrap_or_default())
+        .map_err(|e| StorageError::InvalidConfig(e.to_string()))
+    }
+
     /// Checks the values `serde` cannot: URL scheme, database name, non-zero timeouts.
     /// The error names the field.
     pub fn validate(&self) -> Result<(), StorageError> {

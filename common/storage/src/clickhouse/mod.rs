@@ -268,8 +268,9 @@ impl ClickHouseStorage {
             } else {
                 Compression::None
             });
-        if !config.password.is_empty() {
-            server = server.with_password(&config.password);
+        let password = config.resolved_password()?;
+        if !password.is_empty() {
+            server = server.with_password(password);
         }
         let client = server.clone().with_database(&config.database);
         Ok(Self {
