@@ -471,6 +471,14 @@ mod tests {
                 database: "metrics".into()
             }
         );
+        s.url = "clickhouses://ch.example:8443/metrics".into();
+        assert_eq!(
+            s.target().expect("ch over https"),
+            StorageTarget::ClickHouse {
+                url: "https://ch.example:8443".into(),
+                database: "metrics".into()
+            }
+        );
         s.url = "clickhouse://ch:8123".into();
         assert!(
             matches!(s.target(), Ok(StorageTarget::ClickHouse { database, .. }) if database == "etcdmon")
@@ -479,6 +487,7 @@ mod tests {
             "postgres://x",
             "sqlite:",
             "clickhouse:///db",
+            "clickhouses:///db",
             "clickhouse://h:1/bad-name",
         ] {
             s.url = bad.into();

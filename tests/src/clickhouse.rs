@@ -111,6 +111,8 @@ pub struct ClickHouseServer {
     http_port: u16,
     tcp_port: u16,
     interserver_port: u16,
+    /// HTTPS port and its certificate and key, when started with TLS.
+    https: Option<(u16, crate::TlsFiles)>,
     dir: TempDir,
 }
 
@@ -121,14 +123,32 @@ impl ClickHouseServer {
     /// Starts Debian's `clickhouse-server` with a generated config on fresh loopback ports
     /// and waits (60 s at most) until `GET /ping` answers `Ok.`.
     pub fn start() -> Result<ClickHouseServer> {
-        Self::start_with_ports(&mut free_port)
+        Self::start_with_ports(&mut free_port, None)
+    }
+
+    /// [`start`](Self::start), also serving HTTPS (see [`https_url`](Self::https_url))
+    /// with the server certificate of `tls` (for 127.0.0.1 and localhost).
+    pub fn start_with_tls(tls: &crate::TlsFiles) -> Result<ClickHouseServer> {
+        Self::start_with_ports(&mut free_port, Some(tls))
     }
 
     /// [`start`](Self::start) with the port source injectable, so the retry on a taken
     /// port can be tested.
-    fn start_with_ports(next_port: &mut dyn FnMut() -> u16) -> Result<ClickHouseServer> {
+    fn start_with_ports(
+        next_port: &mut dyn FnMut() -> u16,
+        tls: Option<&crate::TlsFiles>,
+    ) -> Result<ClickHouseServer> {
         let binary = require_binary("clickhouse-server")?;
-        retry_on_taken_port("clickhouse-server", || Self::try_start(&binary, next_port))
+        retry_on_taken_port("clickhouse-server", || {
+            Self::try_start(&binary, next_port, tls)
+        })
+    }
+
+    /// The HTTPS interface, `https://localhost:PORT`, when started with TLS.
+    pub fn https_url(&self) -> Option<String> {
+        self.https
+            .as_ref()
+            .map(|(port, _)| format!("https://localhost:{port}"))
     }
 
     /// The HTTP interface, `http://127.0.0.1:PORT`, without a trailing slash.
@@ -272,7 +292,11 @@ impl ClickHouseServer {
         )
     }
 
-    fn try_start(binary: &Path, next_port: &mut dyn FnMut() -> u16) -> Result<ClickHouseServer> {
+    fn try_start(
+        binary: &Path,
+        next_port: &mut dyn FnMut() -> u16,
+        tls: Option<&crate::TlsFiles>,
+    ) -> Result<ClickHouseServer> {
         let dir = service_temp_dir("clickhouse")?;
         for sub in ["data", "tmp", "user_files", "format_schemas", "logs"] {
             let path = dir.path().join(sub);
@@ -284,6 +308,7 @@ impl ClickHouseServer {
             http_port: next_port(),
             tcp_port: next_port(),
             interserver_port: next_port(),
+            https: tls.map(|t| (next_port(), t.clone())),
             dir,
         };
         server.write_config()?;
@@ -352,7 +377,7 @@ impl ClickHouseServer {
     <http_port>{http}</http_port>
     <tcp_port>{tcp}</tcp_port>
     <interserver_http_port>{interserver}</interserver_http_port>
-    <interserver_http_host>127.0.0.1</interserver_http_host>
+    <interserver_http_host>127.0.0.1</interserver_http_host>{https}
     <max_connections>256</max_connections>
     <keep_alive_timeout>3</keep_alive_timeout>
     <max_concurrent_queries>64</max_concurrent_queries>
@@ -378,6 +403,25 @@ impl ClickHouseServer {
             http = self.http_port,
             tcp = self.tcp_port,
             interserver = self.interserver_port,
+            https = self
+                .https
+                .as_ref()
+                .map_or(String::new(), |(port, tls)| format!(
+                    "
+    <https_port>{port}</https_port>
+    <openSSL>
+        <server>
+            <certificateFile>{}</certificateFile>
+            <privateKeyFile>{}</privateKeyFile>
+            <verificationMode>none</verificationMode>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
+            <preferServerCiphers>true</preferServerCiphers>
+        </server>
+    </openSSL>",
+                    xml_escape(&tls.server_cert.display().to_string()),
+                    xml_escape(&tls.server_key.display().to_string()),
+                )),
             cache = CACHE_BYTES,
             data = path("data"),
             tmp = path("tmp"),
@@ -484,7 +528,7 @@ mod tests {
     fn start_retries_on_fresh_ports_when_a_port_is_taken() {
         // A held port comes first, so the first bind fails.
         let (_squatter, taken, mut ports) = crate::service::taken_port_first();
-        let server = ClickHouseServer::start_with_ports(&mut ports).unwrap();
+        let server = ClickHouseServer::start_with_ports(&mut ports, None).unwrap();
         assert_ne!(server.http_port(), taken);
         assert_eq!(server.query("SELECT 1").unwrap(), "1\n");
     }

@@ -46,7 +46,7 @@ pub enum StorageTarget {
     Sqlite(PathBuf),
     /// A ClickHouse server: HTTP URL and database.
     ClickHouse {
-        /// `http://HOST:PORT`.
+        /// `http://HOST:PORT`, or `https://HOST:PORT` for `clickhouses://`.
         url: String,
         /// Database name.
         database: String,
@@ -87,7 +87,10 @@ impl StorageConfig {
             }
             return Ok(StorageTarget::Sqlite(PathBuf::from(path)));
         }
-        if let Some(rest) = self.url.strip_prefix("clickhouse://") {
+        let clickhouse = [("clickhouse://", "http"), ("clickhouses://", "https")]
+            .into_iter()
+            .find_map(|(prefix, scheme)| self.url.strip_prefix(prefix).map(|rest| (rest, scheme)));
+        if let Some((rest, scheme)) = clickhouse {
             let (hostport, db) = rest.split_once('/').unwrap_or((rest, "etcdmon"));
             if hostport.is_empty() {
                 return Err(FieldError::new(
@@ -103,14 +106,15 @@ impl StorageConfig {
                 ));
             }
             return Ok(StorageTarget::ClickHouse {
-                url: format!("http://{hostport}"),
+                url: format!("{scheme}://{hostport}"),
                 database: db.to_string(),
             });
         }
         Err(FieldError::new(
             "storage.url",
             format!(
-                "must be sqlite:PATH or clickhouse://HOST:PORT/DATABASE, got {:?}",
+                "must be sqlite:PATH, clickhouse://HOST:PORT/DATABASE or \
+                 clickhouses://HOST:PORT/DATABASE (HTTPS), got {:?}",
                 self.url
             ),
         ))

@@ -901,3 +901,49 @@ async fn the_password_can_come_from_a_file() {
         }
     }
 }
+
+/// `https://` (`clickhouses://` in `storage.url`): the server's certificate is
+/// checked against `ca_file`; without it the system's roots do not know the test
+/// CA and nothing is sent.
+#[tokio::test]
+async fn https_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = etcdmon_testkit::generate_tls(&dir.path().join("tls"), 1).unwrap();
+    let server = ClickHouseServer::start_with_tls(&tls).expect("clickhouse with https");
+    let https = ClickHouseConfig {
+        url: server.https_url().expect("https"),
+        ca_file: Some(tls.ca_cert.clone()),
+        ..config(&server)
+    };
+    assert!(https.url.starts_with("https://"));
+    let storage = ClickHouseStorage::new(https.clone()).unwrap();
+    storage.migrate().await.expect("migrate over https");
+    storage
+        .write(&three_hours())
+        .await
+        .expect("write over https");
+    let points = storage
+        .query(&query("etcd_db_size", T0, T0 + 3_600_000, 0))
+        .await
+        .unwrap();
+    assert!(!points.is_empty(), "read back over https");
+
+    let untrusted = ClickHouseStorage::new(ClickHouseConfig {
+        ca_file: None,
+        ..https.clone()
+    })
+    .unwrap();
+    let err = untrusted.migrate().await.expect_err("an unknown CA");
+    assert!(
+        format!("{err}").to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    match ClickHouseStorage::new(ClickHouseConfig {
+        ca_file: Some(dir.path().join("missing.pem")),
+        ..https
+    }) {
+        Err(StorageError::InvalidConfig(m)) => assert!(m.contains("ca_file"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -13,10 +13,12 @@ use crate::{Retention, StorageError};
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
     /// Base URL of ClickHouse's HTTP interface (not the native TCP port), e.g.
-    /// `http://clickhouse.monitoring.svc:8123`. Only `http://` is supported: the client is
-    /// built without TLS, so put a TLS-terminating proxy or a service mesh in front when
-    /// the link needs encryption.
+    /// `http://clickhouse.monitoring.svc:8123`, or its HTTPS interface
+    /// (`https_port`, e.g. `https://clickhouse.example.internal:8443`).
     pub url: String,
+    /// PEM file of the CA that signed the server's certificate, for `https://`;
+    /// unset: the system's trusted roots (Debian's `ca-certificates`).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Database holding etcdmon's tables; created by `migrate` if missing. Letters,
     /// digits and `_` only.
     pub database: String,
@@ -61,6 +63,7 @@ impl Default for ClickHouseConfig {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:8123".to_owned(),
+            ca_file: None,
             database: "etcdmon".to_owned(),
             user: "default".to_owned(),
             password: String::new(),
@@ -80,6 +83,7 @@ impl std::fmt::Debug for ClickHouseConfig {
         // Configs end up in start-up logs; the password must not.
         f.debug_struct("ClickHouseConfig")
             .field("url", &self.url)
+            .field("ca_file", &self.ca_file)
             .field("database", &self.database)
             .field("user", &self.user)
             .field(
@@ -124,15 +128,21 @@ impl ClickHouseConfig {
                 "invalid ClickHouse config: {field}: {why}"
             )))
         };
-        let Some(rest) = self.url.strip_prefix("http://") else {
+        let Some(rest) = ["http://", "https://"]
+            .into_iter()
+            .find_map(|scheme| self.url.strip_prefix(scheme))
+        else {
             return invalid(
                 "url",
-                format!(
-                    "{:?} must start with http:// (TLS is not built in)",
-                    self.url
-                ),
+                format!("{:?} must start with http:// or https://", self.url),
             );
         };
+        if self.ca_file.is_some() && !self.url.starts_with("https://") {
+            return invalid(
+                "ca_file",
+                "is only used for an https:// server (clickhouses:// in storage.url)".to_owned(),
+            );
+        }
         if rest.is_empty() || rest.starts_with('/') {
             return invalid("url", format!("{:?} has no host", self.url));
         }

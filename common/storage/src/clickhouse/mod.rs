@@ -92,6 +92,7 @@ mod alert_sql;
 mod alert_store;
 mod audit;
 mod config;
+mod https;
 mod migrate;
 mod query;
 mod retention;
@@ -258,7 +259,12 @@ impl ClickHouseStorage {
     /// call [`Storage::migrate`] first, which also tells whether the server is reachable.
     pub fn new(config: ClickHouseConfig) -> Result<Self> {
         config.validate()?;
-        let mut server = Client::default()
+        let base = if config.url.starts_with("https://") {
+            https::client(config.ca_file.as_deref())?
+        } else {
+            Client::default()
+        };
+        let mut server = base
             .with_url(config.url.trim_end_matches('/'))
             .with_user(&config.user)
             // Required for 18.16, which cannot send RowBinaryWithNamesAndTypes.
@@ -621,7 +627,7 @@ fn date_of(ts_ms: i64, what: &str) -> Result<u16> {
 /// Maps a client error to the storage error the caller branches on.
 fn classify(what: &str, error: clickhouse::error::Error) -> StorageError {
     use clickhouse::error::Error;
-    let message = format!("{what}: {error}");
+    let message = with_causes(what, &error);
     match &error {
         Error::Network(_) | Error::TimedOut | Error::Other(_) => StorageError::Unavailable(message),
         Error::BadResponse(reason) => match server_code(reason) {
@@ -642,7 +648,7 @@ fn classify(what: &str, error: clickhouse::error::Error) -> StorageError {
 /// network keeps it for a retry (see the module docs).
 fn classify_write(what: &str, error: clickhouse::error::Error) -> StorageError {
     use clickhouse::error::Error;
-    let message = format!("{what}: {error}");
+    let message = with_causes(what, &error);
     match &error {
         Error::BadResponse(reason) => match server_code(reason) {
             Some(code) if DATA_CODES.contains(&code) => StorageError::Rejected(message),
@@ -652,6 +658,23 @@ fn classify_write(what: &str, error: clickhouse::error::Error) -> StorageError {
         // Encoding a row failed on our side: the same rows fail again.
         _ => StorageError::Rejected(message),
     }
+}
+
+/// `what: error: cause: cause...`: the client's network errors say only
+/// "client error (Connect)"; the reason (refused, a certificate the CA does not
+/// sign, ...) is in their sources.
+fn with_causes(what: &str, error: &clickhouse::error::Error) -> String {
+    let mut message = format!("{what}: {error}");
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 /// The `N` of `Code: N` in a ClickHouse error message.
