@@ -359,7 +359,14 @@ fn config_is_validated_and_hides_the_password() {
         f(&mut c);
         c.validate().unwrap_err().to_string()
     };
-    assert!(with(&|c| c.url = "https://x:8443".into()).contains("url"));
+    assert!(with(&|c| c.url = "ftp://x:8443".into()).contains("url"));
+    ClickHouseConfig {
+        url: "https://x:8443".into(),
+        ..ClickHouseConfig::default()
+    }
+    .validate()
+    .expect("https is supported");
+    assert!(with(&|c| c.ca_file = Some("/ca.pem".into())).contains("ca_file"));
     assert!(with(&|c| c.url = "http://".into()).contains("url"));
     assert!(with(&|c| c.database = "a-b".into()).contains("database"));
     assert!(with(&|c| c.database = "x`; DROP".into()).contains("database"));
