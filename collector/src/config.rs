@@ -236,6 +236,124 @@ pub struct HttpAuthConfig {
     pub anonymous: Option<Role>,
     /// API tokens, each with a role; the config holds only their SHA-256.
     pub tokens: Vec<ApiToken>,
+    /// OIDC/JWT bearer tokens of an identity provider.
+    pub jwt: Option<JwtConfig>,
+}
+
+/// OIDC/JWT login (see `docs/api.md`): tokens signed by the provider's key for
+/// `issuer` and `audience`, with a role in `role_claim`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The `iss` every token must carry, e.g. `https://login.example.com/realms/ops`.
+    pub issuer: String,
+    /// The `aud` every token must include, e.g. `etcdmon`.
+    pub audience: String,
+    /// The provider's JWKS (its `jwks_uri`), fetched on first use, on an
+    /// unknown key id and every 10 minutes. One of `jwks_url`, `jwks_file`,
+    /// `key_file`.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// CA of the `jwks_url` server's certificate; default: the public web roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A JWKS document on disk.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// One PEM public key (with `algorithm`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The algorithm of `key_file`: `RS256` (default), `RS384`, `RS512`,
+    /// `PS256`, `PS384`, `PS512`, `ES256`, `ES384` or `EdDSA`.
+    #[serde(default = "default_jwt_algorithm")]
+    pub algorithm: String,
+    /// Claim holding the caller's role(s): a string or a list of strings.
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+    /// Claim naming the caller (for the audit log and authors), e.g. `email`.
+    #[serde(default = "default_name_claim")]
+    pub name_claim: String,
+    /// Claim values (e.g. group names) and the role each grants; empty: the
+    /// values must be role names themselves. The highest role found counts.
+    #[serde(default)]
+    pub roles: std::collections::BTreeMap<String, Role>,
+}
+
+fn default_jwt_algorithm() -> String {
+    "RS256".to_owned()
+}
+
+fn default_role_claim() -> String {
+    "etcdmon_role".to_owned()
+}
+
+fn default_name_claim() -> String {
+    "sub".to_owned()
+}
+
+impl JwtConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.issuer.is_empty() {
+            return Err(FieldError::new("http.auth.jwt.issuer", "must not be empty"));
+        }
+        if self.audience.is_empty() {
+            return Err(FieldError::new(
+                "http.auth.jwt.audience",
+                "must not be empty",
+            ));
+        }
+        let sources = [
+            self.jwks_url.is_some(),
+            self.jwks_file.is_some(),
+            self.key_file.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(FieldError::new(
+                "http.auth.jwt",
+                "set exactly one of jwks_url, jwks_file, key_file",
+            ));
+        }
+        if let Some(url) = &self.jwks_url {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| FieldError::new("http.auth.jwt.jwks_url", e.to_string()))?;
+            let loopback = match parsed.host() {
+                Some(url::Host::Domain(d)) => d == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if parsed.scheme() != "https" && !(parsed.scheme() == "http" && loopback) {
+                return Err(FieldError::new(
+                    "http.auth.jwt.jwks_url",
+                    "must be https:// (whoever could change the keys in transit could \
+                     log in as anyone); http:// only on loopback",
+                ));
+            }
+        }
+        if self.key_file.is_some()
+            && !matches!(
+                self.algorithm.as_str(),
+                "RS256"
+                    | "RS384"
+                    | "RS512"
+                    | "PS256"
+                    | "PS384"
+                    | "PS512"
+                    | "ES256"
+                    | "ES384"
+                    | "EdDSA"
+            )
+        {
+            return Err(FieldError::new(
+                "http.auth.jwt.algorithm",
+                format!(
+                    "{:?} is not a public-key signature algorithm",
+                    self.algorithm
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One API token.
@@ -255,13 +373,16 @@ impl HttpConfig {
     /// anything from another host.
     fn validate(&self) -> Result<(), FieldError> {
         let auth = &self.auth;
-        if auth.anonymous.is_none() && auth.tokens.is_empty() {
+        if auth.anonymous.is_none() && auth.tokens.is_empty() && auth.jwt.is_none() {
             return Err(FieldError::new(
                 "http.auth",
-                "nobody could use the API: add [[http.auth.tokens]], or set \
-                 http.auth.anonymous = \"viewer\" (--anonymous viewer) for read-only access \
-                 without credentials",
+                "nobody could use the API: add [[http.auth.tokens]] or [http.auth.jwt], or \
+                 set http.auth.anonymous = \"viewer\" (--anonymous viewer) for read-only \
+                 access without credentials",
             ));
+        }
+        if let Some(jwt) = &auth.jwt {
+            jwt.validate()?;
         }
         if auth.anonymous.is_some_and(|r| r > Role::Viewer) && !self.listen.ip().is_loopback() {
             return Err(FieldError::new(
@@ -573,6 +694,33 @@ mod tests {
         c.http.auth.tokens.pop();
         c.http.auth.anonymous = None;
         c.validate().expect("a token and no anonymous access");
+
+        let jwt = |url: Option<&str>, key_file: Option<&str>| JwtConfig {
+            issuer: "https://idp".into(),
+            audience: "etcdmon".into(),
+            jwks_url: url.map(str::to_owned),
+            ca_file: None,
+            jwks_file: None,
+            key_file: key_file.map(Into::into),
+            algorithm: default_jwt_algorithm(),
+            role_claim: default_role_claim(),
+            name_claim: default_name_claim(),
+            roles: Default::default(),
+        };
+        c.http.auth.tokens.clear();
+        c.http.auth.jwt = Some(jwt(Some("https://idp/certs"), None));
+        c.validate().expect("a JWT provider alone lets people in");
+        c.http.auth.jwt = Some(jwt(Some("http://idp/certs"), None));
+        assert_eq!(c.validate().unwrap_err().field, "http.auth.jwt.jwks_url");
+        c.http.auth.jwt = Some(jwt(Some("http://127.0.0.1:9/certs"), None));
+        c.validate().expect("plain http on loopback");
+        c.http.auth.jwt = Some(jwt(Some("https://idp/certs"), Some("/k.pem")));
+        assert_eq!(c.validate().unwrap_err().field, "http.auth.jwt");
+        c.http.auth.jwt = Some(JwtConfig {
+            algorithm: "HS256".into(),
+            ..jwt(None, Some("/k.pem"))
+        });
+        assert_eq!(c.validate().unwrap_err().field, "http.auth.jwt.algorithm");
     }
 
     #[test]

@@ -173,7 +173,7 @@ impl Collector {
             ));
         let router = api::guarded(
             routes,
-            api::auth::ApiAuth::new(&cfg.http, stores.audit.clone(), metrics.clone()),
+            api::auth::ApiAuth::new(&cfg.http, stores.audit.clone(), metrics.clone())?,
         );
 
         let mut rule_set = rules::Rules::new(cfg.rules.clone());

@@ -117,13 +117,14 @@ pub struct Caller {
     pub name: String,
     /// Its role.
     pub role: Role,
-    /// `token` or `anonymous`.
+    /// `token`, `jwt` or `anonymous`.
     pub via: &'static str,
 }
 
 /// The checks of every request, built once from `[http]`.
 pub struct ApiAuth {
     tokens: Vec<(String, [u8; 32], Role)>,
+    jwt: Option<super::jwt::JwtVerifier>,
     anonymous: Option<Role>,
     allowed_hosts: Vec<String>,
     audit: Arc<dyn AuditLog>,
@@ -139,11 +140,18 @@ struct Refusal {
     message: String,
     /// Who it claimed to be (a token's name when the role was too low).
     claimed: String,
+    /// How it tried: `token`, `jwt` or `anonymous`.
+    via: &'static str,
 }
 
 impl ApiAuth {
-    /// The checks of `cfg` (already validated), auditing into `audit`.
-    pub fn new(cfg: &HttpConfig, audit: Arc<dyn AuditLog>, metrics: CollectorMetrics) -> Self {
+    /// The checks of `cfg` (already validated), auditing into `audit`. Fails
+    /// when a JWT key file cannot be read (naming the field).
+    pub fn new(
+        cfg: &HttpConfig,
+        audit: Arc<dyn AuditLog>,
+        metrics: CollectorMetrics,
+    ) -> anyhow::Result<Self> {
         let tokens = cfg
             .auth
             .tokens
@@ -154,14 +162,21 @@ impl ApiAuth {
                 Some((t.name.clone(), digest, t.role))
             })
             .collect();
-        Self {
+        let jwt = cfg
+            .auth
+            .jwt
+            .as_ref()
+            .map(super::jwt::JwtVerifier::new)
+            .transpose()?;
+        Ok(Self {
             tokens,
+            jwt,
             anonymous: cfg.auth.anonymous,
             allowed_hosts: cfg.allowed_hosts.clone(),
             audit,
             metrics,
             failures: Mutex::new((0, 0)),
-        }
+        })
     }
 
     /// Whether the Host header names this server: an IP address, `localhost`
@@ -190,13 +205,14 @@ impl ApiAuth {
         }
     }
 
-    /// The caller: by its API token, else the anonymous role.
-    fn identify(&self, headers: &HeaderMap) -> Result<Caller, Refusal> {
+    /// The caller: by its API token or JWT, else the anonymous role.
+    async fn identify(&self, headers: &HeaderMap) -> Result<Caller, Refusal> {
         let unauthenticated = |message: &str| Refusal {
             status: StatusCode::UNAUTHORIZED,
             reason: "unauthenticated",
             message: message.to_owned(),
             claimed: String::new(),
+            via: "token",
         };
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return self
@@ -206,10 +222,11 @@ impl ApiAuth {
                     role,
                     via: "anonymous",
                 })
-                .ok_or_else(|| {
-                    unauthenticated(
+                .ok_or_else(|| Refusal {
+                    via: "anonymous",
+                    ..unauthenticated(
                         "authentication required: send `Authorization: Bearer <token>` \
-                         (an API token of http.auth.tokens)",
+                         (an API token, or a JWT of the identity provider)",
                     )
                 });
         };
@@ -220,6 +237,22 @@ impl ApiAuth {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token.trim())
             .ok_or_else(|| unauthenticated("the Authorization header is not `Bearer <token>`"))?;
+        // A JWT is three base64url parts; an API token has no dots.
+        if let (Some(jwt), 2) = (&self.jwt, token.matches('.').count()) {
+            return jwt.verify(token).await.map_err(|refusal| match refusal {
+                super::jwt::JwtRefusal::Invalid(message) => Refusal {
+                    via: "jwt",
+                    ..unauthenticated(&message)
+                },
+                super::jwt::JwtRefusal::NoRole { name, message } => Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    reason: "forbidden",
+                    message,
+                    claimed: name,
+                    via: "jwt",
+                },
+            });
+        }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.tokens
             .iter()
@@ -288,7 +321,7 @@ pub async fn guard(State(auth): State<Arc<ApiAuth>>, mut req: Request, next: Nex
         return ApiError(StatusCode::FORBIDDEN, message).into_response();
     }
     let credentials = req.headers().contains_key(header::AUTHORIZATION);
-    let outcome = auth.identify(req.headers()).and_then(|caller| {
+    let outcome = auth.identify(req.headers()).await.and_then(|caller| {
         if caller.role >= needed {
             Ok(caller)
         } else {
@@ -303,6 +336,7 @@ pub async fn guard(State(auth): State<Arc<ApiAuth>>, mut req: Request, next: Nex
                     caller.role.as_str()
                 ),
                 claimed: caller.name,
+                via: caller.via,
             })
         }
     });
@@ -321,7 +355,7 @@ pub async fn guard(State(auth): State<Arc<ApiAuth>>, mut req: Request, next: Nex
                         ts_ms: now_ms(),
                         actor: refusal.claimed.clone(),
                         role: String::new(),
-                        via: if credentials { "token" } else { "anonymous" }.to_owned(),
+                        via: refusal.via.to_owned(),
                         method: method.to_string(),
                         path: path.clone(),
                         remote: remote.clone(),

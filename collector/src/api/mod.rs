@@ -10,6 +10,7 @@
 pub mod alerting;
 pub mod auth;
 pub mod home;
+pub mod jwt;
 
 use crate::now_ms;
 use crate::state::LiveState;
