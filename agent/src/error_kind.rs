@@ -99,7 +99,12 @@ fn is_etcd_auth_message(message: &str) -> bool {
 /// Classifies an `io::Error` by kind, if its kind says enough.
 pub fn classify_io(e: &io::Error) -> Option<ErrorKind> {
     match e.kind() {
-        io::ErrorKind::ConnectionRefused => Some(ErrorKind::Refused),
+        // A reset or aborted connection is the member going away under an
+        // open connection (killed, restarted): to an operator the same as
+        // nobody listening.
+        io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted => Some(ErrorKind::Refused),
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Some(ErrorKind::Timeout),
         io::ErrorKind::PermissionDenied | io::ErrorKind::NotFound => Some(ErrorKind::Local),
         io::ErrorKind::InvalidData => {
@@ -120,7 +125,7 @@ fn looks_like_tls(t: &str) -> bool {
 }
 
 fn classify_text(t: &str) -> ErrorKind {
-    if t.contains("connection refused") {
+    if t.contains("connection refused") || t.contains("connection reset") {
         ErrorKind::Refused
     } else if t.contains("timed out") || t.contains("timeout") || t.contains("deadline") {
         ErrorKind::Timeout
@@ -223,6 +228,18 @@ mod tests {
         let e = Wrap(io::Error::from(io::ErrorKind::ConnectionRefused));
         assert_eq!(classify(&e), ErrorKind::Refused);
         assert!(chain_message(&e).starts_with("transport error: "));
+    }
+
+    /// A member killed under an open connection resets it: the same as refused.
+    #[test]
+    fn a_reset_connection_is_refused() {
+        let e = Wrap(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert_eq!(classify(&e), ErrorKind::Refused);
+        let s = tonic::Status::unavailable("transport error: connection error: connection reset");
+        assert_eq!(
+            classify_etcd(&etcd_client::Error::GRpcStatus(s)),
+            ErrorKind::Refused
+        );
     }
 
     #[test]
