@@ -118,8 +118,9 @@ pub struct MemberState {
     pub db_size_in_use_bytes: i64,
     /// etcd version.
     pub version: String,
-    /// Active alarms on this member.
-    pub alarms: Vec<String>,
+    /// The cluster's active alarms as this member reports them (etcd keeps one
+    /// list for the whole cluster; each alarm names the member that raised it).
+    pub alarms: Vec<ActiveAlarm>,
     /// Last failure of the status probe: "kind: message".
     pub last_error: String,
     /// Healthy: agent connected and not stale, etcd reachable, a leader known.
@@ -188,6 +189,23 @@ pub struct HostFigures {
     pub memory_available_bytes: u64,
     /// Total memory.
     pub memory_total_bytes: u64,
+}
+
+/// One active etcd alarm: its type and the member that raised it. Kept apart so
+/// that rules and inhibition match on the type (`alarm="NOSPACE"`) and one alarm
+/// raised by several members is one alert.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ActiveAlarm {
+    /// `NOSPACE`, `CORRUPT`, ...
+    pub alarm: String,
+    /// The member that raised it, in hex.
+    pub member_id: String,
+}
+
+impl std::fmt::Display for ActiveAlarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} on {}", self.alarm, self.member_id)
+    }
 }
 
 /// Expiry of one certificate.
@@ -345,17 +363,20 @@ impl LiveState {
                     cluster.raft_term = cluster.raft_term.max(s.raft_term);
                 }
                 // Alarms raised and cleared on this member's view.
-                let now: BTreeSet<String> = s
+                let now: BTreeSet<ActiveAlarm> = s
                     .alarms
                     .iter()
-                    .map(|a| format!("{} on {:x}", a.alarm, a.member_id))
+                    .map(|a| ActiveAlarm {
+                        alarm: a.alarm.clone(),
+                        member_id: format!("{:x}", a.member_id),
+                    })
                     .collect();
-                let before: BTreeSet<String> = m.alarms.iter().cloned().collect();
+                let before: BTreeSet<ActiveAlarm> = m.alarms.iter().cloned().collect();
                 for a in now.difference(&before) {
-                    events.push(ev(&member_name, "alarm_raised", a.clone()));
+                    events.push(ev(&member_name, "alarm_raised", a.to_string()));
                 }
                 for a in before.difference(&now) {
-                    events.push(ev(&member_name, "alarm_cleared", a.clone()));
+                    events.push(ev(&member_name, "alarm_cleared", a.to_string()));
                 }
                 m.alarms = now.into_iter().collect();
             } else {

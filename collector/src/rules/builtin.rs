@@ -8,7 +8,7 @@ use super::engine::Observation;
 use crate::state::{ClusterState, MemberState};
 use etcdmon_alert::labels;
 use etcdmon_alert::Severity::{self, Critical, Info, Warning};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// One built-in rule: its name, what it observes, and its settings unless
@@ -64,8 +64,16 @@ const fn counting_down(
 /// Every built-in rule, in evaluation order: name, check, `for` (seconds), fire
 /// and clear thresholds (unused by yes/no rules), severity.
 pub const RULES: &[Rule] = &[
-    // Yes/no rules: fire/clear unused. Member down, no leader and quorum fire at
-    // once: these are the pages that must be fast.
+    // Yes/no rules: fire/clear unused. Member down and quorum fire at once: these
+    // are the pages that must be fast. The cluster-level rules come first, so that
+    // a round in which members go down publishes the cause before its symptoms
+    // (the alerter's inhibition then holds the symptoms back).
+    rule("quorum_lost", quorum_lost, 0, 0.0, 0.0, Critical),
+    // An election leaves the cluster without a leader for a few hundred ms after
+    // the election timeout (etcd's default: 1 s); that is not an outage. A second
+    // without a leader is (quorum_lost speaks first when members are down).
+    rule("no_leader", no_leader, 1, 0.0, 0.0, Critical),
+    rule("quorum_at_risk", quorum_at_risk, 0, 0.0, 0.0, Warning),
     rule(
         "member_unreachable",
         member_unreachable,
@@ -75,9 +83,6 @@ pub const RULES: &[Rule] = &[
         Critical,
     ),
     rule("agent_silent", agent_silent, 15, 0.0, 0.0, Warning),
-    rule("no_leader", no_leader, 0, 0.0, 0.0, Critical),
-    rule("quorum_lost", quorum_lost, 0, 0.0, 0.0, Critical),
-    rule("quorum_at_risk", quorum_at_risk, 0, 0.0, 0.0, Warning),
     // Elections make views differ for a moment; a partition persists.
     rule("members_disagree", members_disagree, 10, 0.0, 0.0, Critical),
     rule(
@@ -227,11 +232,22 @@ fn member_unreachable(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
                 m,
                 Some(down),
                 if down { 1.0 } else { 0.0 },
-                format!("etcd member {} is unreachable from its agent", m.name),
-                format!(
-                    "The agent on {} cannot reach etcd: {}",
-                    m.node, m.last_error
-                ),
+                if down {
+                    format!("etcd member {} is unreachable from its agent", m.name)
+                } else {
+                    format!("etcd member {} is reachable again", m.name)
+                },
+                if down {
+                    format!(
+                        "The agent on {} cannot reach etcd: {}",
+                        m.node, m.last_error
+                    )
+                } else {
+                    format!(
+                        "The agent on {} reaches etcd again: its status answers.",
+                        m.node
+                    )
+                },
             )
         })
         .collect()
@@ -249,16 +265,24 @@ fn agent_silent(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
                 m,
                 Some(silent),
                 if silent { 1.0 } else { 0.0 },
-                format!("the agent watching {} is silent", m.name),
-                format!(
-                    "No stream from the agent on {} ({}); the member itself may be fine.",
-                    m.node,
-                    if m.agent_connected {
-                        "stream open but nothing received"
-                    } else {
-                        "stream closed"
-                    }
-                ),
+                if silent {
+                    format!("the agent watching {} is silent", m.name)
+                } else {
+                    format!("the agent watching {} reports again", m.name)
+                },
+                if !silent {
+                    format!("The agent on {} streams its reports again.", m.node)
+                } else {
+                    format!(
+                        "No stream from the agent on {} ({}); the member itself may be fine.",
+                        m.node,
+                        if m.agent_connected {
+                            "stream open but nothing received"
+                        } else {
+                            "stream closed"
+                        }
+                    )
+                },
             )
         })
         .collect()
@@ -271,15 +295,26 @@ fn no_leader(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
         return Vec::new(); // nothing to judge by; quorum_lost / member_unreachable speak
     }
     let leaderless = avail.iter().all(|m| m.leader_id.is_empty());
+    let (summary, description) = if leaderless {
+        (
+            format!("cluster {} has no leader", c.name),
+            format!(
+                "None of the {} reachable members reports a leader: writes fail.",
+                avail.len()
+            ),
+        )
+    } else {
+        (
+            format!("cluster {} has a leader again", c.name),
+            format!("Leader {}: writes are served.", c.leader_id),
+        )
+    };
     vec![cluster_obs(
         c,
         Some(leaderless),
         if leaderless { 1.0 } else { 0.0 },
-        format!("cluster {} has no leader", c.name),
-        format!(
-            "None of the {} reachable members reports a leader: writes fail.",
-            avail.len()
-        ),
+        summary,
+        description,
     )]
 }
 
@@ -310,12 +345,27 @@ fn quorum_lost(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
         return Vec::new();
     };
     let majority = n / 2 + 1;
+    let lost = ok < majority;
     vec![cluster_obs(
         c,
-        settled.then_some(ok < majority),
+        settled.then_some(lost),
         ok as f64,
-        format!("cluster {} lost quorum ({ok} of {n} members available)", c.name),
-        format!("{ok} of {n} members answer; {majority} are needed for a quorum. Members without an agent count as unavailable."),
+        if lost {
+            format!(
+                "cluster {} lost quorum ({ok} of {n} members available)",
+                c.name
+            )
+        } else {
+            format!(
+                "cluster {} has quorum again ({ok} of {n} members available)",
+                c.name
+            )
+        },
+        if lost {
+            format!("{ok} of {n} members answer; {majority} are needed for a quorum. Members without an agent count as unavailable.")
+        } else {
+            format!("{ok} of {n} members answer, {majority} are needed: the cluster serves writes again.")
+        },
     )]
 }
 
@@ -331,12 +381,27 @@ fn quorum_at_risk(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
     if n < 2 {
         return Vec::new();
     }
+    let at_risk = ok <= majority;
     vec![cluster_obs(
         c,
-        settled.then_some(ok <= majority),
+        settled.then_some(at_risk),
         ok as f64,
-        format!("cluster {} has no failure margin ({ok} of {n} members available)", c.name),
-        format!("{ok} of {n} members answer, exactly the {majority} needed: one more failure loses quorum."),
+        if at_risk {
+            format!(
+                "cluster {} has no failure margin ({ok} of {n} members available)",
+                c.name
+            )
+        } else {
+            format!(
+                "cluster {} has its failure margin back ({ok} of {n} members available)",
+                c.name
+            )
+        },
+        if at_risk {
+            format!("{ok} of {n} members answer, exactly the {majority} needed: one more failure loses quorum.")
+        } else {
+            format!("{ok} of {n} members answer; {majority} are needed.")
+        },
     )]
 }
 
@@ -372,7 +437,11 @@ fn members_disagree(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
         c,
         Some(bad),
         leaders.len().max(terms.len()) as f64,
-        format!("members of {} disagree about the leader", c.name),
+        if bad {
+            format!("members of {} disagree about the leader", c.name)
+        } else {
+            format!("members of {} agree about the leader again", c.name)
+        },
         format!("Views: {}", views.join("; ")),
     )]
 }
@@ -400,30 +469,67 @@ fn raft_index_divergence(c: &ClusterState, s: &RuleSettings) -> Vec<Observation>
 }
 
 /// An etcd alarm (NOSPACE, CORRUPT) is active.
+/// The alarm types etcd raises; each is observed in every cluster, so that a
+/// disarmed alarm resolves as "disarmed", not as "no longer observed".
+const ALARM_TYPES: [&str; 2] = ["NOSPACE", "CORRUPT"];
+
+/// An etcd alarm is active. etcd keeps one alarm list per cluster, and each entry
+/// names the member that raised it; several members raising NOSPACE are one
+/// condition of the cluster, so this is one alert per cluster and alarm type
+/// (`alarm="NOSPACE"`), naming the members in its text.
 fn alarm_active(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
     let avail: Vec<&MemberState> = c.members.values().filter(|m| available(m)).collect();
     if avail.is_empty() {
         return Vec::new();
     }
-    let active: BTreeSet<&str> = avail
-        .iter()
-        .flat_map(|m| m.alarms.iter().map(String::as_str))
-        .collect();
-    let known: BTreeSet<&str> = active.iter().copied().collect();
-    // Observe every active alarm as bad; a resolved one disappears and the
-    // engine resolves it.
-    known
+    // Raised by whom, per alarm type, from every available member's view.
+    let mut raised: BTreeMap<&str, BTreeSet<String>> =
+        ALARM_TYPES.iter().map(|t| (*t, BTreeSet::new())).collect();
+    for a in avail.iter().flat_map(|m| m.alarms.iter()) {
+        let by = c
+            .members
+            .values()
+            .find(|m| m.id == a.member_id)
+            .map_or_else(|| a.member_id.clone(), |m| m.name.clone());
+        raised.entry(a.alarm.as_str()).or_default().insert(by);
+    }
+    raised
         .into_iter()
-        .map(|a| Observation {
-            labels: labels(&[("cluster", &c.name), ("alarm", a)]),
-            bad: Some(true),
-            value: 1.0,
-            summary: format!("etcd alarm {a} in {}", c.name),
-            description: format!(
-                "etcd raised alarm {a}; the cluster refuses writes until it is disarmed."
-            ),
+        .map(|(alarm, by)| {
+            let active = !by.is_empty();
+            let by = by.into_iter().collect::<Vec<_>>().join(", ");
+            Observation {
+                labels: labels(&[("cluster", &c.name), ("alarm", alarm)]),
+                bad: Some(active),
+                value: if active { 1.0 } else { 0.0 },
+                summary: if active {
+                    format!("etcd alarm {alarm} in {} (raised by {by})", c.name)
+                } else {
+                    format!("etcd alarm {alarm} in {} is disarmed", c.name)
+                },
+                description: if active {
+                    alarm_advice(alarm)
+                } else {
+                    format!("No member reports {alarm} any more; the cluster accepts writes again.")
+                },
+            }
         })
         .collect()
+}
+
+/// What an active alarm means for the cluster and what to do.
+fn alarm_advice(alarm: &str) -> String {
+    match alarm {
+        "NOSPACE" => "The backend reached its quota: the cluster refuses writes. Compact, \
+                      defragment, then `etcdctl alarm disarm` (docs/alerts.md)."
+            .into(),
+        "CORRUPT" => "A member's data differs from the others': the cluster refuses writes. \
+                      Find the corrupt member before disarming (docs/alerts.md)."
+            .into(),
+        other => {
+            format!("etcd raised alarm {other}; the cluster refuses writes until it is disarmed.")
+        }
+    }
 }
 
 fn per_member_ratio(

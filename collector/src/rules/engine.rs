@@ -59,7 +59,11 @@ pub struct Transition {
 
 #[derive(Debug, Clone)]
 enum Phase {
-    Pending { since_ms: i64 },
+    /// Bad since `since_ms`; fires at `fires_at_ms` if still bad then.
+    Pending {
+        since_ms: i64,
+        fires_at_ms: i64,
+    },
     Firing,
 }
 
@@ -103,7 +107,10 @@ impl Engine {
             let entry = self.entries.get(&fp).cloned();
             match (entry, obs.bad) {
                 (None, Some(true)) => {
-                    let phase = Phase::Pending { since_ms: now_ms };
+                    let phase = Phase::Pending {
+                        since_ms: now_ms,
+                        fires_at_ms: now_ms.saturating_add(for_ms),
+                    };
                     self.entries.insert(
                         fp.clone(),
                         Entry {
@@ -123,7 +130,7 @@ impl Engine {
                     if let Some(entry) = self.entries.get_mut(&fp) {
                         entry.last = obs;
                     }
-                    if let Phase::Pending { since_ms } = e.phase {
+                    if let Phase::Pending { since_ms, .. } = e.phase {
                         if now_ms - since_ms >= for_ms {
                             out.extend(self.fire(&fp, rule, severity, since_ms, now_ms));
                         }
@@ -167,6 +174,19 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// When the earliest pending alert is due to fire, ms since the epoch: the rule
+    /// loop evaluates then, so a `for` of one second fires after one second, not
+    /// at the next periodic round.
+    pub fn next_due_ms(&self) -> Option<i64> {
+        self.entries
+            .values()
+            .filter_map(|e| match e.phase {
+                Phase::Pending { fires_at_ms, .. } => Some(fires_at_ms),
+                Phase::Firing => None,
+            })
+            .min()
     }
 
     /// Fingerprints currently firing, for the API and tests.

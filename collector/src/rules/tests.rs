@@ -183,6 +183,25 @@ fn no_leader_and_disagreement() {
             Some(up(3, 0, 3, 10)),
         ],
     );
+    assert!(
+        !t.iter().any(|(r, _)| r == "no_leader"),
+        "an election's gap is not paged at once: {t:?}"
+    );
+    let leaderless = || {
+        [
+            Some(up(1, 0, 3, 10)),
+            Some(up(2, 0, 3, 10)),
+            Some(up(3, 0, 3, 10)),
+        ]
+    };
+    let t = step(&st, &mut r, T0 + 1_500, leaderless());
+    assert!(!t.iter().any(|(r, _)| r == "no_leader"), "{t:?}");
+    assert_eq!(
+        r.next_due_ms(),
+        Some(T0 + 2_000),
+        "judged again when `for` ends"
+    );
+    let t = step(&st, &mut r, T0 + 2_000, leaderless());
     assert!(t.contains(&("no_leader".into(), true)), "{t:?}");
     // A partition: m3 follows an old leader at an old term, for longer than 10 s.
     let split = || {
@@ -456,4 +475,133 @@ fn a_removed_member_is_not_judged_and_leaves_with_its_agent() {
         fired.contains(&("quorum_lost".to_string(), true)),
         "{fired:?}"
     );
+}
+
+#[test]
+fn a_re_election_shorter_than_for_is_not_paged() {
+    let (st, mut r) = (LiveState::default(), rules());
+    step(&st, &mut r, T0, healthy(2));
+    // The leader (m1) hangs; the followers lose it for 131 ms, then elect m2.
+    let t = step(
+        &st,
+        &mut r,
+        T0 + 1_000,
+        [None, Some(up(2, 0, 3, 10)), Some(up(3, 0, 3, 10))],
+    );
+    assert!(t.is_empty(), "{t:?}");
+    let t = step(
+        &st,
+        &mut r,
+        T0 + 1_131,
+        [None, Some(up(2, 2, 3, 11)), Some(up(3, 2, 3, 11))],
+    );
+    assert!(t.is_empty(), "{t:?}");
+    let t = step(
+        &st,
+        &mut r,
+        T0 + 2_200,
+        [None, Some(up(2, 2, 3, 12)), Some(up(3, 2, 3, 12))],
+    );
+    assert!(!t.iter().any(|(r, _)| r == "no_leader"), "{t:?}");
+}
+
+#[test]
+fn quorum_loss_is_published_before_its_member_symptoms() {
+    let (st, mut r) = (LiveState::default(), rules());
+    step(&st, &mut r, T0, healthy(2));
+    let t = step(
+        &st,
+        &mut r,
+        T0 + 1_000,
+        [Some(up(1, 1, 2, 11)), Some(down()), Some(down())],
+    );
+    let rules: Vec<&str> = t.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(rules.first(), Some(&"quorum_lost"), "{t:?}");
+    assert_eq!(
+        rules.iter().filter(|r| **r == "member_unreachable").count(),
+        2,
+        "{t:?}"
+    );
+}
+
+#[test]
+fn a_resolution_says_what_recovered() {
+    let (st, mut r) = (LiveState::default(), rules());
+    step(&st, &mut r, T0, healthy(2));
+    step(
+        &st,
+        &mut r,
+        T0 + 1_000,
+        [Some(up(1, 1, 2, 11)), Some(down()), Some(up(3, 1, 2, 11))],
+    );
+    for (i, s) in healthy(2).into_iter().enumerate() {
+        let n = i as u64 + 1;
+        st.apply(
+            &id(&format!("m{n}"), n),
+            &report(T0 + 2_000, Body::Status(s.expect("status"))),
+        );
+    }
+    let t = r.evaluate(&st.snapshot_at(T0 + 2_000), T0 + 2_000);
+    let back = t
+        .iter()
+        .find(|t| t.rule == "member_unreachable")
+        .expect("resolved");
+    assert!(!back.state.is_firing());
+    assert_eq!(
+        back.observation.summary,
+        "etcd member m2 is reachable again"
+    );
+    assert_eq!(
+        back.observation.description,
+        "The agent on node-m2 reaches etcd again: its status answers."
+    );
+    let margin = t
+        .iter()
+        .find(|t| t.rule == "quorum_at_risk")
+        .expect("resolved");
+    assert!(
+        margin.observation.summary.contains("failure margin back"),
+        "{margin:?}"
+    );
+}
+
+#[test]
+fn one_alarm_raised_by_two_members_is_one_alert() {
+    use etcdmon_proto::v1::Alarm;
+    let (st, mut r) = (LiveState::default(), rules());
+    step(&st, &mut r, T0, healthy(2));
+    // etcd keeps one alarm list for the cluster; every member reports all of it.
+    let alarmed = |n: u64| {
+        let mut s = up(n, 1, 2, 11);
+        s.alarms = [1, 2]
+            .map(|by| Alarm {
+                member_id: by,
+                alarm: "NOSPACE".into(),
+            })
+            .to_vec();
+        Some(s)
+    };
+    st.apply(
+        &id("m1", 1),
+        &report(T0 + 1_000, Body::Status(up(1, 1, 2, 11))),
+    );
+    for ts in [T0 + 1_000, T0 + 2_000] {
+        for n in 1..=3 {
+            st.apply(
+                &id(&format!("m{n}"), n),
+                &report(ts, Body::Status(alarmed(n).expect("status"))),
+            );
+        }
+    }
+    let t = r.evaluate(&st.snapshot_at(T0 + 2_000), T0 + 2_000);
+    let alarms: Vec<_> = t.iter().filter(|t| t.rule == "alarm_active").collect();
+    assert_eq!(alarms.len(), 1, "{t:?}");
+    let a = &alarms[0].observation;
+    assert_eq!(a.labels.get("alarm").map(String::as_str), Some("NOSPACE"));
+    assert!(!a.labels.contains_key("member"), "{a:?}");
+    assert_eq!(a.summary, "etcd alarm NOSPACE in c (raised by m1, m2)");
+    // Disarmed: one resolution that says so.
+    let t = step(&st, &mut r, T0 + 3_000, healthy(2));
+    let alarms: Vec<_> = t.iter().filter(|(r, _)| r == "alarm_active").collect();
+    assert_eq!(alarms, [&("alarm_active".to_string(), false)], "{t:?}");
 }
