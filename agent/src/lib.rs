@@ -32,5 +32,7 @@ pub mod stream;
 pub mod tls;
 
 pub use config::AgentConfig;
-pub use probes::host::process::{discover_data_dir, fill_data_dir};
+pub use probes::host::process::{
+    add_cert_files, discover_data_dir, discover_local_etcd, fill_from_local_etcd, LocalEtcd,
+};
 pub use service::{Agent, RunningAgent};

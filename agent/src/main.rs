@@ -48,7 +48,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, mut cfg: etcdmon_agent::AgentConfig) -> anyhow::Result<ExitCode> {
-    etcdmon_agent::fill_data_dir(&mut cfg);
+    etcdmon_agent::fill_from_local_etcd(&mut cfg);
     let metrics = AgentMetrics::new();
     match cli.command.unwrap_or(Command::Run) {
         Command::Collect { once: true, format } => {

@@ -6,12 +6,22 @@ use etcdmon_agent::runner::Probes;
 use etcdmon_agent::selfmetrics::AgentMetrics;
 use etcdmon_agent::AgentConfig;
 use etcdmon_proto::v1::{report::Body, CertRole, ErrorKind};
-use etcdmon_testkit::{generate_tls, EtcdCluster};
+use etcdmon_testkit::{generate_tls_with, EtcdCluster, Validity};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_member_is_watched_and_certificates_expire_in_the_expected_days() {
     let dir = tempfile::tempdir().expect("tmp");
-    let tls = generate_tls(dir.path(), 30).expect("certs");
+    // A server certificate about to expire under a long-lived CA: the files the
+    // agent is given (CA, client) say nothing about it.
+    let tls = generate_tls_with(
+        dir.path(),
+        Validity {
+            ca_days: 3650,
+            server_days: 5,
+            client_days: 30,
+        },
+    )
+    .expect("certs");
     let cluster = EtcdCluster::builder()
         .members(1)
         .separate_metrics_listener(true)
@@ -51,24 +61,54 @@ async fn tls_member_is_watched_and_certificates_expire_in_the_expected_days() {
             _ => None,
         })
         .expect("certs");
-    let roles: Vec<i32> = certs.certificates.iter().map(|c| c.role).collect();
+    let found: Vec<(String, i32)> = certs
+        .certificates
+        .iter()
+        .map(|c| (c.path.clone(), c.role))
+        .collect();
+    let served_url = m.client_url.trim_end_matches('/').to_owned();
     assert_eq!(
-        roles,
-        vec![
-            CertRole::Ca as i32,
-            CertRole::Client as i32,
-            CertRole::Server as i32
+        found,
+        [
+            (tls.ca_cert.display().to_string(), CertRole::Ca as i32),
+            (
+                tls.client_cert.display().to_string(),
+                CertRole::Client as i32
+            ),
+            (
+                tls.server_cert.display().to_string(),
+                CertRole::Server as i32
+            ),
+            // What the member serves, read by a handshake (etcd requires client
+            // certificates here; the agent presents none and still reads it).
+            (served_url, CertRole::Server as i32),
         ]
     );
-    for c in &certs.certificates {
-        assert!(c.failure.is_none(), "{:?}", c.failure);
-        assert!(
-            (29.0..=30.1).contains(&c.days_left),
-            "{}: {}",
-            c.path,
-            c.days_left
-        );
+    let days: Vec<f64> = certs.certificates.iter().map(|c| c.days_left).collect();
+    for (c, (low, high)) in
+        certs
+            .certificates
+            .iter()
+            .zip([(3649.0, 3650.1), (29.0, 30.1), (4.0, 5.1), (4.0, 5.1)])
+    {
+        assert!(c.failure.is_none(), "{}: {:?}", c.path, c.failure);
+        assert!((low..=high).contains(&c.days_left), "{}: {days:?}", c.path);
     }
+
+    // Beside the member, its own flags name its certificate files.
+    let local = etcdmon_agent::discover_local_etcd(&m.client_url).expect("local etcd");
+    assert!(
+        local
+            .cert_files
+            .contains(&(tls.server_cert.clone(), CertRoleConfig::Server)),
+        "{local:?}"
+    );
+    assert!(
+        local
+            .cert_files
+            .contains(&(tls.ca_cert.clone(), CertRoleConfig::Ca)),
+        "{local:?}"
+    );
 
     // Without the CA the server certificate cannot be verified: kind tls.
     let mut bad = cfg.clone();

@@ -4,7 +4,8 @@
 //! start:  store ──latest transitions, recent history, successful deliveries──> engine.restore
 //! loop:   subscriber.next ──> engine.on_candidate ──> store.record_transitions (retried)
 //!                                                 ──> delivery.ack ──> engine.due ──> sender
-//!         every 200 ms: engine.due (timers)      every refresh_interval: silences, acks
+//!         every 200 ms: engine.due (timers), and when an inhibition hold ends
+//!         every refresh_interval: silences, acks
 //! ```
 //!
 //! A candidate is acknowledged on the bus only after its transition is stored, so a
@@ -198,8 +199,22 @@ impl AlertLoop {
         let mut refresh = tokio::time::interval(self.refresh_interval);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // An alert held back by inhibition timing is notified the moment its
+            // hold ends, not at the next tick.
+            let wake = self.engine.next_wake_ms().map(|at| {
+                // One ms more: the wall clock `due` reads may lag the timer.
+                let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0) + 1;
+                tokio::time::Instant::now() + Duration::from_millis(wait)
+            });
+            let held = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
+                _ = held => {}
                 next = subscriber.next() => match next {
                     Ok(delivery) => {
                         if !self.apply(delivery, &shutdown).await {

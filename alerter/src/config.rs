@@ -14,7 +14,7 @@ use etcdmon_storage::open::StorageConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::flap::FlapConfig;
-use crate::inhibit::{default_rules, InhibitRule};
+use crate::inhibit::{default_rules, InhibitRule, InhibitTiming};
 use crate::notification::Notifier;
 use crate::receivers::{EmailConfig, PagerDutyConfig, SlackConfig, WebhookConfig};
 use crate::route::{Route, RouteConfig};
@@ -45,6 +45,8 @@ pub struct AlerterConfig {
     /// Inhibition rules; when absent, the built-in ones (see docs/notifications.md).
     /// An empty list disables inhibition.
     pub inhibit_rules: Option<Vec<InhibitRule>>,
+    /// How long inhibition holds at its edges (`[inhibition]`).
+    pub inhibition: InhibitTiming,
     /// Flap detection.
     pub flapping: FlapConfig,
     /// Retries of failed deliveries.
@@ -65,6 +67,7 @@ impl Default for AlerterConfig {
             route: RouteConfig::default(),
             receivers: Vec::new(),
             inhibit_rules: None,
+            inhibition: InhibitTiming::default(),
             flapping: FlapConfig::default(),
             delivery: DeliveryConfig::default(),
             refresh_interval: Duration::from_secs(1),
@@ -255,6 +258,7 @@ impl AlerterConfig {
         if self.delivery.queue == 0 {
             return Err(FieldError::new("delivery.queue", "must be at least 1"));
         }
+        self.inhibition.validate()?;
         if self.refresh_interval.is_zero() {
             return Err(FieldError::new("refresh_interval", "must be above 0"));
         }

@@ -5,10 +5,66 @@
 //! (latency, proposals, quorum at risk, no leader) is a consequence; one page is enough.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use etcdmon_alert::{all_match, Matcher};
+use etcdmon_core::config::FieldError;
+
+/// `[inhibition]`: how long inhibition holds at its two edges.
+///
+/// The alerts of one incident reach the alerter a few milliseconds apart: when two
+/// members of three die at once, the first member's `member_unreachable` is judged
+/// before the second member is seen down, and so before `quorum_lost` exists to
+/// inhibit it; at recovery `quorum_lost` resolves a moment before the last member's
+/// `member_unreachable` does. Inhibition therefore holds on both edges, as
+/// Alertmanager's `group_wait` does for grouping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InhibitTiming {
+    /// A new firing alert that some rule could inhibit waits this long before it is
+    /// notified, so that a cause arriving just after it can still hold it back. It
+    /// adds to the notification latency of those alerts only; 0 disables it.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+    /// A resolved source alert keeps inhibiting this long, so that the symptoms
+    /// resolving just after their cause are never notified. A symptom still firing
+    /// after it is notified then; 0 disables it.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+}
+
+impl Default for InhibitTiming {
+    fn default() -> Self {
+        Self {
+            // Agents see members die within milliseconds of each other; a quarter
+            // of a second covers that with room, and keeps a page well under a second.
+            wait: Duration::from_millis(250),
+            // Restarted members rejoin within about a second of each other.
+            linger: Duration::from_secs(2),
+        }
+    }
+}
+
+impl InhibitTiming {
+    /// Checks values that parse but make no sense; the error names the field.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.wait > Duration::from_secs(60) {
+            return Err(FieldError::new(
+                "inhibition.wait",
+                format!("{:?} holds pages too long (at most 60s)", self.wait),
+            ));
+        }
+        if self.linger > Duration::from_secs(3600) {
+            return Err(FieldError::new(
+                "inhibition.linger",
+                format!("{:?} is longer than an hour", self.linger),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// One inhibition rule (`[[inhibit_rules]]`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -35,6 +91,12 @@ impl InhibitRule {
             target_matchers: parse(target),
             equal: equal.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    /// Whether some alert matching the source matchers could inhibit `target` (it
+    /// matches the target matchers): such an alert waits [`InhibitTiming::wait`].
+    pub fn may_inhibit(&self, target: &BTreeMap<String, String>) -> bool {
+        all_match(&self.target_matchers, target)
     }
 
     /// Whether `source` (a firing alert) inhibits `target`. An alert never inhibits
@@ -76,6 +138,12 @@ pub fn default_rules() -> Vec<InhibitRule> {
             &[r#"severity="critical""#, r#"member=~".+""#],
             &[r#"severity="warning""#],
             &["cluster", "member"],
+        ),
+        // A raised NOSPACE alarm makes the quota warnings redundant.
+        InhibitRule::new(
+            &[r#"rule="alarm_active""#, r#"alarm="NOSPACE""#],
+            &[r#"rule=~"db_near_quota|db_quota_exhaustion""#],
+            &["cluster"],
         ),
     ]
 }
@@ -125,5 +193,15 @@ mod tests {
         };
         assert!(any(&down_m1, &warn("m1")));
         assert!(!any(&down_m1, &warn("m2")));
+
+        // NOSPACE, by its own label, hides the quota warnings; CORRUPT does not.
+        let alarm = |a: &str| labels(&[("cluster", "a"), ("rule", "alarm_active"), ("alarm", a)]);
+        let near = labels(&[
+            ("cluster", "a"),
+            ("member", "m1"),
+            ("rule", "db_near_quota"),
+        ]);
+        assert!(any(&alarm("NOSPACE"), &near));
+        assert!(!any(&alarm("CORRUPT"), &near));
     }
 }

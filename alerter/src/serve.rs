@@ -131,6 +131,7 @@ impl Alerter {
             route,
             EngineConfig {
                 inhibit_rules: config.inhibit_rules(),
+                inhibit_timing: config.inhibition,
                 flapping: config.flapping.clone(),
                 ack_receivers,
                 external_url: config.external_url.clone(),

@@ -147,8 +147,11 @@ pub fn agent_config(
     collector: &str,
 ) -> anyhow::Result<AgentConfig> {
     // Host metrics, the etcd process and the fsync probe only make sense
-    // for members on this host; the data dir comes from etcd's own flags.
-    let local_dir = etcdmon_agent::discover_data_dir(&m.client_url);
+    // for members on this host; the data dir and the member's own certificate
+    // files come from etcd's own flags. The certificate it serves is checked
+    // for every member, local or not (`certs.served`).
+    let local = etcdmon_agent::discover_local_etcd(&m.client_url).unwrap_or_default();
+    let local_dir = local.data_dir.clone();
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
     let mut o = Overrides::new();
     o.set("identity.cluster", args.cluster.as_str())
@@ -170,7 +173,12 @@ pub fn agent_config(
                 .to_string(),
         )
         .set("http.listen", "127.0.0.1:0");
-    AgentConfig::load(None, &o.into_value()).with_context(|| format!("agent config for {}", m.name))
+    let mut cfg = AgentConfig::load(None, &o.into_value())
+        .with_context(|| format!("agent config for {}", m.name))?;
+    if cfg.certs.discover {
+        etcdmon_agent::add_cert_files(&mut cfg.certs, local.cert_files);
+    }
+    Ok(cfg)
 }
 
 /// The collector config of `up`, made as `etcdmon-collector` makes its own:

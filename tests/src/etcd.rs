@@ -362,6 +362,27 @@ impl EtcdCluster {
         .with_context(|| format!("restart etcd member {name}"))
     }
 
+    /// Starts members `indexes` again at the same moment (as [`restart`](Self::restart)
+    /// does one), then waits until each is healthy: members restarted together rejoin
+    /// within moments of each other, as after an operator restarts them at once.
+    pub fn restart_together(&mut self, indexes: &[usize]) -> Result<()> {
+        for &i in indexes {
+            let member = self.member_mut(i)?;
+            let name = member.name.clone();
+            if let Some(process) = member.process.take() {
+                process
+                    .kill()
+                    .with_context(|| format!("kill etcd member {name} before restarting it"))?;
+            }
+            self.spawn_member(i, "existing")
+                .with_context(|| format!("restart etcd member {name}"))?;
+        }
+        for &i in indexes {
+            self.wait_healthy(i, READY_TIMEOUT)?;
+        }
+        Ok(())
+    }
+
     /// Waits until member `i` answers `/health` with `{"health":"true"}`. Fails early if
     /// the member is killed, exits or is stopped.
     pub fn wait_healthy(&self, i: usize, timeout: Duration) -> Result<()> {

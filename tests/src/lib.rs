@@ -54,4 +54,4 @@ pub use http_sink::{HttpSink, SinkAnswer, SinkRequest};
 pub use nats::NatsServer;
 pub use ports::free_port;
 pub use process::{require_binary, ChildProcess};
-pub use tls::{generate_tls, TlsFiles};
+pub use tls::{generate_tls, generate_tls_with, TlsFiles, Validity};

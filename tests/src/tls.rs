@@ -45,10 +45,34 @@ pub struct TlsFiles {
 /// `--client-cert-auth` that connection is rejected unless the certificate allows client
 /// auth.
 pub fn generate_tls(dir: &Path, valid_days: u32) -> Result<TlsFiles> {
+    generate_tls_with(
+        dir,
+        Validity {
+            ca_days: valid_days,
+            server_days: valid_days,
+            client_days: valid_days,
+        },
+    )
+}
+
+/// Days each certificate of [`generate_tls_with`] is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// The CA's.
+    pub ca_days: u32,
+    /// The server certificate's.
+    pub server_days: u32,
+    /// The client certificate's.
+    pub client_days: u32,
+}
+
+/// [`generate_tls`] with a validity per certificate, e.g. a server certificate about
+/// to expire under a CA and a client certificate valid for years.
+pub fn generate_tls_with(dir: &Path, validity: Validity) -> Result<TlsFiles> {
     std::fs::create_dir_all(dir).with_context(|| format!("create TLS dir {}", dir.display()))?;
     let now = OffsetDateTime::now_utc();
     let not_before = now - Duration::hours(1);
-    let not_after = now + Duration::days(i64::from(valid_days));
+    let until = |days: u32| now + Duration::days(i64::from(days));
 
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).context("CA params")?;
     ca_params
@@ -61,7 +85,7 @@ pub fn generate_tls(dir: &Path, valid_days: u32) -> Result<TlsFiles> {
         KeyUsagePurpose::DigitalSignature,
     ];
     ca_params.not_before = not_before;
-    ca_params.not_after = not_after;
+    ca_params.not_after = until(validity.ca_days);
     let ca_key = KeyPair::generate().context("generate CA key")?;
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key).context("self-sign CA")?;
 
@@ -80,7 +104,7 @@ pub fn generate_tls(dir: &Path, valid_days: u32) -> Result<TlsFiles> {
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     server_params.not_before = not_before;
-    server_params.not_after = not_after;
+    server_params.not_after = until(validity.server_days);
     server_params.use_authority_key_identifier_extension = true;
     let server_key = KeyPair::generate().context("generate server key")?;
     let server_cert = server_params
@@ -95,7 +119,7 @@ pub fn generate_tls(dir: &Path, valid_days: u32) -> Result<TlsFiles> {
     client_params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     client_params.not_before = not_before;
-    client_params.not_after = not_after;
+    client_params.not_after = until(validity.client_days);
     client_params.use_authority_key_identifier_extension = true;
     let client_key = KeyPair::generate().context("generate client key")?;
     let client_cert = client_params

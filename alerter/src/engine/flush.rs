@@ -24,6 +24,7 @@ impl Engine {
     /// (timers: group_wait, group_interval, repeat_interval, escalation, flap, silence
     /// expiry).
     pub fn due(&mut self, now_ms: i64) -> Vec<Notification> {
+        self.next_wake_ms = None;
         let mut out = self.flap_reports(now_ms);
         let keys: Vec<String> = self.groups.keys().cloned().collect();
         for key in keys {
@@ -46,11 +47,22 @@ impl Engine {
             let Some(alert) = self.alerts.get(&fp).cloned() else {
                 continue;
             };
-            if self.is_flapping(&fp, now_ms)
-                || self.silenced_by(&alert, now_ms).is_some()
-                || self.is_inhibited(&alert)
-            {
+            if self.is_flapping(&fp, now_ms) || self.silenced_by(&alert, now_ms).is_some() {
                 continue;
+            }
+            // Held back by inhibition, or for its timing: a cause may follow within
+            // the wait; a cause that just resolved lingers. Woken when that ends.
+            if let Some(until) = self.inhibited_until(&alert, now_ms) {
+                if until != i64::MAX {
+                    self.wake_at(until);
+                }
+                continue;
+            }
+            if let Some(until) = self.waits_for_cause_until(&alert) {
+                if now_ms < until {
+                    self.wake_at(until);
+                    continue;
+                }
             }
             out.push(alert);
         }
@@ -184,7 +196,7 @@ impl Engine {
             let Some(alert) = self.alerts.get(&fp).cloned() else {
                 continue;
             };
-            if self.silenced_by(&alert, now_ms).is_some() || self.is_inhibited(&alert) {
+            if self.silenced_by(&alert, now_ms).is_some() || self.is_inhibited(&alert, now_ms) {
                 continue;
             }
             let keys: Vec<(String, String)> = self

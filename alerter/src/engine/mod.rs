@@ -45,7 +45,7 @@ use etcdmon_alert::{AlertCandidate, AlertState};
 use etcdmon_storage::AlertTransitionRow;
 
 use crate::flap::{FlapConfig, FlapDetector};
-use crate::inhibit::InhibitRule;
+use crate::inhibit::{InhibitRule, InhibitTiming};
 use crate::route::{EscalationStep, Route};
 use etcdmon_alert::all_match;
 use etcdmon_alert::Silence;
@@ -213,6 +213,8 @@ impl RouteSettings {
 pub struct EngineConfig {
     /// Inhibition rules.
     pub inhibit_rules: Vec<InhibitRule>,
+    /// How long inhibition holds at its edges.
+    pub inhibit_timing: InhibitTiming,
     /// Flap detection.
     pub flapping: FlapConfig,
     /// Receivers that are told about acknowledgements (PagerDuty).
@@ -233,6 +235,9 @@ pub struct Engine {
     acks: HashSet<(String, u64)>,
     /// Alerts that started flapping and must be reported, per receiver.
     flap_reports: BTreeSet<String>,
+    /// The earliest moment a held-back alert may be notified (an inhibition wait
+    /// or linger ending), found by the last [`due`](Self::due).
+    next_wake_ms: Option<i64>,
 }
 
 /// What `on_candidate` did.
@@ -259,6 +264,7 @@ impl Engine {
             silences: Vec::new(),
             acks: HashSet::new(),
             flap_reports: BTreeSet::new(),
+            next_wake_ms: None,
         }
     }
 
@@ -377,13 +383,57 @@ impl Engine {
             .find(|s| s.active_at(now_ms) && all_match(&s.matchers, &alert.labels))
     }
 
-    /// Whether a firing alert inhibits `alert`.
-    pub fn is_inhibited(&self, alert: &Alert) -> bool {
-        self.config.inhibit_rules.iter().any(|rule| {
-            self.alerts.values().any(|source| {
-                source.status == AlertState::Firing && rule.inhibits(&source.labels, &alert.labels)
-            })
-        })
+    /// Whether `alert` is inhibited at `now_ms`.
+    pub fn is_inhibited(&self, alert: &Alert, now_ms: i64) -> bool {
+        self.inhibited_until(alert, now_ms).is_some()
+    }
+
+    /// Until when `alert` is inhibited: `i64::MAX` while a firing source inhibits
+    /// it, the end of the latest linger while only sources that resolved within
+    /// `inhibit_timing.linger` do, `None` when nothing does.
+    fn inhibited_until(&self, alert: &Alert, now_ms: i64) -> Option<i64> {
+        let linger = self.config.inhibit_timing.linger.as_millis() as i64;
+        let mut until = None;
+        for rule in &self.config.inhibit_rules {
+            for source in self.alerts.values() {
+                let end = match source.status {
+                    AlertState::Firing => i64::MAX,
+                    // The alerter's own clock: when the resolution arrived here.
+                    AlertState::Resolved => source.updated_ms.saturating_add(linger),
+                };
+                if end > now_ms
+                    && until.is_none_or(|u| end > u)
+                    && rule.inhibits(&source.labels, &alert.labels)
+                {
+                    until = Some(end);
+                }
+            }
+        }
+        until
+    }
+
+    /// Until when a new firing `alert` waits for a cause that could inhibit it
+    /// (`inhibit_timing.wait` after it arrived), if it is such a target at all.
+    fn waits_for_cause_until(&self, alert: &Alert) -> Option<i64> {
+        let wait = self.config.inhibit_timing.wait.as_millis() as i64;
+        (alert.status == AlertState::Firing
+            && wait > 0
+            && self
+                .config
+                .inhibit_rules
+                .iter()
+                .any(|r| r.may_inhibit(&alert.labels)))
+        .then(|| alert.updated_ms.saturating_add(wait))
+    }
+
+    /// When the alert loop should call [`due`](Self::due) again at the latest for
+    /// an alert held back by inhibition timing; `None` when nothing is held.
+    pub fn next_wake_ms(&self) -> Option<i64> {
+        self.next_wake_ms
+    }
+
+    fn wake_at(&mut self, at_ms: i64) {
+        self.next_wake_ms = Some(self.next_wake_ms.map_or(at_ms, |w| w.min(at_ms)));
     }
 
     /// Whether `fingerprint` is flapping at `now_ms`.

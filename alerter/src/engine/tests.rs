@@ -7,7 +7,7 @@ use etcdmon_alert::{AlertCandidate, AlertState};
 
 use super::{Applied, Engine, EngineConfig, Told};
 use crate::flap::FlapConfig;
-use crate::inhibit::default_rules;
+use crate::inhibit::{default_rules, InhibitTiming};
 use crate::notification::{Notification, Reason};
 use crate::route::{Route, RouteConfig};
 use etcdmon_alert::Matcher;
@@ -25,6 +25,11 @@ fn engine(toml_text: &str) -> Engine {
         route(toml_text),
         EngineConfig {
             inhibit_rules: default_rules(),
+            // The timing at the edges has its own tests below.
+            inhibit_timing: InhibitTiming {
+                wait: Duration::ZERO,
+                linger: Duration::ZERO,
+            },
             flapping: FlapConfig::default(),
             ack_receivers: HashSet::from(["pd".to_string()]),
             external_url: "http://etcdmon.test/".into(),
@@ -369,4 +374,102 @@ fn the_oldest_firing_start_bounds_the_acks_worth_reading() {
         Some(9_000),
         "resolved ones do not count"
     );
+}
+
+/// An engine with the default inhibition timing (250 ms wait, 2 s linger).
+fn timed_engine() -> Engine {
+    Engine::new(
+        route(r#"receiver = "hook""#),
+        EngineConfig {
+            inhibit_rules: default_rules(),
+            inhibit_timing: InhibitTiming::default(),
+            ..EngineConfig::default()
+        },
+    )
+}
+
+/// Every notification due at each of `times`, in order.
+fn due_at(e: &mut Engine, times: &[i64]) -> Vec<Summary> {
+    times.iter().flat_map(|t| summary(&e.due(*t))).collect()
+}
+
+#[test]
+fn a_quorum_loss_is_one_page_and_one_resolution_whatever_the_order_of_arrival() {
+    let mut e = timed_engine();
+    let fp = |s: &str| s.to_string();
+    // Two followers die: their pages reach the alerter a few ms before the cause.
+    e.on_candidate(&firing("member_unreachable", "m2", 1), 0);
+    let mut got = due_at(&mut e, &[0]);
+    assert_eq!(
+        e.next_wake_ms(),
+        Some(250),
+        "held for the wait, woken after it"
+    );
+    e.on_candidate(&firing("member_unreachable", "m3", 1), 3);
+    e.on_candidate(&firing("quorum_at_risk", "", 1), 3);
+    got.extend(due_at(&mut e, &[3]));
+    e.on_candidate(&firing("quorum_lost", "", 1), 5);
+    got.extend(due_at(&mut e, &[5, 250, 300, 5_000]));
+    // Recovery: the cause resolves a few ms before the last symptom.
+    e.on_candidate(&resolved("quorum_lost", "", 2), 10_000);
+    e.on_candidate(&resolved("member_unreachable", "m2", 2), 10_000);
+    e.on_candidate(&resolved("quorum_at_risk", "", 2), 10_000);
+    got.extend(due_at(&mut e, &[10_000]));
+    assert_eq!(e.next_wake_ms(), Some(12_000), "m3 lingers under the cause");
+    e.on_candidate(&resolved("member_unreachable", "m3", 2), 10_005);
+    got.extend(due_at(&mut e, &[10_005, 12_000, 20_000]));
+    assert_eq!(
+        got,
+        [
+            (
+                fp("hook"),
+                Reason::New,
+                vec![(fp("quorum_lost/"), AlertState::Firing)]
+            ),
+            (
+                fp("hook"),
+                Reason::New,
+                vec![(fp("quorum_lost/"), AlertState::Resolved)]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn a_symptom_that_outlasts_the_linger_is_paged() {
+    let mut e = timed_engine();
+    e.on_candidate(&firing("quorum_lost", "", 1), 0);
+    e.on_candidate(&firing("member_unreachable", "m3", 1), 0);
+    assert_eq!(due_at(&mut e, &[0, 300]).len(), 1);
+    e.on_candidate(&resolved("quorum_lost", "", 2), 10_000);
+    assert_eq!(
+        due_at(&mut e, &[10_000, 11_999]),
+        [(
+            "hook".to_string(),
+            Reason::New,
+            vec![("quorum_lost/".to_string(), AlertState::Resolved)]
+        )]
+    );
+    // Quorum is back but m3 is still down two seconds later: that is news.
+    assert_eq!(
+        due_at(&mut e, &[12_000]),
+        [(
+            "hook".to_string(),
+            Reason::New,
+            vec![("member_unreachable/m3".to_string(), AlertState::Firing)]
+        )]
+    );
+}
+
+#[test]
+fn a_lone_symptom_waits_only_the_wait_and_a_cause_not_at_all() {
+    let mut e = timed_engine();
+    e.on_candidate(&firing("member_unreachable", "m1", 1), 1_000);
+    assert!(e.due(1_000).is_empty());
+    assert!(e.due(1_249).is_empty());
+    assert_eq!(e.next_wake_ms(), Some(1_250));
+    assert_eq!(e.due(1_250).len(), 1);
+    // quorum_lost is no rule's target: it goes out at once.
+    e.on_candidate(&firing("quorum_lost", "", 1), 5_000);
+    assert_eq!(e.due(5_000).len(), 1);
 }

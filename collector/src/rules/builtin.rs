@@ -339,16 +339,31 @@ fn quorum(c: &ClusterState) -> Option<(usize, usize, bool)> {
     Some((ok, n, settled))
 }
 
-/// Fewer available members than a majority: the cluster cannot write.
+/// Fewer available members than a majority: the cluster cannot write. Resolves
+/// when a majority answers and a leader is known.
 fn quorum_lost(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
     let Some((ok, n, settled)) = quorum(c) else {
         return Vec::new();
     };
     let majority = n / 2 + 1;
     let lost = ok < majority;
+    // The outage ends when the cluster can write again: a majority answers and a
+    // leader is elected. Members answer a moment before they elect one; resolving
+    // then would release the inhibited `no_leader` as a page of its own.
+    let leader_known = c
+        .members
+        .values()
+        .any(|m| available(m) && !m.leader_id.is_empty());
+    let state = if lost {
+        Some(true)
+    } else if leader_known {
+        Some(false)
+    } else {
+        None
+    };
     vec![cluster_obs(
         c,
-        settled.then_some(lost),
+        state.filter(|_| settled),
         ok as f64,
         if lost {
             format!(

@@ -605,3 +605,32 @@ fn one_alarm_raised_by_two_members_is_one_alert() {
     let alarms: Vec<_> = t.iter().filter(|(r, _)| r == "alarm_active").collect();
     assert_eq!(alarms, [&("alarm_active".to_string(), false)], "{t:?}");
 }
+
+#[test]
+fn quorum_lost_resolves_when_a_leader_is_elected_not_before() {
+    let (st, mut r) = (LiveState::default(), rules());
+    step(&st, &mut r, T0, healthy(2));
+    let t = step(
+        &st,
+        &mut r,
+        T0 + 1_000,
+        [Some(up(1, 0, 3, 11)), Some(down()), Some(down())],
+    );
+    assert!(t.contains(&("quorum_lost".into(), true)), "{t:?}");
+    // Both back, still electing: the cluster cannot write yet.
+    let electing = |n: u64| Some(up(n, 0, 4, 11));
+    let t = step(
+        &st,
+        &mut r,
+        T0 + 2_000,
+        [electing(1), electing(2), electing(3)],
+    );
+    assert!(!t.iter().any(|(r, _)| r == "quorum_lost"), "{t:?}");
+    // A leader: the outage is over. no_leader (fired under quorum_lost, so
+    // inhibited) resolves in the same round, after its cause.
+    let t = step(&st, &mut r, T0 + 2_400, healthy(4));
+    assert_eq!(
+        t,
+        [("quorum_lost".into(), false), ("no_leader".into(), false)]
+    );
+}

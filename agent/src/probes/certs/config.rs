@@ -18,6 +18,14 @@ pub struct CertsConfig {
     /// Certificate files besides `etcd.tls.ca` and `etcd.tls.cert`, e.g. the
     /// member's server and peer certificates.
     pub files: Vec<CertFile>,
+    /// Beside a local member, also watch the files its own flags name
+    /// (`--cert-file`, `--peer-cert-file`, `--trusted-ca-file`,
+    /// `--peer-trusted-ca-file`).
+    pub discover: bool,
+    /// When `etcd.endpoint` is `https://`, also check the certificate the member
+    /// serves there (a TLS handshake, nothing sent), remote members included: the
+    /// certificate clients actually see, whatever the files on disk say.
+    pub served: bool,
 }
 
 impl Default for CertsConfig {
@@ -26,6 +34,8 @@ impl Default for CertsConfig {
             enabled: true,
             interval: Duration::from_secs(3600),
             files: Vec::new(),
+            discover: true,
+            served: true,
         }
     }
 }

@@ -11,6 +11,7 @@
 
 use super::HostConfig;
 use crate::config::{AgentConfig, EtcdConfig};
+use crate::probes::certs::{CertFile, CertRoleConfig, CertsConfig};
 use etcdmon_proto::v1::{EtcdProcess, ProcessDiscovery};
 use procfs::net::TcpState;
 use procfs::process::{FDTarget, LimitValue, Process};
@@ -230,12 +231,22 @@ impl ProcessSampler {
     }
 }
 
-/// The data dir of the etcd process listening on `endpoint`'s port on this
-/// host, read from its command line (`--data-dir` / `--data-dir=`, or
-/// `ETCD_DATA_DIR` in its environment; etcd's default `<name>.etcd`
-/// relative to its working directory otherwise). `None` when etcd is not
-/// local or the directory cannot be determined.
-pub fn discover_data_dir(endpoint: &str) -> Option<PathBuf> {
+/// What the flags of a local etcd process say about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalEtcd {
+    /// Its data dir (`--data-dir`, `ETCD_DATA_DIR`, or `<name>.etcd` in its working
+    /// directory), when that directory exists.
+    pub data_dir: Option<PathBuf>,
+    /// The certificate files it uses: `--cert-file` (server), `--peer-cert-file`
+    /// (peer), `--trusted-ca-file` and `--peer-trusted-ca-file` (CA), each also
+    /// from its `ETCD_*` environment variable.
+    pub cert_files: Vec<(PathBuf, CertRoleConfig)>,
+}
+
+/// The etcd process listening on `endpoint`'s port on this host, read from its
+/// command line and environment (relative paths are taken from its working
+/// directory). `None` when etcd is not local or its flags cannot be read.
+pub fn discover_local_etcd(endpoint: &str) -> Option<LocalEtcd> {
     let by_port = ProcessSampler {
         pid_file: None,
         port: port_of(endpoint),
@@ -247,44 +258,84 @@ pub fn discover_data_dir(endpoint: &str) -> Option<PathBuf> {
     let p = Process::new(found.pid).ok()?;
     let args = p.cmdline().ok()?;
     let cwd = p.cwd().ok()?;
+    let environ = p.environ().unwrap_or_default();
+    // `--flag=value`, `--flag value` (one dash works too), then `ETCD_FLAG`.
     let flag = |name: &str| -> Option<String> {
-        args.iter().enumerate().find_map(|(i, a)| {
-            let a = a.trim_start_matches('-');
-            if let Some(v) = a.strip_prefix(&format!("{name}=")) {
-                Some(v.to_string())
-            } else if a == name {
-                args.get(i + 1).cloned()
-            } else {
-                None
-            }
-        })
-    };
-    let env = || {
-        p.environ().ok().and_then(|e| {
-            e.get(std::ffi::OsStr::new("ETCD_DATA_DIR"))
-                .map(|v| v.to_string_lossy().into_owned())
-        })
+        args.iter()
+            .enumerate()
+            .find_map(|(i, a)| {
+                let a = a.trim_start_matches('-');
+                if let Some(v) = a.strip_prefix(&format!("{name}=")) {
+                    Some(v.to_string())
+                } else if a == name {
+                    args.get(i + 1).cloned()
+                } else {
+                    None
+                }
+            })
+            .or_else(|| {
+                let var = format!("ETCD_{}", name.replace('-', "_").to_uppercase());
+                environ
+                    .get(std::ffi::OsStr::new(&var))
+                    .map(|v| v.to_string_lossy().into_owned())
+            })
+            .filter(|v| !v.is_empty())
     };
     let dir = flag("data-dir")
-        .or_else(env)
         .or_else(|| flag("name").map(|n| format!("{n}.etcd")))
         .unwrap_or_else(|| "default.etcd".into());
     let dir = cwd.join(dir);
-    dir.is_dir().then_some(dir)
+    let cert_files = [
+        ("cert-file", CertRoleConfig::Server),
+        ("peer-cert-file", CertRoleConfig::Peer),
+        ("trusted-ca-file", CertRoleConfig::Ca),
+        ("peer-trusted-ca-file", CertRoleConfig::Ca),
+    ]
+    .into_iter()
+    .filter_map(|(name, role)| flag(name).map(|f| (cwd.join(f), role)))
+    .collect();
+    Some(LocalEtcd {
+        data_dir: dir.is_dir().then_some(dir),
+        cert_files,
+    })
 }
 
-/// Fills `etcd.data_dir` from the flags of the etcd process that serves
-/// `etcd.endpoint` on this host, when the config leaves it unset, so that the
-/// fsync probe and the filesystem metrics run without configuration beside a
-/// local member (as `etcdmon up` does). A configured value is kept; a remote
-/// or undiscoverable member leaves it unset.
-pub fn fill_data_dir(cfg: &mut AgentConfig) {
-    if cfg.etcd.data_dir.is_some() || cfg.fsync.dir.is_some() {
+/// The data dir of the etcd process listening on `endpoint`'s port on this
+/// host (see [`discover_local_etcd`]).
+pub fn discover_data_dir(endpoint: &str) -> Option<PathBuf> {
+    discover_local_etcd(endpoint)?.data_dir
+}
+
+/// Fills what the config leaves unset from the flags of the etcd process that
+/// serves `etcd.endpoint` on this host, so that an agent beside a member needs
+/// no configuration for it (as `etcdmon up` does):
+/// - `etcd.data_dir`, for the fsync probe and the filesystem metrics;
+/// - with `certs.discover`, etcd's own server, peer and CA certificate files are
+///   added to `certs.files`.
+///
+/// Configured values are kept; a remote or undiscoverable member changes nothing.
+pub fn fill_from_local_etcd(cfg: &mut AgentConfig) {
+    let Some(local) = discover_local_etcd(&cfg.etcd.endpoint) else {
         return;
+    };
+    if cfg.etcd.data_dir.is_none() && cfg.fsync.dir.is_none() {
+        if let Some(dir) = local.data_dir {
+            tracing::debug!(data_dir = %dir.display(), "etcd.data_dir found from the local etcd's flags");
+            cfg.etcd.data_dir = Some(dir);
+        }
     }
-    if let Some(dir) = discover_data_dir(&cfg.etcd.endpoint) {
-        tracing::debug!(data_dir = %dir.display(), "etcd.data_dir found from the local etcd's flags");
-        cfg.etcd.data_dir = Some(dir);
+    if cfg.certs.discover {
+        add_cert_files(&mut cfg.certs, local.cert_files);
+    }
+}
+
+/// Adds `files` to `certs.files`, skipping paths already watched.
+pub fn add_cert_files(certs: &mut CertsConfig, files: Vec<(PathBuf, CertRoleConfig)>) {
+    for (path, role) in files {
+        if certs.files.iter().all(|f| f.path != path) {
+            tracing::debug!(path = %path.display(), "certificate found from the local etcd's flags");
+            certs.files.push(CertFile { path, role });
+        }
     }
 }
 
