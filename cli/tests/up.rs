@@ -4,36 +4,10 @@
 
 use etcdmon_testkit::{free_port, http_get, EtcdCluster};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-/// SIGTERMs `etcdmon up`, checks it exits cleanly within 30 s and returns its stdout.
-fn stop(child: &mut std::process::Child, log: &dyn Fn() -> String) -> String {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let status = poll(Duration::from_secs(30), || child.try_wait().expect("wait"))
-        .unwrap_or_else(|| panic!("etcdmon up ignored SIGTERM\n{}", log()));
-    assert!(status.success(), "{status:?}\n{}", log());
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
-        .expect("read");
-    out
-}
+mod support;
+use support::{poll, stop};
 
 #[test]
 fn up_watches_every_member_and_stops_on_sigterm() {
