@@ -44,6 +44,10 @@ pub struct ClusterState {
     /// Member ids (hex) in the last member list seen.
     #[serde(skip)]
     member_ids: BTreeSet<u64>,
+    /// The learners among them (`member add --learner`): they receive
+    /// the log but do not vote, so they do not count towards quorum.
+    #[serde(skip)]
+    learner_ids: BTreeSet<u64>,
     /// When the leader changed, ms since the epoch, within the last hour.
     #[serde(skip)]
     leader_changes: std::collections::VecDeque<i64>,
@@ -53,9 +57,10 @@ pub struct ClusterState {
 const LEADER_CHANGE_WINDOW_MS: i64 = 3_600_000;
 
 impl ClusterState {
-    /// Members in the cluster's member list (0 until a list was seen).
+    /// Voting members in the cluster's member list, learners left out (0 until a
+    /// list was seen).
     pub fn member_count(&self) -> usize {
-        self.member_ids.len()
+        self.member_ids.difference(&self.learner_ids).count()
     }
 
     /// Leader changes seen in the hour before `now_ms`.
@@ -106,6 +111,9 @@ pub struct MemberState {
     pub reachable: Option<bool>,
     /// Whether this member is the leader (by its own status).
     pub is_leader: bool,
+    /// Whether it is a learner: it does not vote and does not count
+    /// towards quorum; by its own status or any member's list.
+    pub is_learner: bool,
     /// Leader id (hex) this member reports.
     pub leader_id: String,
     /// Raft term.
@@ -224,6 +232,11 @@ fn listed(ids: &BTreeSet<u64>, id: &str) -> bool {
     ids.is_empty()
         || id.is_empty()
         || u64::from_str_radix(id, 16).map_or(true, |n| ids.contains(&n))
+}
+
+/// Whether the hex id `id` is in `ids` (false when unknown).
+fn among(ids: &BTreeSet<u64>, id: &str) -> bool {
+    u64::from_str_radix(id, 16).is_ok_and(|n| ids.contains(&n))
 }
 
 /// Name under which a member's rows are stored: its name, or its id.
@@ -385,6 +398,17 @@ impl LiveState {
             // Membership changes, from any member's list.
             if !s.members.is_empty() {
                 let ids: BTreeSet<u64> = s.members.iter().map(|x| x.id).collect();
+                let learners: BTreeSet<u64> = s
+                    .members
+                    .iter()
+                    .filter(|x| x.is_learner)
+                    .map(|x| x.id)
+                    .collect();
+                for promoted in cluster.learner_ids.intersection(&ids) {
+                    if !learners.contains(promoted) {
+                        events.push(ev("", "member_promoted", format!("{promoted:x}")));
+                    }
+                }
                 if !cluster.member_ids.is_empty() {
                     for added in ids.difference(&cluster.member_ids) {
                         let name = s
@@ -403,11 +427,14 @@ impl LiveState {
                 // removed (no rule judges them) until their agent goes.
                 cluster.members.retain(|_, other| {
                     other.removed = !listed(&ids, &other.id);
+                    other.is_learner = among(&learners, &other.id);
                     !other.removed || other.agent_connected
                 });
                 cluster.member_ids = ids;
+                cluster.learner_ids = learners;
             }
             m.removed = !listed(&cluster.member_ids, &m.id);
+            m.is_learner |= among(&cluster.learner_ids, &m.id);
             m.healthy = m.agent_connected && m.reachable == Some(true) && !m.leader_id.is_empty();
         });
         // Every event (member down or up, leader change, alarm, membership) is
@@ -528,6 +555,7 @@ fn record_other(m: &mut MemberState, body: &Body, ts_ms: i64) {
 
 fn update_member(m: &mut MemberState, s: &EtcdStatus) {
     m.is_leader = s.leader_id != 0 && s.leader_id == s.member_id;
+    m.is_learner = s.is_learner;
     m.leader_id = if s.leader_id == 0 {
         String::new()
     } else {

@@ -435,6 +435,98 @@ impl EtcdCluster {
         .with_context(|| format!("restart etcd member {name}"))
     }
 
+    /// Adds a member to the running cluster (`etcdctl member add`, as a learner when
+    /// `learner`: etcd 3.5), starts it with `--initial-cluster-state existing` and
+    /// waits until its client port accepts connections; returns its index. A learner
+    /// is not healthy by `/health` until promoted, so only the port is awaited.
+    pub fn add_member(&mut self, learner: bool) -> Result<usize> {
+        let i = self.members.len();
+        let name = format!("m{i}");
+        let scheme = if self.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let client_port = free_port();
+        let client_url = format!("{scheme}://127.0.0.1:{client_port}");
+        let metrics_listen_url = self.members[0]
+            .metrics_listen_url
+            .as_ref()
+            .map(|_| format!("http://127.0.0.1:{}", free_port()));
+        let metrics_url = match &metrics_listen_url {
+            Some(url) => format!("{url}/metrics"),
+            None => format!("{client_url}/metrics"),
+        };
+        let health_url = match &metrics_listen_url {
+            Some(url) if self.config.tls.is_some() => format!("{url}/health"),
+            _ => format!("{client_url}/health"),
+        };
+        let peer_url = format!("http://127.0.0.1:{}", free_port());
+        let mut add = vec!["member", "add", name.as_str()];
+        let peers = format!("--peer-urls={peer_url}");
+        add.push(&peers);
+        if learner {
+            add.push("--learner");
+        }
+        // etcd refuses reconfiguration ("unhealthy cluster") until every member has
+        // been connected for a few seconds, as right after a start.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.etcdctl(&add) {
+                Ok(_) => break,
+                Err(e)
+                    if Instant::now() < deadline
+                        && format!("{e:#}").contains("unhealthy cluster") =>
+                {
+                    std::thread::sleep(POLL_INTERVAL * 4)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.config.initial_cluster = format!("{},{name}={peer_url}", self.config.initial_cluster);
+        self.members.push(EtcdMember {
+            name: name.clone(),
+            peer_url,
+            data_dir: self.dir.path().join(format!("{name}.etcd")),
+            log_path: self.dir.path().join(format!("{name}.log")),
+            client_url,
+            metrics_url,
+            client_port,
+            metrics_listen_url,
+            health_url,
+            process: None,
+        });
+        self.spawn_member(i, "existing")
+            .with_context(|| format!("start added etcd member {name}"))?;
+        self.wait_listening(i, READY_TIMEOUT)
+            .with_context(|| format!("start added etcd member {name}"))?;
+        Ok(i)
+    }
+
+    /// Promotes learner `i` to a voting member (`etcdctl member promote`), retrying
+    /// for up to 30 s while etcd refuses because the learner is still catching up.
+    pub fn promote(&self, i: usize) -> Result<()> {
+        let name = &self.member_checked(i)?.name;
+        let list = self.etcdctl(&["member", "list", "-w", "json"])?;
+        let list: serde_json::Value =
+            serde_json::from_str(&list).context("parse etcdctl member list")?;
+        let id = list["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["name"] == name.as_str())
+            .and_then(|m| m["ID"].as_u64())
+            .with_context(|| format!("{name} is not in the member list: {list}"))?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.etcdctl(&["member", "promote", &format!("{id:x}")]) {
+                Ok(_) => return Ok(()),
+                Err(_) if Instant::now() < deadline => std::thread::sleep(POLL_INTERVAL * 4),
+                Err(e) => return Err(e.context(format!("promote {name}"))),
+            }
+        }
+    }
+
     /// Starts members `indexes` again at the same moment (as [`restart`](Self::restart)
     /// does one), then waits until each is healthy: members restarted together rejoin
     /// within moments of each other, as after an operator restarts them at once.

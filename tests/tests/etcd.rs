@@ -301,3 +301,26 @@ fn both_etcd_releases_start_and_say_which_they_are() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_learner_joins_a_3_5_cluster_and_is_promoted() -> Result<()> {
+    let mut cluster = EtcdCluster::builder()
+        .members(3)
+        .version(EtcdVersion::V3_5)
+        .start()?;
+    let i = cluster.add_member(true)?;
+    let list = cluster.etcdctl(&["member", "list"])?;
+    let line = list
+        .lines()
+        .find(|l| l.contains(&format!(", m{i}, ")))
+        .unwrap_or_default();
+    assert!(line.ends_with("true"), "a learner: {list}");
+    cluster.promote(i)?;
+    let list = cluster.etcdctl(&["member", "list"])?;
+    assert!(
+        list.lines().all(|l| l.ends_with("false")),
+        "all voters: {list}"
+    );
+    cluster.wait_healthy(i, Duration::from_secs(30))?;
+    Ok(())
+}

@@ -323,13 +323,15 @@ fn no_leader(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
 /// judged either way: counting those members as unavailable would page "quorum
 /// lost" for the first second after every start.
 fn quorum(c: &ClusterState) -> Option<(usize, usize, bool)> {
+    // Learners do not vote: they count neither towards the members nor the quorum.
+    let voters = || c.members.values().filter(|m| !m.is_learner);
     let n = c
         .member_count()
-        .max(c.members.values().filter(|m| !m.removed).count());
+        .max(voters().filter(|m| !m.removed).count());
     if n == 0 {
         return None;
     }
-    let ok = c.members.values().filter(|m| available(m)).count();
+    let ok = voters().filter(|m| available(m)).count();
     // Connected but no status yet; such an agent is also "stale" until it sends
     // something, so `watched` would not catch it.
     let settled = !c
@@ -420,9 +422,14 @@ fn quorum_at_risk(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
     )]
 }
 
-/// Available members see different leaders or terms: a partition.
+/// Available voting members see different leaders or terms: a partition. A
+/// learner catching up is not a partition.
 fn members_disagree(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
-    let avail: Vec<&MemberState> = c.members.values().filter(|m| available(m)).collect();
+    let avail: Vec<&MemberState> = c
+        .members
+        .values()
+        .filter(|m| available(m) && !m.is_learner)
+        .collect();
     if avail.len() < 2 {
         return Vec::new();
     }
@@ -463,10 +470,11 @@ fn members_disagree(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
 
 /// Raft indexes drift apart: a member falls behind or diverges.
 fn raft_index_divergence(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
+    // A learner is expected to trail while it catches up.
     let idx: Vec<u64> = c
         .members
         .values()
-        .filter(|m| available(m))
+        .filter(|m| available(m) && !m.is_learner)
         .map(|m| m.raft_index)
         .collect();
     if idx.len() < 2 {

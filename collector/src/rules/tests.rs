@@ -634,3 +634,39 @@ fn quorum_lost_resolves_when_a_leader_is_elected_not_before() {
         [("quorum_lost".into(), false), ("no_leader".into(), false)]
     );
 }
+
+#[test]
+fn a_learner_neither_counts_towards_quorum_nor_disagrees() {
+    let (st, mut r) = (LiveState::default(), rules());
+    // Three voters and a learner (m4) in every member list.
+    let with_learner = |mut s: EtcdStatus| {
+        s.members.push(Member {
+            id: 4,
+            name: "m4".into(),
+            is_learner: true,
+            ..Default::default()
+        });
+        s
+    };
+    let round = |st: &LiveState, r: &mut Rules, ts: i64, learner: EtcdStatus| {
+        st.apply(&id("m4", 4), &report(ts, Body::Status(learner)));
+        let statuses = [1, 2, 3].map(|n| Some(with_learner(up(n, 1, 2, 5_000))));
+        step(st, r, ts, statuses)
+    };
+    // The learner catches up: 4,999 entries behind, far beyond the divergence
+    // threshold (1,000).
+    let mut catching_up = with_learner(up(4, 1, 2, 10));
+    catching_up.is_learner = true;
+    catching_up.raft_index = 1;
+    for ts in [T0, T0 + 31_000, T0 + 62_000] {
+        let t = round(&st, &mut r, ts, catching_up.clone());
+        assert!(t.is_empty(), "{t:?}");
+    }
+    let snapshot = st.snapshot_at(T0 + 62_000);
+    assert!(snapshot[0].members["m4"].is_learner);
+    assert_eq!(snapshot[0].member_count(), 3, "voters only");
+    // The learner goes down: its own page, but the voters' margin is intact.
+    let t = round(&st, &mut r, T0 + 63_000, down());
+    assert!(t.contains(&("member_unreachable".into(), true)), "{t:?}");
+    assert!(!t.iter().any(|(r, _)| r.starts_with("quorum")), "{t:?}");
+}
