@@ -51,7 +51,7 @@ pub use clickhouse::ClickHouseServer;
 pub use etcd::{EtcdCluster, EtcdClusterBuilder, EtcdMember, EtcdVersion};
 pub use http::{http_delete, http_get, http_post, http_post_json, HttpResponse};
 pub use http_sink::{HttpSink, SinkAnswer, SinkRequest};
-pub use nats::NatsServer;
+pub use nats::{NatsSecurity, NatsServer};
 pub use ports::free_port;
 pub use process::{require_binary, ChildProcess};
 pub use tls::{generate_tls, generate_tls_with, TlsFiles, Validity};

@@ -458,3 +458,108 @@ async fn a_deleted_consumer_is_created_again() {
     }
     assert_eq!(got, [1, 2]);
 }
+
+/// NATS over TLS with a private CA and client certificates, and a token from a file:
+/// the bus connects and round-trips a candidate; a missing token, a wrong one, or no
+/// CA are refused with a clear error (Rejected, not retried as an outage).
+#[tokio::test]
+async fn tls_with_a_private_ca_client_certificates_and_a_token_file() {
+    use etcdmon_bus::jetstream::NatsAuth;
+    use etcdmon_testkit::{generate_tls, NatsSecurity};
+    let dir = tempfile::tempdir().unwrap();
+    let tls = generate_tls(dir.path(), 30).unwrap();
+    let token = "nats-token-for-the-test";
+    let server = NatsServer::start_secured(NatsSecurity {
+        tls: Some(tls.clone()),
+        verify_clients: true,
+        token: Some(token.to_owned()),
+        user: None,
+    })
+    .expect("start nats-server with TLS and a token");
+    // The server really demands both (its own view, on the monitoring port).
+    let varz = etcdmon_testkit::http_get(
+        &format!("{}/varz", server.monitor_url()),
+        Duration::from_secs(2),
+    )
+    .expect("varz");
+    let varz: serde_json::Value = serde_json::from_str(&varz.body).expect("varz json");
+    assert_eq!(varz["tls_required"], true, "{varz}");
+    assert_eq!(varz["auth_required"], true, "{varz}");
+    assert_eq!(varz["tls_verify"], true, "{varz}");
+    let token_file = dir.path().join("nats-token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let secured = |auth: NatsAuth| JetStreamConfig {
+        auth,
+        ..config(&server)
+    };
+    let good = NatsAuth {
+        ca_file: Some(tls.ca_cert.clone()),
+        cert_file: Some(tls.client_cert.clone()),
+        key_file: Some(tls.client_key.clone()),
+        token_file: Some(token_file.clone()),
+        ..NatsAuth::default()
+    };
+
+    let bus = JetStreamBus::connect(secured(good.clone())).await.unwrap();
+    let mut subscriber = bus.subscriber().await.unwrap();
+    let sent = candidate("tls1", 1);
+    bus.publisher().publish(&sent).await.unwrap();
+    let delivery = expect_next(&mut subscriber).await;
+    assert_eq!(delivery.candidate, sent);
+    delivery.ack().await.unwrap();
+    // The config's Debug (start-up logs) shows the file, never a secret.
+    let shown = format!(
+        "{:?}",
+        secured(NatsAuth {
+            token: Some(etcdmon_core::secret::Secret::new(token)),
+            token_file: None,
+            ..good.clone()
+        })
+    );
+    assert!(!shown.contains(token), "{shown}");
+
+    let refused = |auth: NatsAuth| {
+        let cfg = secured(auth);
+        async move {
+            match JetStreamBus::connect(cfg).await {
+                Ok(_) => panic!("connected"),
+                Err(e) => e,
+            }
+        }
+    };
+    let no_token = refused(NatsAuth {
+        token_file: None,
+        ..good.clone()
+    })
+    .await;
+    assert!(matches!(no_token, BusError::Rejected(_)), "{no_token}");
+    let wrong = dir.path().join("wrong-token");
+    std::fs::write(&wrong, "not-the-token").unwrap();
+    let wrong_token = refused(NatsAuth {
+        token_file: Some(wrong),
+        ..good.clone()
+    })
+    .await;
+    assert!(
+        matches!(wrong_token, BusError::Rejected(_)),
+        "{wrong_token}"
+    );
+    assert!(
+        !wrong_token.to_string().contains("not-the-token"),
+        "{wrong_token}"
+    );
+    let no_ca = refused(NatsAuth {
+        ca_file: None,
+        ..good.clone()
+    })
+    .await;
+    assert!(no_ca.to_string().contains("connect to NATS"), "{no_ca}");
+    // Both a token and a user: a config error naming the field, before connecting.
+    let both = refused(NatsAuth {
+        user: Some("alerter".into()),
+        password: Some(etcdmon_core::secret::Secret::new("pw")),
+        ..good
+    })
+    .await;
+    assert!(both.to_string().contains("auth:"), "{both}");
+}

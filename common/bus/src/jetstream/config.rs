@@ -1,6 +1,9 @@
 //! Settings of the JetStream bus.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use etcdmon_core::secret::{self, Secret};
 
 use crate::BusError;
 
@@ -57,6 +60,103 @@ pub struct JetStreamConfig {
     /// after this long instead of hanging.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// TLS and credentials (`[alerting.jetstream.auth]` / `[nats.auth]`).
+    pub auth: NatsAuth,
+}
+
+/// How the connection to NATS is secured and authenticated. At most one way to log
+/// in: a token, a user and password (here or in the URL), or an NKey seed. Every
+/// secret can come from a file (`*_file`), so configs can be shared without them.
+#[derive(Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsAuth {
+    /// Require TLS even for `nats://` URLs (a `tls://` URL always does).
+    pub require_tls: bool,
+    /// PEM bundle of the CA that signed the servers' certificates, instead of the
+    /// system's roots (a private CA). Implies TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that verify clients (`verify: true`).
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// Token (`authorization { token: ... }` on the server).
+    pub token: Option<Secret>,
+    /// The token in a file.
+    pub token_file: Option<PathBuf>,
+    /// User, with `password` or `password_file`.
+    pub user: Option<String>,
+    /// Password of `user`.
+    pub password: Option<Secret>,
+    /// The password in a file.
+    pub password_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secret's own Debug redacts; the paths are not secret.
+        f.debug_struct("NatsAuth")
+            .field("require_tls", &self.require_tls)
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("token", &self.token)
+            .field("token_file", &self.token_file)
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("password_file", &self.password_file)
+            .finish()
+    }
+}
+
+/// The credentials of [`NatsAuth`], read from their files.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Login {
+    /// None configured (a password in the URL still works).
+    None,
+    /// A token.
+    Token(Secret),
+    /// A user and password.
+    UserPassword(String, Secret),
+}
+
+impl NatsAuth {
+    /// Whether TLS is required.
+    pub(crate) fn tls(&self) -> bool {
+        self.require_tls || self.ca_file.is_some() || self.cert_file.is_some()
+    }
+
+    /// Reads the secrets; the error names the field.
+    pub(crate) fn login(&self) -> Result<Login, BusError> {
+        let rejected =
+            |e: secret::SecretError| BusError::Rejected(format!("invalid NATS config: auth.{e}"));
+        let token = secret::resolve(
+            self.token.as_ref(),
+            self.token_file.as_deref(),
+            "token",
+            "token_file",
+        )
+        .map_err(rejected)?;
+        let password = secret::resolve(
+            self.password.as_ref(),
+            self.password_file.as_deref(),
+            "password",
+            "password_file",
+        )
+        .map_err(rejected)?;
+        let invalid = |why: &str| {
+            Err(BusError::Rejected(format!(
+                "invalid NATS config: auth: {why}"
+            )))
+        };
+        match (token, &self.user, password) {
+            (None, None, None) => Ok(Login::None),
+            (Some(t), None, None) => Ok(Login::Token(t)),
+            (None, Some(u), Some(p)) => Ok(Login::UserPassword(u.clone(), p)),
+            (None, Some(_), None) => invalid("user needs password or password_file"),
+            (None, None, Some(_)) => invalid("password needs user"),
+            (Some(_), _, _) => invalid("set a token or a user and password, not both"),
+        }
+    }
 }
 
 impl Default for JetStreamConfig {
@@ -74,6 +174,7 @@ impl Default for JetStreamConfig {
             max_deliver: -1,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
+            auth: NatsAuth::default(),
         }
     }
 }
@@ -94,6 +195,7 @@ impl std::fmt::Debug for JetStreamConfig {
             .field("max_deliver", &self.max_deliver)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -174,6 +276,24 @@ impl JetStreamConfig {
         if !(1..=5).contains(&self.replicas) {
             return invalid("replicas", format!("{} must be 1 to 5", self.replicas));
         }
+        if self.auth.cert_file.is_some() != self.auth.key_file.is_some() {
+            return invalid(
+                "auth.cert_file",
+                "cert_file and key_file go together".to_owned(),
+            );
+        }
+        for (field, path) in [
+            ("auth.ca_file", &self.auth.ca_file),
+            ("auth.cert_file", &self.auth.cert_file),
+            ("auth.key_file", &self.auth.key_file),
+        ] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    return invalid(field, format!("{} is not a readable file", path.display()));
+                }
+            }
+        }
+        self.auth.login()?;
         if self.max_deliver == 0 || self.max_deliver < -1 {
             return invalid(
                 "max_deliver",

@@ -43,7 +43,7 @@
 
 mod config;
 
-pub use config::JetStreamConfig;
+pub use config::{JetStreamConfig, NatsAuth};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +54,7 @@ use async_nats::jetstream::{self as js, stream, AckKind};
 use futures::StreamExt as _;
 
 use crate::{Acker, AlertCandidate, BusError, Delivery, Publisher, Subscriber};
-use config::redact_url;
+use config::{redact_url, Login};
 
 /// Messages requested per pull. Pulled messages wait in the client until `next` takes
 /// them, and their `ack_wait` runs meanwhile, so this stays small: candidates are few,
@@ -106,11 +106,23 @@ impl JetStreamBus {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let options = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new()
             .name("etcdmon")
             .connection_timeout(config.connect_timeout)
             .request_timeout(Some(config.request_timeout))
-            .ping_interval(PING_INTERVAL);
+            .ping_interval(PING_INTERVAL)
+            .require_tls(config.auth.tls());
+        if let Some(ca) = &config.auth.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&config.auth.cert_file, &config.auth.key_file) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        options = match config.auth.login()? {
+            Login::None => options,
+            Login::Token(t) => options.token(t.expose().to_owned()),
+            Login::UserPassword(u, p) => options.user_and_password(u, p.expose().to_owned()),
+        };
         // The connector applies connection_timeout per server; the outer timeout bounds
         // the whole attempt over a list of servers too.
         let client = tokio::time::timeout(config.connect_timeout, options.connect(servers))
