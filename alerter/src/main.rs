@@ -59,7 +59,7 @@ async fn run(setup: Setup) -> anyhow::Result<()> {
     let running = Alerter::serve(
         setup,
         stores.alerts,
-        Candidates::JetStream(cfg.nats.clone()),
+        Candidates::JetStream(Box::new(cfg.nats.clone())),
         Some(ops),
         &shutdown,
     );

@@ -94,7 +94,7 @@ fn count_routes(r: &RouteConfig) -> usize {
 pub enum Candidates {
     /// The durable JetStream consumer (created if missing, so the alerter may start
     /// before the collector; connected with retries).
-    JetStream(JetStreamConfig),
+    JetStream(Box<JetStreamConfig>),
     /// A subscriber made by the caller (the in-process channel of `etcdmon up`).
     Subscriber(Box<dyn Subscriber>),
 }
@@ -172,7 +172,7 @@ impl Alerter {
         let main = tokio::spawn(async move {
             let subscriber = match candidates {
                 Candidates::Subscriber(s) => s,
-                Candidates::JetStream(cfg) => match connect(cfg, &loop_stop).await {
+                Candidates::JetStream(cfg) => match connect(*cfg, &loop_stop).await {
                     Some(Ok(s)) => s,
                     Some(Err(e)) => return failed.fail(format!("NATS: {e}")),
                     None => return,
