@@ -201,17 +201,7 @@ impl AlertLoop {
         loop {
             // An alert held back by inhibition timing is notified the moment its
             // hold ends, not at the next tick.
-            let wake = self.engine.next_wake_ms().map(|at| {
-                // One ms more: the wall clock `due` reads may lag the timer.
-                let wait = u64::try_from(at.saturating_sub(now_ms())).unwrap_or(0) + 1;
-                tokio::time::Instant::now() + Duration::from_millis(wait)
-            });
-            let held = async {
-                match wake {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let held = etcdmon_core::sleep_until_epoch_ms(self.engine.next_wake_ms());
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = held => {}

@@ -31,6 +31,7 @@ use minijinja::{AutoEscape, Environment, Value};
 use serde::Serialize;
 
 use crate::notification::{Notification, NotifiedAlert};
+use etcdmon_alert::AlertState;
 
 /// A custom template that does not parse.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -71,8 +72,50 @@ impl Templates {
             }
         });
         env.add_filter("mrkdwn", mrkdwn_escape);
+        // A custom template is configuration, but a loop that never ends would still
+        // stall every notification of its receiver: rendering stops after this many
+        // instructions (the defaults need a few hundred per alert) and the default
+        // template is used instead.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         Self { env: Arc::new(env) }
     }
+}
+
+/// Instructions one rendering may run (see [`Templates::new`]).
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+
+/// Compiles `source` as a custom template and renders it with a small notification
+/// (one firing and one resolved alert): the fuzz target of templates. A template
+/// that does not compile is simply refused, as at start-up.
+pub fn fuzz_render(source: &str) {
+    let Ok(template) = MessageTemplate::new(&Templates::new(), "fuzz", "field", "x", Some(source))
+    else {
+        return;
+    };
+    let alert = |status: AlertState| NotifiedAlert {
+        fingerprint: "f".into(),
+        transition: 1,
+        status,
+        labels: [("cluster".to_string(), "c".to_string())].into(),
+        annotations: [("summary".to_string(), "s".to_string())].into(),
+        value: f64::NAN,
+        starts_at_ms: 0,
+        ends_at_ms: (status == AlertState::Resolved).then_some(i64::MAX),
+        acknowledged: false,
+        generator_url: String::new(),
+    };
+    let n = Notification {
+        receiver: "r".into(),
+        group_key: "g".into(),
+        group_labels: BTreeMap::new(),
+        common_labels: BTreeMap::new(),
+        common_annotations: BTreeMap::new(),
+        status: AlertState::Firing,
+        reason: crate::notification::Reason::New,
+        alerts: vec![alert(AlertState::Firing), alert(AlertState::Resolved)],
+        external_url: String::new(),
+    };
+    std::hint::black_box(template.try_render(&context(&n)));
 }
 
 /// Escapes the three characters Slack's mrkdwn treats as control characters.
@@ -288,6 +331,12 @@ pub fn alert_context(ctx: &Value, index: usize) -> Value {
 /// Milliseconds since the Unix epoch as RFC 3339 UTC with milliseconds
 /// (`2024-05-01T12:00:00.000Z`). Times before the epoch are shown as the epoch.
 pub fn format_time_ms(ms: i64) -> String {
+    // humantime formats years up to 9999 and fails (a panic in `to_string`) after;
+    // a candidate is not trusted to stay there (found by fuzzing).
+    const LAST_MS: i64 = 253_402_300_799_999;
+    if ms > LAST_MS {
+        return format!("{ms} ms after the epoch");
+    }
     let since_epoch = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_millis(UNIX_EPOCH + since_epoch).to_string()
 }
@@ -520,6 +569,48 @@ mod tests {
 
     fn template(default: &'static str, custom: Option<&str>) -> MessageTemplate {
         MessageTemplate::new(&Templates::new(), "test", "field", default, custom).unwrap()
+    }
+
+    #[test]
+    fn a_template_that_never_ends_runs_out_of_fuel_and_the_default_is_used() {
+        // 10^8 iterations: minutes of work without the fuel limit.
+        let endless =
+            "{% for i in range(10000) %}{% for j in range(10000) %}{{ i }}{% endfor %}{% endfor %}";
+        let rendered =
+            template(defaults::TITLE, Some(endless)).try_render(&context(&notification()));
+        assert_eq!(rendered.text, "[FIRING:2] NoLeader cluster=prod");
+        let why = rendered.fallback.expect("fell back");
+        assert!(why.contains("fuel"), "{why}");
+    }
+
+    #[test]
+    fn the_defaults_render_a_large_group_within_the_fuel() {
+        let mut n = notification();
+        let one = n.alerts[0].clone();
+        n.alerts = vec![one; 2_000];
+        for default in [
+            defaults::TITLE,
+            defaults::EMAIL_TEXT,
+            defaults::SLACK_TEXT,
+            defaults::PAGERDUTY_SUMMARY,
+        ] {
+            let rendered = template(default, None).try_render(&context(&n));
+            assert_eq!(rendered.fallback, None);
+            assert!(!rendered.text.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_time_beyond_the_year_9999_is_shown_not_a_panic() {
+        assert_eq!(format_time_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_time_ms(253_402_300_799_999),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert_eq!(
+            format_time_ms(i64::MAX),
+            "9223372036854775807 ms after the epoch"
+        );
     }
 
     #[test]

@@ -182,9 +182,12 @@ fn parse_http_date(text: &str) -> Option<SystemTime> {
     if !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
         return None;
     }
-    let days = u64::try_from(days_from_civil(year, month, day)).ok()?;
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
-    Some(UNIX_EPOCH + Duration::from_secs(seconds))
+    // A receiver's header is not trusted: a year like 99999999999 must not overflow.
+    let days = u64::try_from(days_from_civil(year.clamp(1, 1_000_000), month, day)).ok()?;
+    let seconds = days
+        .checked_mul(86_400)?
+        .checked_add(hour * 3600 + minute * 60 + second)?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -229,6 +232,14 @@ mod tests {
             None
         );
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
+        // A hostile receiver's absurd dates: an answer (capped later), never a panic.
+        for absurd in [
+            "Sun, 06 Nov 99999999999 08:49:37 GMT",
+            "Sun, 06 Nov -99999999999 08:49:37 GMT",
+            "Sun, 31 Dec 9223372036854775807 23:59:60 GMT",
+        ] {
+            let _ = retry_after(&headers(absurd), now);
+        }
     }
 
     #[test]

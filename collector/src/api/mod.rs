@@ -194,8 +194,9 @@ fn humantime_like(d: Duration) -> String {
 pub const MAX_TIME_MS: i64 = 253_402_300_799_999;
 
 /// The `from`/`to` query parameters as ms since the epoch: `to` defaults to now,
-/// `from` to `default_span_ms` before `to`; `from` after `to` is a 400.
-pub(crate) fn parse_range(
+/// `from` to `default_span_ms` before `to`; `from` after `to` is a 400. Public for
+/// the fuzz target (`tests/fuzz`).
+pub fn parse_range(
     from: Option<&str>,
     to: Option<&str>,
     default_span_ms: i64,

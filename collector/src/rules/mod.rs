@@ -149,16 +149,10 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut due: Option<tokio::time::Instant> = None;
     loop {
         // A pending alert is judged again when its `for` ends (no_leader's one
         // second), not up to a whole interval later.
-        let pending_due = async {
-            match due {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let pending_due = etcdmon_core::sleep_until_epoch_ms(rules.next_due_ms());
         tokio::select! {
             // Stopping wins over a pending round: the owner stops the rules before
             // the agents' streams close, and no round may judge those closings.
@@ -180,11 +174,6 @@ pub async fn run(
             .rules_seconds
             .observe(started.elapsed().as_secs_f64());
         metrics.alerts_firing.set(rules.firing().len() as i64);
-        due = rules.next_due_ms().map(|at| {
-            // One ms more: the system clock the engine reads may lag the timer.
-            let wait = u64::try_from(at.saturating_sub(now)).unwrap_or(0) + 1;
-            tokio::time::Instant::now() + std::time::Duration::from_millis(wait)
-        });
         for t in transitions {
             let state_name = t.state.as_str();
             metrics

@@ -34,3 +34,18 @@ pub fn safe_token(name: &str) -> String {
         })
         .collect()
 }
+
+/// Waits until `at_ms` (ms since the Unix epoch) when there is one, forever when
+/// there is none: the branch of a `select!` that wakes a loop at its next
+/// deadline (a rule's pending `for`, an inhibition hold). One ms is added because
+/// the wall clock the loop then reads may lag the monotonic timer.
+pub async fn sleep_until_epoch_ms(at_ms: Option<i64>) {
+    let Some(at_ms) = at_ms else {
+        return std::future::pending().await;
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let wait = u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0) + 1;
+    tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+}

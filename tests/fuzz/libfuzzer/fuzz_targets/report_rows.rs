@@ -1,0 +1,3 @@
+//! libFuzzer entry of `etcdmon_fuzz::report_rows` (see tests/fuzz/src/lib.rs).
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| etcdmon_fuzz::report_rows(data));
