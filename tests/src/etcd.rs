@@ -417,15 +417,7 @@ impl EtcdCluster {
     /// only waits until the client port accepts connections.
     pub fn restart(&mut self, i: usize) -> Result<()> {
         let n = self.members.len();
-        let member = self.member_mut(i)?;
-        let name = member.name.clone();
-        if let Some(process) = member.process.take() {
-            process
-                .kill()
-                .with_context(|| format!("kill etcd member {name} before restarting it"))?;
-        }
-        self.spawn_member(i, "existing")
-            .with_context(|| format!("restart etcd member {name}"))?;
+        let name = self.respawn(i)?;
         let serving = self.members.iter().filter(|m| m.is_serving()).count();
         if serving * 2 > n {
             self.wait_healthy(i, READY_TIMEOUT)
@@ -500,23 +492,42 @@ impl EtcdCluster {
             .with_context(|| format!("start added etcd member {name}"))?;
         self.wait_listening(i, READY_TIMEOUT)
             .with_context(|| format!("start added etcd member {name}"))?;
+        // Listening is not joined: until the member has published its name and
+        // client URL, the member list shows it "unstarted" and discovery (etcdmon
+        // up) skips it.
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while self.member_id(&name)?.is_none() {
+            ensure!(
+                Instant::now() < deadline,
+                "added etcd member {name} did not publish itself within {READY_TIMEOUT:?}\n{}",
+                self.members[i].log_tail(LOG_TAIL_LINES)
+            );
+            std::thread::sleep(POLL_INTERVAL * 4);
+        }
         Ok(i)
+    }
+
+    /// The id of the member called `name` in the member list, once it has published
+    /// its name (started).
+    fn member_id(&self, name: &str) -> Result<Option<u64>> {
+        let list = self.etcdctl(&["member", "list", "-w", "json"])?;
+        let list: serde_json::Value =
+            serde_json::from_str(&list).context("parse etcdctl member list")?;
+        Ok(list["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["name"] == name)
+            .and_then(|m| m["ID"].as_u64()))
     }
 
     /// Promotes learner `i` to a voting member (`etcdctl member promote`), retrying
     /// for up to 30 s while etcd refuses because the learner is still catching up.
     pub fn promote(&self, i: usize) -> Result<()> {
         let name = &self.member_checked(i)?.name;
-        let list = self.etcdctl(&["member", "list", "-w", "json"])?;
-        let list: serde_json::Value =
-            serde_json::from_str(&list).context("parse etcdctl member list")?;
-        let id = list["members"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|m| m["name"] == name.as_str())
-            .and_then(|m| m["ID"].as_u64())
-            .with_context(|| format!("{name} is not in the member list: {list}"))?;
+        let id = self
+            .member_id(name)?
+            .with_context(|| format!("{name} is not in the member list"))?;
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             match self.etcdctl(&["member", "promote", &format!("{id:x}")]) {
@@ -527,20 +538,27 @@ impl EtcdCluster {
         }
     }
 
+    /// Kills member `i` if it still runs and starts it again on the same ports and
+    /// data dir (`--initial-cluster-state existing`); returns its name.
+    fn respawn(&mut self, i: usize) -> Result<String> {
+        let member = self.member_mut(i)?;
+        let name = member.name.clone();
+        if let Some(process) = member.process.take() {
+            process
+                .kill()
+                .with_context(|| format!("kill etcd member {name} before restarting it"))?;
+        }
+        self.spawn_member(i, "existing")
+            .with_context(|| format!("restart etcd member {name}"))?;
+        Ok(name)
+    }
+
     /// Starts members `indexes` again at the same moment (as [`restart`](Self::restart)
     /// does one), then waits until each is healthy: members restarted together rejoin
     /// within moments of each other, as after an operator restarts them at once.
     pub fn restart_together(&mut self, indexes: &[usize]) -> Result<()> {
         for &i in indexes {
-            let member = self.member_mut(i)?;
-            let name = member.name.clone();
-            if let Some(process) = member.process.take() {
-                process
-                    .kill()
-                    .with_context(|| format!("kill etcd member {name} before restarting it"))?;
-            }
-            self.spawn_member(i, "existing")
-                .with_context(|| format!("restart etcd member {name}"))?;
+            self.respawn(i)?;
         }
         for &i in indexes {
             self.wait_healthy(i, READY_TIMEOUT)?;
