@@ -116,6 +116,8 @@ pub struct NatsSecurity {
     pub token: Option<String>,
     /// Demand this user and password (`authorization { user, password }`).
     pub user: Option<(String, String)>,
+    /// Demand the NKey user with this public key (`U...`).
+    pub nkey: Option<String>,
 }
 
 impl NatsServer {
@@ -348,6 +350,10 @@ impl NatsServer {
             ));
         }
         match (&sec.token, &sec.user) {
+            _ if sec.nkey.is_some() => config.push_str(&format!(
+                "authorization {{\n  users = [ {{ nkey: {} }} ]\n}}\n",
+                quote(sec.nkey.as_deref().unwrap_or_default())
+            )),
             (Some(token), _) => config.push_str(&format!(
                 "authorization {{\n  token: {}\n}}\n",
                 quote(token)

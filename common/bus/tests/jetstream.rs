@@ -474,6 +474,7 @@ async fn tls_with_a_private_ca_client_certificates_and_a_token_file() {
         verify_clients: true,
         token: Some(token.to_owned()),
         user: None,
+        nkey: None,
     })
     .expect("start nats-server with TLS and a token");
     // The server really demands both (its own view, on the monitoring port).
@@ -562,4 +563,39 @@ async fn tls_with_a_private_ca_client_certificates_and_a_token_file() {
     })
     .await;
     assert!(both.to_string().contains("auth:"), "{both}");
+}
+
+/// An NKey user: the bus signs the server's nonce with the seed from a file; a
+/// different seed is refused as a config error.
+#[tokio::test]
+async fn an_nkey_seed_from_a_file_logs_in() {
+    use etcdmon_bus::jetstream::NatsAuth;
+    use etcdmon_testkit::NatsSecurity;
+    let user = nkeys::KeyPair::new_user();
+    let server = NatsServer::start_secured(NatsSecurity {
+        nkey: Some(user.public_key()),
+        ..NatsSecurity::default()
+    })
+    .expect("start nats-server with an NKey user");
+    let dir = tempfile::tempdir().unwrap();
+    let seed_file = dir.path().join("nats.nk");
+    std::fs::write(&seed_file, user.seed().unwrap()).unwrap();
+    let with_seed = |path: std::path::PathBuf| JetStreamConfig {
+        auth: NatsAuth {
+            nkey_seed_file: Some(path),
+            ..NatsAuth::default()
+        },
+        ..config(&server)
+    };
+    let bus = JetStreamBus::connect(with_seed(seed_file)).await.unwrap();
+    let mut subscriber = bus.subscriber().await.unwrap();
+    bus.publisher().publish(&candidate("nk1", 1)).await.unwrap();
+    expect_next(&mut subscriber).await.ack().await.unwrap();
+
+    let other = dir.path().join("other.nk");
+    std::fs::write(&other, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
+    match JetStreamBus::connect(with_seed(other)).await {
+        Ok(_) => panic!("a stranger's seed connected"),
+        Err(e) => assert!(matches!(e, BusError::Rejected(_)), "{e}"),
+    }
 }

@@ -89,6 +89,11 @@ pub struct NatsAuth {
     pub password: Option<Secret>,
     /// The password in a file.
     pub password_file: Option<PathBuf>,
+    /// NKey seed (`SU...`) of a user the server lists by its public key
+    /// (`authorization { users = [{ nkey: "U..." }] }`).
+    pub nkey_seed: Option<Secret>,
+    /// The NKey seed in a file.
+    pub nkey_seed_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for NatsAuth {
@@ -104,6 +109,8 @@ impl std::fmt::Debug for NatsAuth {
             .field("user", &self.user)
             .field("password", &self.password)
             .field("password_file", &self.password_file)
+            .field("nkey_seed", &self.nkey_seed)
+            .field("nkey_seed_file", &self.nkey_seed_file)
             .finish()
     }
 }
@@ -117,6 +124,8 @@ pub(crate) enum Login {
     Token(Secret),
     /// A user and password.
     UserPassword(String, Secret),
+    /// An NKey seed: the client signs the server's nonce with it.
+    NKey(Secret),
 }
 
 impl NatsAuth {
@@ -143,18 +152,26 @@ impl NatsAuth {
             "password_file",
         )
         .map_err(rejected)?;
+        let nkey = secret::resolve(
+            self.nkey_seed.as_ref(),
+            self.nkey_seed_file.as_deref(),
+            "nkey_seed",
+            "nkey_seed_file",
+        )
+        .map_err(rejected)?;
         let invalid = |why: &str| {
             Err(BusError::Rejected(format!(
                 "invalid NATS config: auth: {why}"
             )))
         };
-        match (token, &self.user, password) {
-            (None, None, None) => Ok(Login::None),
-            (Some(t), None, None) => Ok(Login::Token(t)),
-            (None, Some(u), Some(p)) => Ok(Login::UserPassword(u.clone(), p)),
-            (None, Some(_), None) => invalid("user needs password or password_file"),
-            (None, None, Some(_)) => invalid("password needs user"),
-            (Some(_), _, _) => invalid("set a token or a user and password, not both"),
+        match (token, &self.user, password, nkey) {
+            (None, None, None, None) => Ok(Login::None),
+            (Some(t), None, None, None) => Ok(Login::Token(t)),
+            (None, Some(u), Some(p), None) => Ok(Login::UserPassword(u.clone(), p)),
+            (None, None, None, Some(seed)) => Ok(Login::NKey(seed)),
+            (None, Some(_), None, None) => invalid("user needs password or password_file"),
+            (None, None, Some(_), None) => invalid("password needs user"),
+            _ => invalid("set one login: a token, a user and password, or an NKey seed"),
         }
     }
 }

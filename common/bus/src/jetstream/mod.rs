@@ -122,6 +122,7 @@ impl JetStreamBus {
             Login::None => options,
             Login::Token(t) => options.token(t.expose().to_owned()),
             Login::UserPassword(u, p) => options.user_and_password(u, p.expose().to_owned()),
+            Login::NKey(seed) => options.nkey(seed.expose().to_owned()),
         };
         // The connector applies connection_timeout per server; the outer timeout bounds
         // the whole attempt over a list of servers too.
