@@ -33,6 +33,6 @@ pub mod tls;
 
 pub use config::AgentConfig;
 pub use probes::host::process::{
-    add_cert_files, discover_data_dir, discover_local_etcd, fill_from_local_etcd, LocalEtcd,
+    apply_local_etcd, discover_local_etcd, fill_from_local_etcd, LocalEtcd,
 };
 pub use service::{Agent, RunningAgent};

@@ -175,9 +175,7 @@ pub fn agent_config(
         .set("http.listen", "127.0.0.1:0");
     let mut cfg = AgentConfig::load(None, &o.into_value())
         .with_context(|| format!("agent config for {}", m.name))?;
-    if cfg.certs.discover {
-        etcdmon_agent::add_cert_files(&mut cfg.certs, local.cert_files);
-    }
+    etcdmon_agent::apply_local_etcd(&mut cfg, local);
     Ok(cfg)
 }
 

@@ -462,19 +462,7 @@ impl EtcdCluster {
         }
         // etcd refuses reconfiguration ("unhealthy cluster") until every member has
         // been connected for a few seconds, as right after a start.
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            match self.etcdctl(&add) {
-                Ok(_) => break,
-                Err(e)
-                    if Instant::now() < deadline
-                        && format!("{e:#}").contains("unhealthy cluster") =>
-                {
-                    std::thread::sleep(POLL_INTERVAL * 4)
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.etcdctl_retrying(&add, |e| format!("{e:#}").contains("unhealthy cluster"))?;
         self.config.initial_cluster = format!("{},{name}={peer_url}", self.config.initial_cluster);
         self.members.push(EtcdMember {
             name: name.clone(),
@@ -528,12 +516,25 @@ impl EtcdCluster {
         let id = self
             .member_id(name)?
             .with_context(|| format!("{name} is not in the member list"))?;
+        self.etcdctl_retrying(&["member", "promote", &format!("{id:x}")], |_| true)
+            .with_context(|| format!("promote {name}"))?;
+        Ok(())
+    }
+
+    /// [`etcdctl`](Self::etcdctl), again every 200 ms for up to 30 s while it fails
+    /// with an error `retry` accepts (etcd refusing a reconfiguration for now).
+    fn etcdctl_retrying(
+        &self,
+        args: &[&str],
+        retry: impl Fn(&anyhow::Error) -> bool,
+    ) -> Result<String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            match self.etcdctl(&["member", "promote", &format!("{id:x}")]) {
-                Ok(_) => return Ok(()),
-                Err(_) if Instant::now() < deadline => std::thread::sleep(POLL_INTERVAL * 4),
-                Err(e) => return Err(e.context(format!("promote {name}"))),
+            match self.etcdctl(args) {
+                Err(e) if Instant::now() < deadline && retry(&e) => {
+                    std::thread::sleep(POLL_INTERVAL * 4)
+                }
+                done => return done,
             }
         }
     }

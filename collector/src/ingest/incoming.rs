@@ -86,7 +86,7 @@ pub fn limited(listener: TcpListener, limit: usize) -> impl Stream<Item = io::Re
                 let slot = slots.clone().acquire_owned().await.ok()?;
                 let stream = match incoming.next().await? {
                     Ok(stream) => stream,
-                    Err(e) if is_peer_error(&e) => continue,
+                    Err(e) if etcdmon_core::http_server::is_peer_error(&e) => continue,
                     Err(e) => {
                         tracing::error!(error = %e, "accepting an agent connection failed; retrying in 1 s");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -117,16 +117,6 @@ pub fn limited(listener: TcpListener, limit: usize) -> impl Stream<Item = io::Re
                 return Some((Ok(connection), (incoming, slots, per_address)));
             }
         },
-    )
-}
-
-/// Errors of one connection that the peer caused: nothing to wait for.
-fn is_peer_error(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
     )
 }
 

@@ -99,8 +99,10 @@ pub async fn serve(
     Ok(())
 }
 
-/// Errors of one connection that the peer caused: nothing to wait for.
-fn is_peer_error(e: &io::Error) -> bool {
+/// Whether an accept error is one connection's, caused by its peer (refused,
+/// aborted, reset): accept the next one at once. Any other error (out of file
+/// descriptors) calls for a pause. Shared by every accept loop of the services.
+pub fn is_peer_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionRefused

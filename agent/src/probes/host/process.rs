@@ -300,12 +300,6 @@ pub fn discover_local_etcd(endpoint: &str) -> Option<LocalEtcd> {
     })
 }
 
-/// The data dir of the etcd process listening on `endpoint`'s port on this
-/// host (see [`discover_local_etcd`]).
-pub fn discover_data_dir(endpoint: &str) -> Option<PathBuf> {
-    discover_local_etcd(endpoint)?.data_dir
-}
-
 /// Fills what the config leaves unset from the flags of the etcd process that
 /// serves `etcd.endpoint` on this host, so that an agent beside a member needs
 /// no configuration for it (as `etcdmon up` does):
@@ -315,9 +309,14 @@ pub fn discover_data_dir(endpoint: &str) -> Option<PathBuf> {
 ///
 /// Configured values are kept; a remote or undiscoverable member changes nothing.
 pub fn fill_from_local_etcd(cfg: &mut AgentConfig) {
-    let Some(local) = discover_local_etcd(&cfg.etcd.endpoint) else {
-        return;
-    };
+    if let Some(local) = discover_local_etcd(&cfg.etcd.endpoint) {
+        apply_local_etcd(cfg, local);
+    }
+}
+
+/// [`fill_from_local_etcd`] with the local member already found (`etcdmon up`
+/// looks once and uses the data dir for more than the agent's config).
+pub fn apply_local_etcd(cfg: &mut AgentConfig, local: LocalEtcd) {
     if cfg.etcd.data_dir.is_none() && cfg.fsync.dir.is_none() {
         if let Some(dir) = local.data_dir {
             tracing::debug!(data_dir = %dir.display(), "etcd.data_dir found from the local etcd's flags");
@@ -330,7 +329,7 @@ pub fn fill_from_local_etcd(cfg: &mut AgentConfig) {
 }
 
 /// Adds `files` to `certs.files`, skipping paths already watched.
-pub fn add_cert_files(certs: &mut CertsConfig, files: Vec<(PathBuf, CertRoleConfig)>) {
+fn add_cert_files(certs: &mut CertsConfig, files: Vec<(PathBuf, CertRoleConfig)>) {
     for (path, role) in files {
         if certs.files.iter().all(|f| f.path != path) {
             tracing::debug!(path = %path.display(), "certificate found from the local etcd's flags");

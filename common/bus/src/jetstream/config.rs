@@ -67,7 +67,8 @@ pub struct JetStreamConfig {
 /// How the connection to NATS is secured and authenticated. At most one way to log
 /// in: a token, a user and password (here or in the URL), or an NKey seed. Every
 /// secret can come from a file (`*_file`), so configs can be shared without them.
-#[derive(Clone, Default, PartialEq, serde::Deserialize, serde::Serialize)]
+/// Its `Debug` shows the paths and hides the secrets ([`Secret`] redacts itself).
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsAuth {
     /// Require TLS even for `nats://` URLs (a `tls://` URL always does).
@@ -94,25 +95,6 @@ pub struct NatsAuth {
     pub nkey_seed: Option<Secret>,
     /// The NKey seed in a file.
     pub nkey_seed_file: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for NatsAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Secret's own Debug redacts; the paths are not secret.
-        f.debug_struct("NatsAuth")
-            .field("require_tls", &self.require_tls)
-            .field("ca_file", &self.ca_file)
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
-            .field("token", &self.token)
-            .field("token_file", &self.token_file)
-            .field("user", &self.user)
-            .field("password", &self.password)
-            .field("password_file", &self.password_file)
-            .field("nkey_seed", &self.nkey_seed)
-            .field("nkey_seed_file", &self.nkey_seed_file)
-            .finish()
-    }
 }
 
 /// The credentials of [`NatsAuth`], read from their files.
