@@ -164,16 +164,23 @@ impl Collector {
             cfg.ingest.unhealthy_after,
             "serving",
         );
+        let stored_tokens = Arc::new(api::tokens::StoredTokens::new(stores.tokens.clone()));
         let routes =
             etcdmon_core::ops::router(metrics.registry().clone(), health).merge(api::router(
                 stores.storage.clone(),
                 stores.alerts.clone(),
                 stores.audit.clone(),
+                api::tokens::router(stored_tokens.clone(), &cfg.http),
                 state.clone(),
             ));
         let router = api::guarded(
             routes,
-            api::auth::ApiAuth::new(&cfg.http, stores.audit.clone(), metrics.clone())?,
+            api::auth::ApiAuth::new(
+                &cfg.http,
+                stored_tokens,
+                stores.audit.clone(),
+                metrics.clone(),
+            )?,
         );
 
         let mut rule_set = rules::Rules::new(cfg.rules.clone());

@@ -82,7 +82,8 @@ async fn secured_collector() -> Secured {
     let stores = Stores {
         storage: storage.clone(),
         alerts: sqlite.clone(),
-        audit: sqlite,
+        audit: sqlite.clone(),
+        tokens: sqlite,
     };
     let listeners = Listeners::loopback().await.expect("bind");
     let collector = Collector::serve_on(

@@ -287,3 +287,231 @@ async fn anonymous_viewers_read_but_change_nothing() {
         "only the operator's silence: {body}"
     );
 }
+
+/// Admins make tokens through the API: the secret is answered once and works
+/// with its role at once; it is stored hashed (nowhere in listings, the audit
+/// log or the log file), refused once revoked or expired, and kept across a
+/// restart. Only admins manage tokens; config tokens cannot be revoked here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_make_and_revoke_tokens_that_work_until_revoked_or_expired() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut api = Api::start(dir.path(), None);
+    let make = |name: &str, role: &str, expires_in: Option<&str>| {
+        let mut body = json!({"name": name, "role": role});
+        if let Some(e) = expires_in {
+            body["expires_in"] = json!(e);
+        }
+        body
+    };
+
+    let (s, body, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(OPERATOR),
+            Some(make("ci-bot", "viewer", None)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "only admins make tokens: {body}");
+    let (s, _, _) = api
+        .call(Method::GET, "/api/v1/tokens", Some(VIEWER), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let (s, created, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(ADMIN),
+            Some(make("ci-bot", "operator", None)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let secret = created["token_secret"].as_str().expect("secret").to_owned();
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert!(secret.starts_with("etm_") && secret.len() == 68, "{secret}");
+    assert_eq!(created["state"], "active");
+    assert_eq!(created["created_by"], "root");
+
+    // It works at once, with its role.
+    let (_, me, _) = api
+        .call(Method::GET, "/api/v1/whoami", Some(&secret), None)
+        .await;
+    assert_eq!(
+        me,
+        json!({"name": "ci-bot", "role": "operator", "via": "token"})
+    );
+    let (s, body, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/silences",
+            Some(&secret),
+            Some(silence()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (s, _, _) = api
+        .call(Method::GET, "/api/v1/audit", Some(&secret), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "an operator token is not admin");
+
+    // Names are unique among tokens in use, and checked.
+    for (body, want) in [
+        (make("ci-bot", "viewer", None), StatusCode::CONFLICT),
+        (make("grafana", "viewer", None), StatusCode::CONFLICT),
+        (make("no spaces", "viewer", None), StatusCode::BAD_REQUEST),
+        (make("x", "root", None), StatusCode::BAD_REQUEST),
+        (make("x", "viewer", Some("0s")), StatusCode::BAD_REQUEST),
+        (make("x", "viewer", Some("11y")), StatusCode::BAD_REQUEST),
+        (
+            json!({"name": "x", "role": "viewer", "token_sha256": "00"}),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (s, answer, _) = api
+            .call(
+                Method::POST,
+                "/api/v1/tokens",
+                Some(ADMIN),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(s, want, "{body} -> {answer}");
+    }
+
+    // A short-lived token works, then expires.
+    let (s, short, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(ADMIN),
+            Some(make("short", "viewer", Some("1s"))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{short}");
+    let short_secret = short["token_secret"].as_str().expect("secret").to_owned();
+    let (s, _, _) = api
+        .call(Method::GET, "/api/v1/clusters", Some(&short_secret), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let (s, body, _) = api
+        .call(Method::GET, "/api/v1/clusters", Some(&short_secret), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("expired"),
+        "{body}"
+    );
+
+    // Revoked: refused at once. Config tokens are not revoked here.
+    let (s, body, _) = api
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/tokens/{id}"),
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+    let (s, body, _) = api
+        .call(Method::GET, "/api/v1/clusters", Some(&secret), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("revoked"),
+        "{body}"
+    );
+    let (s, _, _) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/tokens/tok_nothing",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = api
+        .call(
+            Method::DELETE,
+            "/api/v1/tokens/config:grafana",
+            Some(ADMIN),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+
+    // The name of a revoked token may be used again.
+    let (s, again, _) = api
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(ADMIN),
+            Some(make("ci-bot", "viewer", None)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{again}");
+    let again_secret = again["token_secret"].as_str().expect("secret").to_owned();
+
+    // The listing: every token with its state, no secret and no hash.
+    let (s, listed, _) = api
+        .call(Method::GET, "/api/v1/tokens", Some(ADMIN), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let states: Vec<(String, String, String)> = listed["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap_or("").to_owned(),
+                t["source"].as_str().unwrap_or("").to_owned(),
+                t["state"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let expect = |n: &str, src: &str, st: &str| (n.to_owned(), src.to_owned(), st.to_owned());
+    assert_eq!(
+        states,
+        vec![
+            expect("grafana", "config", "active"),
+            expect("oncall", "config", "active"),
+            expect("root", "config", "active"),
+            expect("ci-bot", "api", "revoked"),
+            expect("short", "api", "expired"),
+            expect("ci-bot", "api", "active"),
+        ]
+    );
+
+    // Audited with their ids; no secret anywhere.
+    let (_, audit, _) = api
+        .call(Method::GET, "/api/v1/audit", Some(ADMIN), None)
+        .await;
+    let audit_text = audit.to_string();
+    assert!(
+        audit_text.contains(&format!("created {id} (ci-bot, operator)")),
+        "{audit}"
+    );
+    assert!(audit_text.contains(&format!("revoked {id}")), "{audit}");
+    let hash = hex::encode(Sha256::digest(secret.as_bytes()));
+    for text in [listed.to_string(), audit_text, api.collector.log_text()] {
+        for s in [&secret, &short_secret, &again_secret, &hash] {
+            assert!(
+                !text.contains(s.as_str()),
+                "a secret or its hash leaked: {text}"
+            );
+        }
+    }
+
+    // Tokens outlive a restart, with their state.
+    api.collector.terminate();
+    api.collector.spawn();
+    let (s, _, _) = api
+        .call(Method::GET, "/api/v1/clusters", Some(&again_secret), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = api
+        .call(Method::GET, "/api/v1/clusters", Some(&secret), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}

@@ -45,7 +45,8 @@ async fn server_with(
     let stores = Stores {
         storage: storage.clone(),
         alerts: sqlite.clone(),
-        audit: sqlite,
+        audit: sqlite.clone(),
+        tokens: sqlite,
     };
     let mut cfg = CollectorConfig::default();
     cfg.grpc.allow_plaintext = true;

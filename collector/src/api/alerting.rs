@@ -414,10 +414,14 @@ async fn create_silence(
         (None, Some(d)) => {
             let d =
                 humantime::parse_duration(d).map_err(|e| bad(format!("`duration`: {e}: {d:?}")))?;
-            starts_ms + d.as_millis() as i64
+            let d = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            starts_ms.saturating_add(d)
         }
         (None, None) => return Err(bad("`ends_at` or `duration` is required")),
     };
+    if ends_ms > super::MAX_TIME_MS {
+        return Err(bad("the silence must end before the year 10000"));
+    }
     if ends_ms <= starts_ms || ends_ms <= now {
         return Err(bad(
             "the silence must end after it starts and in the future",

@@ -12,6 +12,7 @@
 //! into a flood of store writes; the rest are counted). Tokens are compared by
 //! their SHA-256, so the config never holds one.
 
+use crate::api::tokens::{Lookup, StoredTokens};
 use crate::api::{bad, parse_range, ApiError};
 use crate::config::HttpConfig;
 use crate::glob::glob;
@@ -37,7 +38,7 @@ pub enum Role {
     Viewer,
     /// Also acknowledge alerts and create or expire silences.
     Operator,
-    /// Also read the audit log.
+    /// Also read the audit log and manage API tokens.
     Admin,
 }
 
@@ -92,6 +93,9 @@ pub const ENDPOINTS: &[(&str, &str, Access)] = &[
         Access::At(Role::Operator),
     ),
     ("GET", "/api/v1/audit", Access::At(Role::Admin)),
+    ("GET", "/api/v1/tokens", Access::At(Role::Admin)),
+    ("POST", "/api/v1/tokens", Access::At(Role::Admin)),
+    ("DELETE", "/api/v1/tokens/{id}", Access::At(Role::Admin)),
 ];
 
 /// What the route `path` needs for `method` (HEAD as GET; unlisted: admin).
@@ -121,9 +125,15 @@ pub struct Caller {
     pub via: &'static str,
 }
 
+/// What a handler tells the audit log about a change it made (the id of what
+/// it made or removed), as a response extension. Never a secret.
+#[derive(Debug, Clone)]
+pub struct AuditDetail(pub String);
+
 /// The checks of every request, built once from `[http]`.
 pub struct ApiAuth {
     tokens: Vec<(String, [u8; 32], Role)>,
+    stored: Arc<StoredTokens>,
     jwt: Option<super::jwt::JwtVerifier>,
     anonymous: Option<Role>,
     allowed_hosts: Vec<String>,
@@ -145,10 +155,12 @@ struct Refusal {
 }
 
 impl ApiAuth {
-    /// The checks of `cfg` (already validated), auditing into `audit`. Fails
-    /// when a JWT key file cannot be read (naming the field).
+    /// The checks of `cfg` (already validated) and the `stored` tokens,
+    /// auditing into `audit`. Fails when a JWT key file cannot be read (naming
+    /// the field).
     pub fn new(
         cfg: &HttpConfig,
+        stored: Arc<StoredTokens>,
         audit: Arc<dyn AuditLog>,
         metrics: CollectorMetrics,
     ) -> anyhow::Result<Self> {
@@ -170,6 +182,7 @@ impl ApiAuth {
             .transpose()?;
         Ok(Self {
             tokens,
+            stored,
             jwt,
             anonymous: cfg.auth.anonymous,
             allowed_hosts: cfg.allowed_hosts.clone(),
@@ -254,15 +267,18 @@ impl ApiAuth {
             });
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.tokens
-            .iter()
-            .find(|(_, hash, _)| *hash == digest)
-            .map(|(name, _, role)| Caller {
+        if let Some((name, _, role)) = self.tokens.iter().find(|(_, hash, _)| *hash == digest) {
+            return Ok(Caller {
                 name: name.clone(),
                 role: *role,
                 via: "token",
-            })
-            .ok_or_else(|| unauthenticated("unknown API token"))
+            });
+        }
+        match self.stored.lookup(&digest, now_ms()).await {
+            Lookup::Valid(caller) => Ok(caller),
+            Lookup::Refused(message) => Err(unauthenticated(&message)),
+            Lookup::Unknown => Err(unauthenticated("unknown API token")),
+        }
     }
 
     /// Writes one audit row; a failure is logged and counted, never the
@@ -391,7 +407,11 @@ pub async fn guard(State(auth): State<Arc<ApiAuth>>, mut req: Request, next: Nex
             path,
             remote,
             status: response.status().as_u16(),
-            detail: String::new(),
+            detail: response
+                .extensions()
+                .get::<AuditDetail>()
+                .map(|d| d.0.clone())
+                .unwrap_or_default(),
         })
         .await;
     }

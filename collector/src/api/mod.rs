@@ -5,12 +5,14 @@
 //! - `GET /api/v1/clusters/{cluster}/metrics/history?metric=NAME&member=M&labels=L&from=T&to=T&step=S`
 //! - alerts, their history, acknowledgements and silences: see [`alerting`].
 //! - `GET /api/v1/whoami`, `GET /api/v1/audit`, and who may call what: see [`auth`].
+//! - `GET/POST /api/v1/tokens`, `DELETE /api/v1/tokens/{id}`: see [`tokens`].
 //! - `GET /` and `GET /docs/{name}`: a page for the browser, see [`home`].
 
 pub mod alerting;
 pub mod auth;
 pub mod home;
 pub mod jwt;
+pub mod tokens;
 
 use crate::now_ms;
 use crate::state::LiveState;
@@ -41,6 +43,7 @@ pub fn router(
     storage: Arc<dyn Storage>,
     alert_store: Arc<dyn AlertStore>,
     audit: Arc<dyn AuditLog>,
+    tokens: Router,
     state: LiveState,
 ) -> Router {
     Router::new()
@@ -52,6 +55,7 @@ pub fn router(
         })
         .merge(alerting::router(alert_store))
         .merge(auth::router(audit))
+        .merge(tokens)
         .merge(home::router(state))
 }
 

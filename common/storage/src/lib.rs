@@ -22,10 +22,12 @@ pub mod clickhouse;
 pub mod model;
 pub mod open;
 pub mod sqlite;
+pub mod tokens;
 
 pub use alert_store::*;
 pub use audit::{AuditLog, AuditQuery, AuditRow};
 pub use model::*;
+pub use tokens::{TokenRow, TokenStore};
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 
 use crate::clickhouse::{ClickHouseConfig, ClickHouseStorage};
 use crate::sqlite::SqliteStorage;
-use crate::{AlertStore, AuditLog, Retention, Storage, StorageError};
+use crate::{AlertStore, AuditLog, Retention, Storage, StorageError, TokenStore};
 use etcdmon_core::config::FieldError;
 use etcdmon_core::retry::{until_ok, RetryPolicy};
 use serde::{Deserialize, Serialize};
@@ -130,6 +130,8 @@ pub struct Stores {
     pub alerts: Arc<dyn AlertStore>,
     /// Who changed what through the API.
     pub audit: Arc<dyn AuditLog>,
+    /// API tokens made through the API.
+    pub tokens: Arc<dyn TokenStore>,
 }
 
 /// How long a start waits between attempts to reach a store that is not up yet.
@@ -147,7 +149,8 @@ pub async fn open(cfg: &StorageConfig) -> Result<Stores, StorageError> {
             Stores {
                 storage: s.clone(),
                 alerts: s.clone(),
-                audit: s,
+                audit: s.clone(),
+                tokens: s,
             }
         }
         StorageTarget::ClickHouse { url, database } => {
@@ -159,7 +162,8 @@ pub async fn open(cfg: &StorageConfig) -> Result<Stores, StorageError> {
             Stores {
                 storage: s.clone(),
                 alerts: s.clone(),
-                audit: s,
+                audit: s.clone(),
+                tokens: s,
             }
         }
     };

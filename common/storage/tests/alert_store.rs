@@ -15,7 +15,7 @@ use etcdmon_storage::clickhouse::{ClickHouseConfig, ClickHouseStorage};
 use etcdmon_storage::sqlite::SqliteStorage;
 use etcdmon_storage::{
     AlertAckRow, AlertDeliveryRow, AlertHistoryQuery, AlertStore, AlertTransitionRow, AuditLog,
-    AuditQuery, AuditRow, Retention, SilenceRow, Storage, StorageError,
+    AuditQuery, AuditRow, Retention, SilenceRow, Storage, StorageError, TokenRow, TokenStore,
 };
 use etcdmon_testkit::ClickHouseServer;
 
@@ -28,7 +28,7 @@ const AWKWARD: &str = "it's \"gone\" \\ ünïcödé 🚨\ttab";
 
 /// A store under test and what the checks need to poke at it.
 trait Backend: Sized {
-    type Store: Storage + AlertStore + AuditLog;
+    type Store: Storage + AlertStore + AuditLog + TokenStore;
     /// A fresh, migrated store.
     async fn open(retention: Retention) -> Self;
     fn store(&self) -> &Self::Store;
@@ -100,6 +100,7 @@ impl Backend for ClickHouse {
             "alert_deliveries",
             "silences",
             "alert_acks",
+            "api_tokens",
         ] {
             self.server
                 .query(&format!("OPTIMIZE TABLE {DB}.{table} FINAL"))
@@ -135,6 +136,7 @@ both_backends!(
     acks_keep_the_earliest,
     retention_removes_old_alert_rows_but_keeps_firing_state,
     the_audit_log_reads_newest_first_and_expires,
+    tokens_are_listed_by_their_latest_version_and_revoked_once,
 );
 
 async fn open<B: Backend>() -> B {
@@ -762,5 +764,59 @@ async fn the_audit_log_reads_newest_first_and_expires<B: Backend>() {
         s.audit(&all).await.expect("read"),
         vec![rows[2].clone(), rows[1].clone()],
         "the expired row is gone"
+    );
+}
+
+fn token(id: &str, name: &str, created_ms: i64) -> TokenRow {
+    TokenRow {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        role: "viewer".to_owned(),
+        sha256: format!("{:064x}", created_ms),
+        created_ms,
+        created_by: AWKWARD.to_owned(),
+        expires_ms: created_ms + DAY,
+        revoked_ms: 0,
+        revoked_by: String::new(),
+    }
+}
+
+async fn tokens_are_listed_by_their_latest_version_and_revoked_once<B: Backend>() {
+    let b = open::<B>().await;
+    b.stop_merges();
+    let s = b.store();
+    assert!(s.tokens().await.expect("none").is_empty());
+    let (ci, grafana) = (token("tok_b", "ci", T0), token("tok_a", "grafana", T0 + 1));
+    s.create_token(&ci).await.expect("create");
+    s.create_token(&grafana).await.expect("create");
+    assert_eq!(
+        s.tokens().await.expect("list"),
+        vec![ci.clone(), grafana.clone()],
+        "oldest first, byte for byte"
+    );
+
+    // Revoked at a time before its creation (a clock behind): still revoked.
+    assert!(s
+        .revoke_token("tok_b", T0 - 5, "root")
+        .await
+        .expect("revoke"));
+    assert!(s.revoke_token("tok_b", T0 + 9, "eve").await.expect("again"));
+    assert!(!s.revoke_token("tok_zz", T0, "root").await.expect("unknown"));
+    let revoked = TokenRow {
+        revoked_ms: T0 - 5,
+        revoked_by: "root".to_owned(),
+        ..ci
+    };
+    let expected = vec![revoked, grafana];
+    assert_eq!(
+        s.tokens().await.expect("list"),
+        expected,
+        "the first revocation"
+    );
+    b.merge_all();
+    assert_eq!(
+        s.tokens().await.expect("merged"),
+        expected,
+        "merges keep it"
     );
 }

@@ -194,7 +194,7 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
         .unwrap();
     assert_eq!(
         tables,
-        "alert_acks\nalert_deliveries\nalert_transitions\naudit_log\nbatch_marks\nevents\nrollup_1h\n\
+        "alert_acks\nalert_deliveries\nalert_transitions\napi_tokens\naudit_log\nbatch_marks\nevents\nrollup_1h\n\
          rollup_1h_mv\nrollup_1m\nrollup_1m_mv\nsamples\nschema_migrations\nseries\n\
          silences\n"
     );

@@ -99,6 +99,7 @@ mod retention;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod tokens;
 
 pub use config::ClickHouseConfig;
 

@@ -433,6 +433,31 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             ),
         ],
     },
+    Migration {
+        version: 7,
+        superseded_by: None,
+        description: "API tokens: api_tokens",
+        steps: &[
+            // A token is written when made and again when revoked; the version
+            // with the highest updated_ms is the current one (reads pick it with
+            // argMax, merges keep it). Few rows, never expired by retention.
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.api_tokens (
+                id String,
+                name String,
+                role String,
+                sha256 String,
+                created_ms Int64,
+                created_by String,
+                expires_ms Int64,
+                revoked_ms Int64,
+                revoked_by String,
+                updated_ms Int64
+            ) ENGINE = ReplacingMergeTree(updated_ms)
+            ORDER BY id",
+            ),
+        ],
+    },
 ];
 
 /// `statement` with `{db}` replaced by the backquoted database name. The name is

@@ -21,6 +21,7 @@
 mod alert_store;
 mod audit;
 mod schema;
+mod tokens;
 
 use crate::{
     BatchMark, EventRow, PointQuery, Result, Retention, RetentionOutcome, SampleCount, SampleRow,

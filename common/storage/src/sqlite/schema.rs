@@ -114,6 +114,21 @@ const MIGRATIONS: &[(i64, &str)] = &[
         );
         CREATE INDEX audit_log_ts ON audit_log (ts_ms);",
     ),
+    (
+        4,
+        // API tokens made through the API (see `crate::tokens`).
+        "CREATE TABLE api_tokens (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL,
+            sha256 TEXT NOT NULL UNIQUE,
+            created_ms INTEGER NOT NULL,
+            created_by TEXT NOT NULL,
+            expires_ms INTEGER NOT NULL,
+            revoked_ms INTEGER NOT NULL,
+            revoked_by TEXT NOT NULL
+        );",
+    ),
 ];
 
 /// Applies the migrations not yet recorded.
