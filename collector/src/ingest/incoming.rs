@@ -79,9 +79,10 @@ pub fn limited(listener: TcpListener, limit: usize) -> impl Stream<Item = io::Re
         .with_keepalive(Some(TCP_KEEPALIVE));
     let slots = Arc::new(Semaphore::new(limit));
     let per_address = PerAddress::default();
+    let refusals = RefusalLog::default();
     futures::stream::unfold(
-        (incoming, slots, per_address),
-        |(mut incoming, slots, per_address)| async move {
+        (incoming, slots, per_address, refusals),
+        |(mut incoming, slots, per_address, mut refusals)| async move {
             loop {
                 let slot = slots.clone().acquire_owned().await.ok()?;
                 let stream = match incoming.next().await? {
@@ -99,8 +100,7 @@ pub fn limited(listener: TcpListener, limit: usize) -> impl Stream<Item = io::Re
                         let mut counts = per_address.lock().unwrap_or_else(|p| p.into_inner());
                         let n = counts.entry(ip).or_insert(0);
                         if *n >= MAX_CONNECTIONS_PER_ADDRESS {
-                            tracing::warn!(%peer, limit = MAX_CONNECTIONS_PER_ADDRESS,
-                                "refusing an agent connection: too many from this address");
+                            refusals.refused(peer);
                             continue; // dropping the stream closes it
                         }
                         *n += 1;
@@ -114,10 +114,35 @@ pub fn limited(listener: TcpListener, limit: usize) -> impl Stream<Item = io::Re
                     address,
                     opening: Some((0, Box::pin(tokio::time::sleep(OPENING_TIMEOUT)))),
                 };
-                return Some((Ok(connection), (incoming, slots, per_address)));
+                return Some((Ok(connection), (incoming, slots, per_address, refusals)));
             }
         },
     )
+}
+
+/// Warns of connections refused over the per-address limit at most once a
+/// second: a flood of connections must not become a flood of log lines.
+#[derive(Default)]
+struct RefusalLog {
+    last_warning: Option<std::time::Instant>,
+    /// Refused since the last warning.
+    unreported: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, peer: std::net::SocketAddr) {
+        self.unreported += 1;
+        if self
+            .last_warning
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        tracing::warn!(%peer, limit = MAX_CONNECTIONS_PER_ADDRESS, refused = self.unreported,
+            "refusing agent connections: too many from one address (refused: since the last warning)");
+        self.last_warning = Some(std::time::Instant::now());
+        self.unreported = 0;
+    }
 }
 
 impl Connected for Limited {
