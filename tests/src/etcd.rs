@@ -133,6 +133,7 @@ pub struct EtcdClusterBuilder {
     tls: Option<TlsFiles>,
     extra_args: Vec<String>,
     version: Option<EtcdVersion>,
+    data_root: Option<PathBuf>,
 }
 
 impl Default for EtcdClusterBuilder {
@@ -143,6 +144,7 @@ impl Default for EtcdClusterBuilder {
             tls: None,
             extra_args: Vec::new(),
             version: None,
+            data_root: None,
         }
     }
 }
@@ -181,6 +183,14 @@ impl EtcdClusterBuilder {
     /// `"--quota-backend-bytes=1048576"`. Kept for restarts.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.extra_args.push(arg.into());
+        self
+    }
+
+    /// Puts the members' data dirs (`m0.etcd`, ...) under `root` instead of the
+    /// cluster's temp dir, e.g. on a small [`crate::Tmpfs`] to fill its filesystem.
+    /// They are not removed on drop: `root` belongs to the caller.
+    pub fn data_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.data_root = Some(root.into());
         self
     }
 
@@ -696,7 +706,11 @@ impl EtcdCluster {
                     peer_url: format!("http://127.0.0.1:{}", next_port()),
                     client_url,
                     metrics_url,
-                    data_dir: dir.path().join(format!("m{i}.etcd")),
+                    data_dir: builder
+                        .data_root
+                        .as_deref()
+                        .unwrap_or(dir.path())
+                        .join(format!("m{i}.etcd")),
                     log_path: dir.path().join(format!("m{i}.log")),
                     client_port,
                     metrics_listen_url,

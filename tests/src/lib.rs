@@ -17,6 +17,8 @@
 //! * [`NatsServer`] ([`nats`]) runs Debian's `nats-server` 2.9 with JetStream; it can be
 //!   stopped and started again on the same port and store, and answers raw requests
 //!   (JetStream's JSON API) without a client library.
+//! * [`SlowSyscalls`] and [`Tmpfs`] ([`faults`]) make a process's disk slow (strace
+//!   fault injection) and give a member a small filesystem to fill.
 //! * [`generate_tls`] ([`tls`]) writes a throwaway CA, server and client certificate.
 //! * [`http_get`] and [`http_post`] ([`http`]) are the tiny HTTP/1.0 client the harness
 //!   probes with.
@@ -37,6 +39,7 @@
 pub mod bins;
 pub mod clickhouse;
 pub mod etcd;
+pub mod faults;
 pub mod http;
 pub mod http_sink;
 pub mod nats;
@@ -49,6 +52,7 @@ pub mod tls;
 pub use bins::workspace_bin;
 pub use clickhouse::ClickHouseServer;
 pub use etcd::{EtcdCluster, EtcdClusterBuilder, EtcdMember, EtcdVersion};
+pub use faults::{SlowSyscalls, Tmpfs};
 pub use http::{http_delete, http_get, http_post, http_post_json, HttpResponse};
 pub use http_sink::{HttpSink, SinkAnswer, SinkRequest};
 pub use nats::{NatsSecurity, NatsServer};
