@@ -77,6 +77,15 @@ pub struct InhibitRule {
     /// Labels that must be equal on source and target (e.g. `cluster`).
     #[serde(default)]
     pub equal: Vec<String>,
+    /// How long a resolved source of this rule keeps inhibiting, instead of
+    /// `inhibition.linger`: longer for targets judged on etcd's metrics, which
+    /// trail their cause by up to two scrapes.
+    #[serde(
+        default,
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub linger: Option<Duration>,
 }
 
 impl InhibitRule {
@@ -90,7 +99,14 @@ impl InhibitRule {
             source_matchers: parse(source),
             target_matchers: parse(target),
             equal: equal.iter().map(|s| s.to_string()).collect(),
+            linger: None,
         }
+    }
+
+    /// This rule with its own linger (see [`InhibitRule::linger`]).
+    fn lingering(mut self, linger: Duration) -> Self {
+        self.linger = Some(linger);
+        self
     }
 
     /// Whether some alert matching the source matchers could inhibit `target` (it
@@ -113,32 +129,55 @@ impl InhibitRule {
     }
 }
 
+/// How long the built-in rules keep inhibiting symptoms judged on etcd's
+/// metrics after their cause resolved: such a symptom is measured over the
+/// interval between two scrapes, so it trails its cause by up to two of the
+/// agent's default 5 s scrape intervals (failed proposals counted during an
+/// outage show in the scrape after it ends).
+pub const METRICS_LINGER: Duration = Duration::from_secs(15);
+
 /// The built-in rules, used when the config has no `inhibit_rules`.
 pub fn default_rules() -> Vec<InhibitRule> {
     vec![
-        // Quorum lost explains everything else in the cluster.
+        // Quorum lost explains everything else in the cluster: the symptoms
+        // seen in the members' status...
         InhibitRule::new(
             &[r#"rule="quorum_lost""#],
             &[
-                r#"rule=~"quorum_at_risk|no_leader|member_unreachable|members_disagree|wal_fsync_slow|backend_commit_slow|peer_rtt_high|grpc_errors|grpc_slow_unary|proposals_failing|proposals_pending|frequent_leader_changes|raft_index_divergence""#,
+                r#"rule=~"quorum_at_risk|no_leader|member_unreachable|members_disagree|frequent_leader_changes|raft_index_divergence""#,
             ],
             &["cluster"],
         ),
+        // ...and those measured on etcd's metrics, which trail it.
+        InhibitRule::new(
+            &[r#"rule="quorum_lost""#],
+            &[
+                r#"rule=~"wal_fsync_slow|backend_commit_slow|peer_rtt_high|grpc_errors|grpc_slow_unary|proposals_failing|proposals_pending""#,
+            ],
+            &["cluster"],
+        )
+        .lingering(METRICS_LINGER),
         // No leader explains proposal failures and slow requests.
         InhibitRule::new(
             &[r#"rule="no_leader""#],
-            &[
-                r#"rule=~"proposals_failing|proposals_pending|grpc_errors|grpc_slow_unary|frequent_leader_changes""#,
-            ],
+            &[r#"rule="frequent_leader_changes""#],
             &["cluster"],
         ),
+        InhibitRule::new(
+            &[r#"rule="no_leader""#],
+            &[r#"rule=~"proposals_failing|proposals_pending|grpc_errors|grpc_slow_unary""#],
+            &["cluster"],
+        )
+        .lingering(METRICS_LINGER),
         // A member that is down or critical explains its own warnings (its latency,
-        // its fsync probe, ...): page for the cause, not the symptoms.
+        // its fsync probe, ...): page for the cause, not the symptoms, most of
+        // which are measured on metrics.
         InhibitRule::new(
             &[r#"severity="critical""#, r#"member=~".+""#],
             &[r#"severity="warning""#],
             &["cluster", "member"],
-        ),
+        )
+        .lingering(METRICS_LINGER),
         // A raised NOSPACE alarm makes the quota warnings redundant.
         InhibitRule::new(
             &[r#"rule="alarm_active""#, r#"alarm="NOSPACE""#],

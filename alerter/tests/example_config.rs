@@ -205,7 +205,11 @@ fn the_example_builds_and_routes_as_its_comments_say() {
 
     // Inhibition: the built-in quorum rule is kept, and NOSPACE hides the quota warnings.
     let rules = cfg.inhibit_rules();
-    assert_eq!(rules.len(), 3);
+    assert_eq!(rules.len(), 4);
+    // The metrics symptoms linger as the built-in rules do.
+    let lingers: Vec<Option<std::time::Duration>> = rules.iter().map(|r| r.linger).collect();
+    let metrics = Some(etcdmon_alerter::inhibit::METRICS_LINGER);
+    assert_eq!(lingers, [None, metrics, metrics, None]);
     let inhibited = |source: &[(&str, &str)], target: &[(&str, &str)]| {
         rules
             .iter()

@@ -443,3 +443,89 @@ fn a_data_dir_filesystem_filled_to_95_percent_fires_fs_nearly_full_and_freeing_i
     drop(up);
     drop(etcd);
 }
+
+/// The alerts of the collector in state `state` (`firing`, `resolved`) as
+/// (rule, member), through `GET /api/v1/alerts?state=all`.
+fn collector_alerts(up: &Up, state: &str) -> Vec<(String, String)> {
+    let Ok(r) =
+        etcdmon_testkit::http_get(&up.api("/api/v1/alerts?state=all"), Duration::from_secs(2))
+    else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+    v["alerts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|a| a["state"] == state)
+        .map(|a| {
+            (
+                a["labels"]["rule"].as_str().unwrap_or("").to_owned(),
+                a["labels"]["member"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Both followers die while clients keep writing to the survivor: its
+/// proposals pile up (eight writers wait) and fail (etcd's request timeout).
+/// The collector fires `proposals_pending` and `proposals_failing` for the
+/// survivor and resolves them after the quorum is back; the receiver gets only
+/// `quorum_lost`, which explains them (built-in inhibition).
+#[test]
+fn a_lost_quorum_makes_proposals_pile_up_and_fail_and_only_quorum_lost_pages() {
+    let mut etcd = EtcdCluster::start(3).expect("etcd");
+    let sink = HttpSink::start().expect("sink");
+    let rules = ["proposals_pending", "proposals_failing"];
+    let up = up(&etcd, &sink, &rules);
+    let leader = support::poll(Duration::from_secs(20), || {
+        etcd.leader_index().ok().flatten()
+    })
+    .expect("a leader");
+    let survivor = etcd.member(leader).name.clone();
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for &f in &followers {
+        etcd.kill(f).expect("kill");
+    }
+    let writers: Vec<Writer> = (0..8)
+        .map(|_| {
+            Writer::start(
+                &etcd.member(leader).client_url,
+                10,
+                Duration::from_millis(10),
+            )
+        })
+        .collect();
+    let both = |state: &str| {
+        let alerts = collector_alerts(&up, state);
+        rules
+            .iter()
+            .all(|r| alerts.contains(&(r.to_string(), survivor.clone())))
+    };
+    assert!(
+        support::poll(Duration::from_secs(60), || both("firing").then_some(())).is_some(),
+        "{:?}\n{}",
+        collector_alerts(&up, "firing"),
+        up.log()
+    );
+    etcd.restart_together(&followers).expect("restart");
+    drop(writers);
+    assert!(
+        support::poll(Duration::from_secs(60), || both("resolved").then_some(())).is_some(),
+        "{:?}\n{}",
+        collector_alerts(&up, "all"),
+        up.log()
+    );
+    wait_all(&sink, &up, &["quorum_lost"], "resolved", "", 30);
+    let paged: Vec<String> = notified(&sink.requests("/hook"))
+        .into_iter()
+        .map(|(r, s, _)| format!("{r} {s}"))
+        .collect();
+    assert_eq!(
+        paged,
+        ["quorum_lost firing", "quorum_lost resolved"],
+        "{}",
+        up.log()
+    );
+}

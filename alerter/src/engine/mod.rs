@@ -390,11 +390,15 @@ impl Engine {
 
     /// Until when `alert` is inhibited: `i64::MAX` while a firing source inhibits
     /// it, the end of the latest linger while only sources that resolved within
-    /// `inhibit_timing.linger` do, `None` when nothing does.
+    /// their rule's linger (default `inhibit_timing.linger`) do, `None` when
+    /// nothing does.
     fn inhibited_until(&self, alert: &Alert, now_ms: i64) -> Option<i64> {
-        let linger = self.config.inhibit_timing.linger.as_millis() as i64;
         let mut until = None;
         for rule in &self.config.inhibit_rules {
+            let linger = rule
+                .linger
+                .unwrap_or(self.config.inhibit_timing.linger)
+                .as_millis() as i64;
             for source in self.alerts.values() {
                 let end = match source.status {
                     AlertState::Firing => i64::MAX,
