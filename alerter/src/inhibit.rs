@@ -144,8 +144,14 @@ pub fn default_rules() -> Vec<InhibitRule> {
         InhibitRule::new(
             &[r#"rule="quorum_lost""#],
             &[
-                r#"rule=~"quorum_at_risk|no_leader|member_unreachable|members_disagree|frequent_leader_changes|raft_index_divergence""#,
+                r#"rule=~"quorum_at_risk|no_leader|member_unreachable|member_isolated|members_disagree|frequent_leader_changes|raft_index_divergence""#,
             ],
+            &["cluster"],
+        ),
+        // An isolated member is the disagreement: its views differ from the rest.
+        InhibitRule::new(
+            &[r#"rule="member_isolated""#],
+            &[r#"rule="members_disagree""#],
             &["cluster"],
         ),
         // ...and those measured on etcd's metrics, which trail it.

@@ -529,3 +529,31 @@ fn a_lost_quorum_makes_proposals_pile_up_and_fail_and_only_quorum_lost_pages() {
         up.log()
     );
 }
+
+/// Member m1's peer traffic delayed by 60 ms each way (its peers measure some
+/// 120 ms round trips): `peer_rtt_high` fires for the members that measure it,
+/// and resolves when the delay is gone.
+#[test]
+fn a_slow_network_to_one_member_fires_peer_rtt_high_and_resolves() {
+    let etcd = EtcdCluster::builder()
+        .members(3)
+        .peer_net(true)
+        .start()
+        .expect("etcd");
+    let sink = HttpSink::start().expect("sink");
+    let up = up(&etcd, &sink, &["peer_rtt_high"]);
+    let net = etcd.peer_net().expect("peer net");
+    net.delay_to(1, Duration::from_millis(60));
+    wait_all(&sink, &up, &["peer_rtt_high"], "firing", "m0", 60);
+    wait_all(&sink, &up, &["peer_rtt_high"], "firing", "m2", 30);
+    net.heal(1);
+    for member in ["m0", "m2"] {
+        wait_all(&sink, &up, &["peer_rtt_high"], "resolved", member, 60);
+    }
+    assert_eq!(
+        other_critical(&sink, &[]),
+        Vec::<String>::new(),
+        "{}",
+        up.log()
+    );
+}

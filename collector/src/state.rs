@@ -147,6 +147,9 @@ pub struct MemberState {
     pub fsync_p99_seconds: Option<f64>,
     /// Days left per certificate file the agent watches.
     pub certificates: Vec<CertFigure>,
+    /// The other members whose peer port this member's agent could not
+    /// connect to in its last peer probe round, by name.
+    pub peers_unreachable: Vec<String>,
     /// Quantiles and rates from etcd's own metrics, between scrapes.
     pub derived: crate::rates::Derived,
 }
@@ -549,7 +552,15 @@ fn record_other(m: &mut MemberState, body: &Body, ts_ms: i64) {
                 })
                 .collect();
         }
-        Body::Status(_) | Body::PeerRtt(_) => {}
+        Body::PeerRtt(p) => {
+            m.peers_unreachable = p
+                .peers
+                .iter()
+                .filter(|r| r.failure.is_some())
+                .map(|r| r.member_name.clone())
+                .collect();
+        }
+        Body::Status(_) => {}
     }
 }
 

@@ -52,6 +52,7 @@ use anyhow::{bail, ensure, Context, Result};
 use tempfile::TempDir;
 
 use crate::http::http_get;
+use crate::peer_net::PeerNet;
 use crate::ports::free_port;
 use crate::process::{require_binary, ChildProcess};
 use crate::service::{retry_on_taken_port, service_temp_dir};
@@ -134,6 +135,7 @@ pub struct EtcdClusterBuilder {
     extra_args: Vec<String>,
     version: Option<EtcdVersion>,
     data_root: Option<PathBuf>,
+    peer_net: bool,
 }
 
 impl Default for EtcdClusterBuilder {
@@ -145,6 +147,7 @@ impl Default for EtcdClusterBuilder {
             extra_args: Vec::new(),
             version: None,
             data_root: None,
+            peer_net: false,
         }
     }
 }
@@ -194,6 +197,14 @@ impl EtcdClusterBuilder {
         self
     }
 
+    /// Puts a [`PeerNet`] proxy in front of every member's peer listener, so a
+    /// test can delay or cut the members' traffic ([`EtcdCluster::peer_net`]).
+    /// Members added later have none.
+    pub fn peer_net(mut self, yes: bool) -> Self {
+        self.peer_net = yes;
+        self
+    }
+
     /// Starts the cluster and waits until every member is healthy and a leader exists
     /// (30 s at most).
     pub fn start(self) -> Result<EtcdCluster> {
@@ -234,6 +245,7 @@ struct Config {
 pub struct EtcdCluster {
     // Field order matters: members drop (and die) before the temp dir is removed.
     members: Vec<EtcdMember>,
+    peer_net: Option<PeerNet>,
     config: Config,
     dir: TempDir,
 }
@@ -245,8 +257,11 @@ pub struct EtcdMember {
     pub name: String,
     /// Client URL, `http://127.0.0.1:PORT` (`https://` for TLS clusters).
     pub client_url: String,
-    /// Peer URL, `http://127.0.0.1:PORT`.
+    /// Peer URL, `http://127.0.0.1:PORT`: what its peers dial (its
+    /// [`PeerNet`] proxy when there is one).
     pub peer_url: String,
+    /// `--listen-peer-urls`: the peer URL, or the port behind the proxy.
+    peer_listen_url: String,
     /// Where Prometheus metrics are served: the separate metrics listener's `/metrics` if
     /// enabled, else `{client_url}/metrics`.
     pub metrics_url: String,
@@ -365,6 +380,12 @@ impl EtcdCluster {
             .collect()
     }
 
+    /// The proxies of the members' peer traffic, when the cluster was built with
+    /// [`EtcdClusterBuilder::peer_net`].
+    pub fn peer_net(&self) -> Option<&PeerNet> {
+        self.peer_net.as_ref()
+    }
+
     /// The TLS files the client URLs use, if any.
     pub fn tls(&self) -> Option<&TlsFiles> {
         self.config.tls.as_ref()
@@ -476,6 +497,7 @@ impl EtcdCluster {
         self.config.initial_cluster = format!("{},{name}={peer_url}", self.config.initial_cluster);
         self.members.push(EtcdMember {
             name: name.clone(),
+            peer_listen_url: peer_url.clone(),
             peer_url,
             data_dir: self.dir.path().join(format!("{name}.etcd")),
             log_path: self.dir.path().join(format!("{name}.log")),
@@ -701,9 +723,16 @@ impl EtcdCluster {
                     Some(url) if tls => format!("{url}/health"),
                     _ => format!("{client_url}/health"),
                 };
+                let peer_port = next_port();
+                let listen_port = if builder.peer_net {
+                    next_port()
+                } else {
+                    peer_port
+                };
                 EtcdMember {
                     name: format!("m{i}"),
-                    peer_url: format!("http://127.0.0.1:{}", next_port()),
+                    peer_url: format!("http://127.0.0.1:{peer_port}"),
+                    peer_listen_url: format!("http://127.0.0.1:{listen_port}"),
                     client_url,
                     metrics_url,
                     data_dir: builder
@@ -725,9 +754,30 @@ impl EtcdCluster {
             .collect::<Vec<_>>()
             .join(",");
 
+        let port_of = |url: &str| -> Result<u16> {
+            url.rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .with_context(|| format!("no port in {url}"))
+        };
+        let peer_net = if builder.peer_net {
+            let advertised = members
+                .iter()
+                .map(|m| port_of(&m.peer_url))
+                .collect::<Result<Vec<_>>>()?;
+            let listening = members
+                .iter()
+                .map(|m| port_of(&m.peer_listen_url))
+                .collect::<Result<Vec<_>>>()?;
+            Some(PeerNet::start(&advertised, &listening)?)
+        } else {
+            None
+        };
+
         // Build the cluster before spawning anything so that an error below drops it and
         // kills the members spawned so far.
         let mut cluster = EtcdCluster {
+            peer_net,
             members,
             config: Config {
                 version,
@@ -746,6 +796,18 @@ impl EtcdCluster {
                 .with_context(|| format!("start etcd member m{i}"))?;
         }
         cluster.wait_started(Instant::now() + READY_TIMEOUT)?;
+        if let Some(net) = &cluster.peer_net {
+            let ids = cluster
+                .members
+                .iter()
+                .map(|m| {
+                    cluster
+                        .member_id(&m.name)
+                        .map(|id| id.map(|id| format!("{id:x}")).unwrap_or_default())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            net.set_ids(ids);
+        }
         Ok(cluster)
     }
 
@@ -760,7 +822,7 @@ impl EtcdCluster {
             .arg(&member.data_dir)
             .arg(format!("--listen-client-urls={}", member.client_url))
             .arg(format!("--advertise-client-urls={}", member.client_url))
-            .arg(format!("--listen-peer-urls={}", member.peer_url))
+            .arg(format!("--listen-peer-urls={}", member.peer_listen_url))
             .arg(format!("--initial-advertise-peer-urls={}", member.peer_url))
             .arg(format!("--initial-cluster={}", config.initial_cluster))
             .arg(format!("--initial-cluster-token={}", config.token))

@@ -17,6 +17,8 @@
 //! * [`NatsServer`] ([`nats`]) runs Debian's `nats-server` 2.9 with JetStream; it can be
 //!   stopped and started again on the same port and store, and answers raw requests
 //!   (JetStream's JSON API) without a client library.
+//! * [`PeerNet`] ([`peer_net`]) puts a proxy before each member's peer port to delay
+//!   or cut its traffic with the other members.
 //! * [`SlowSyscalls`] and [`Tmpfs`] ([`faults`]) make a process's disk slow (strace
 //!   fault injection) and give a member a small filesystem to fill.
 //! * [`generate_tls`] ([`tls`]) writes a throwaway CA, server and client certificate.
@@ -43,6 +45,7 @@ pub mod faults;
 pub mod http;
 pub mod http_sink;
 pub mod nats;
+pub mod peer_net;
 pub mod ports;
 pub mod process;
 pub mod service;
@@ -56,6 +59,7 @@ pub use faults::{SlowSyscalls, Tmpfs};
 pub use http::{http_delete, http_get, http_post, http_post_json, HttpResponse};
 pub use http_sink::{HttpSink, SinkAnswer, SinkRequest};
 pub use nats::{NatsSecurity, NatsServer};
+pub use peer_net::PeerNet;
 pub use ports::free_port;
 pub use process::{require_binary, ChildProcess};
 pub use tls::{generate_tls, generate_tls_with, TlsFiles, Validity};

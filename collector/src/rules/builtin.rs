@@ -82,6 +82,9 @@ pub const RULES: &[Rule] = &[
         0.0,
         Critical,
     ),
+    // A follower learns of a new leader within a heartbeat; a member still
+    // without the majority's leader two seconds on is cut off.
+    rule("member_isolated", member_isolated, 2, 0.0, 0.0, Critical),
     rule("agent_silent", agent_silent, 15, 0.0, 0.0, Warning),
     // Elections make views differ for a moment; a partition persists.
     rule("members_disagree", members_disagree, 10, 0.0, 0.0, Critical),
@@ -466,6 +469,94 @@ fn members_disagree(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
         },
         format!("Views: {}", views.join("; ")),
     )]
+}
+
+/// A member cut off from its peers while its agent still reaches it: it
+/// follows no leader (or another one) while a majority of the voting members
+/// follow the same leader. The other members' agents' peer probes say whether
+/// they can reach its peer port. Without such a majority (no leader anywhere,
+/// a split into minorities) nobody can be named: `no_leader` speaks.
+fn member_isolated(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
+    let Some((_, n, _)) = quorum(c) else {
+        return Vec::new();
+    };
+    let voters: Vec<&MemberState> = c
+        .members
+        .values()
+        .filter(|m| available(m) && !m.is_learner)
+        .collect();
+    let mut followers: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for m in &voters {
+        if !m.leader_id.is_empty() {
+            followers
+                .entry(m.leader_id.as_str())
+                .or_default()
+                .push(m.name.as_str());
+        }
+    }
+    let majority_leader = followers
+        .iter()
+        .find(|(_, names)| names.len() > n / 2)
+        .map(|(leader, names)| (*leader, names.clone()));
+    voters
+        .iter()
+        .map(|m| {
+            // Without a majority's leader no member can be named: an isolation
+            // that grew into a lost majority ends here, and `no_leader` speaks.
+            let Some((leader, names)) = &majority_leader else {
+                return member_obs(
+                    c,
+                    m,
+                    Some(false),
+                    0.0,
+                    format!(
+                        "no majority of {} follows one leader: no single member is cut off",
+                        c.name
+                    ),
+                    "See no_leader: no leader is followed by a majority.".into(),
+                );
+            };
+            let isolated = m.leader_id != *leader;
+            let blind: Vec<&str> = voters
+                .iter()
+                .filter(|o| o.peers_unreachable.contains(&m.name))
+                .map(|o| o.name.as_str())
+                .collect();
+            let follows = if m.leader_id.is_empty() {
+                "follows no leader".to_owned()
+            } else {
+                format!("follows leader {}", m.leader_id)
+            };
+            let probes = if blind.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " The agents of {} cannot connect to its peer port.",
+                    blind.join(", ")
+                )
+            };
+            member_obs(
+                c,
+                m,
+                Some(isolated),
+                if isolated { 1.0 } else { 0.0 },
+                if isolated {
+                    format!(
+                        "etcd member {} is cut off from its peers (its agent still reaches it)",
+                        m.name
+                    )
+                } else {
+                    format!("etcd member {} is connected to its peers again", m.name)
+                },
+                format!(
+                    "{} {follows} at term {}, while {} follow leader {leader}.{probes}",
+                    m.name,
+                    m.raft_term,
+                    names.join(", ")
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Raft indexes drift apart: a member falls behind or diverges.

@@ -670,3 +670,132 @@ fn a_learner_neither_counts_towards_quorum_nor_disagrees() {
     assert!(t.contains(&("member_unreachable".into(), true)), "{t:?}");
     assert!(!t.iter().any(|(r, _)| r.starts_with("quorum")), "{t:?}");
 }
+
+/// Applies one status per member and evaluates at `ts`: every transition as
+/// (rule, member, firing, summary, description).
+fn step_full(
+    st: &LiveState,
+    r: &mut Rules,
+    ts: i64,
+    statuses: [Option<EtcdStatus>; 3],
+) -> Vec<(String, String, bool, String, String)> {
+    for (i, s) in statuses.into_iter().enumerate() {
+        if let Some(s) = s {
+            let n = i as u64 + 1;
+            st.apply(&id(&format!("m{n}"), n), &report(ts, Body::Status(s)));
+        }
+    }
+    r.evaluate(&st.snapshot_at(ts), ts)
+        .into_iter()
+        .map(|t| {
+            let member = t
+                .observation
+                .labels
+                .get("member")
+                .cloned()
+                .unwrap_or_default();
+            (
+                t.rule.to_string(),
+                member,
+                t.state.is_firing(),
+                t.observation.summary,
+                t.observation.description,
+            )
+        })
+        .collect()
+}
+
+/// m3 loses its peers: it follows no leader (a pre-candidate at term 2, or a
+/// candidate at term 3) while m1 and m2 follow m1. After two seconds it is
+/// named, with what the others' peer probes saw; it resolves when it follows
+/// m1 again. Elections (everyone leaderless for a moment) name nobody.
+#[test]
+fn an_isolated_member_is_named_within_seconds_and_an_election_names_nobody() {
+    use etcdmon_proto::v1::{PeerRtt, PeerRttResult};
+    let (st, mut r) = (LiveState::default(), rules());
+    step_full(
+        &st,
+        &mut r,
+        T0,
+        [
+            Some(up(1, 1, 2, 10)),
+            Some(up(2, 1, 2, 10)),
+            Some(up(3, 1, 2, 10)),
+        ],
+    );
+    let cut = || {
+        [
+            Some(up(1, 1, 2, 12)),
+            Some(up(2, 1, 2, 12)),
+            Some(up(3, 0, 3, 10)),
+        ]
+    };
+    let t = step_full(&st, &mut r, T0 + 1_000, cut());
+    assert!(t.is_empty(), "not before its `for`: {t:?}");
+    // m1's agent cannot connect to m3's peer port.
+    st.apply(
+        &id("m1", 1),
+        &report(
+            T0 + 2_000,
+            Body::PeerRtt(PeerRtt {
+                peers: vec![PeerRttResult {
+                    member_id: 3,
+                    member_name: "m3".into(),
+                    failure: Some(Failure::new("connect", ErrorKind::Refused, "refused")),
+                    ..Default::default()
+                }],
+            }),
+        ),
+    );
+    let t = step_full(&st, &mut r, T0 + 3_000, cut());
+    let isolated: Vec<_> = t.iter().filter(|x| x.0 == "member_isolated").collect();
+    assert_eq!(isolated.len(), 1, "{t:?}");
+    let (_, member, firing, summary, description) = isolated[0];
+    assert_eq!((member.as_str(), *firing), ("m3", true));
+    assert!(summary.contains("m3 is cut off"), "{summary}");
+    assert!(
+        description.contains("m3 follows no leader at term 3, while m1, m2 follow leader 1")
+            && description.contains("The agents of m1 cannot connect to its peer port"),
+        "{description}"
+    );
+    // Healed: it follows m1 again.
+    let t = step_full(
+        &st,
+        &mut r,
+        T0 + 4_000,
+        [
+            Some(up(1, 1, 3, 14)),
+            Some(up(2, 1, 3, 14)),
+            Some(up(3, 1, 3, 14)),
+        ],
+    );
+    assert!(
+        t.iter()
+            .any(|x| x.0 == "member_isolated" && x.1 == "m3" && !x.2),
+        "{t:?}"
+    );
+
+    // An election: nobody has a leader for a moment, then all follow m2.
+    let leaderless = || {
+        [
+            Some(up(1, 0, 4, 14)),
+            Some(up(2, 0, 4, 14)),
+            Some(up(3, 0, 4, 14)),
+        ]
+    };
+    let mut all = step_full(&st, &mut r, T0 + 10_000, leaderless());
+    all.extend(step_full(&st, &mut r, T0 + 13_000, leaderless()));
+    assert!(!all.iter().any(|x| x.0 == "member_isolated"), "{all:?}");
+    assert!(all.iter().any(|x| x.0 == "no_leader" && x.2), "{all:?}");
+    let t = step_full(
+        &st,
+        &mut r,
+        T0 + 14_000,
+        [
+            Some(up(1, 2, 4, 15)),
+            Some(up(2, 2, 4, 15)),
+            Some(up(3, 2, 4, 15)),
+        ],
+    );
+    assert!(!t.iter().any(|x| x.0 == "member_isolated"), "{t:?}");
+}
