@@ -148,6 +148,14 @@ pub fn default_rules() -> Vec<InhibitRule> {
             ],
             &["cluster"],
         ),
+        // A member down is paged on its own; that the cluster has no failure
+        // margin left is its consequence (a rolling restart would otherwise
+        // warn once per member).
+        InhibitRule::new(
+            &[r#"rule="member_unreachable""#],
+            &[r#"rule="quorum_at_risk""#],
+            &["cluster"],
+        ),
         // An isolated member is the disagreement: its views differ from the rest.
         InhibitRule::new(
             &[r#"rule="member_isolated""#],

@@ -48,13 +48,19 @@ pub struct ClusterState {
     /// the log but do not vote, so they do not count towards quorum.
     #[serde(skip)]
     learner_ids: BTreeSet<u64>,
-    /// When the leader changed, ms since the epoch, within the last hour.
+    /// When the leader changed (ms since the epoch) and the leader it replaced
+    /// (hex id), within the last hour.
     #[serde(skip)]
-    leader_changes: std::collections::VecDeque<i64>,
+    leader_changes: std::collections::VecDeque<(i64, String)>,
 }
 
 /// Window of the leader-change count.
 const LEADER_CHANGE_WINDOW_MS: i64 = 3_600_000;
+
+/// A leader change this close to its old leader going down is that member's
+/// restart or failure: a leader stopped with SIGTERM hands leadership on just
+/// before it exits, one that crashed is replaced just after.
+const RESTART_GRACE_MS: i64 = 10_000;
 
 impl ClusterState {
     /// Voting members in the cluster's member list, learners left out (0 until a
@@ -63,20 +69,38 @@ impl ClusterState {
         self.member_ids.difference(&self.learner_ids).count()
     }
 
-    /// Leader changes seen in the hour before `now_ms`.
+    /// Leader changes in the hour before `now_ms` that no restart explains. A
+    /// change within [`RESTART_GRACE_MS`] of its old leader going down belongs to
+    /// that member's restart or failure (a rolling restart moves leadership
+    /// once per member), which is seen as the member going down, not as an
+    /// unstable cluster. Changes younger than that grace are not counted yet.
     pub fn leader_changes_last_hour(&self, now_ms: i64) -> usize {
         self.leader_changes
             .iter()
-            .filter(|t| now_ms - **t <= LEADER_CHANGE_WINDOW_MS)
+            .filter(|(t, old)| {
+                let age = now_ms - t;
+                (RESTART_GRACE_MS..=LEADER_CHANGE_WINDOW_MS).contains(&age)
+                    && !self.went_down_near(old, *t)
+            })
             .count()
     }
 
-    fn record_leader_change(&mut self, ts: i64) {
-        self.leader_changes.push_back(ts);
+    /// Whether the member with id `id` went down within the grace of `ts_ms`.
+    fn went_down_near(&self, id: &str, ts_ms: i64) -> bool {
+        self.members.values().any(|m| {
+            m.id == id
+                && m.down_ms
+                    .iter()
+                    .any(|d| (d - ts_ms).abs() <= RESTART_GRACE_MS)
+        })
+    }
+
+    fn record_leader_change(&mut self, ts: i64, old_leader: String) {
+        self.leader_changes.push_back((ts, old_leader));
         while self
             .leader_changes
             .front()
-            .is_some_and(|t| ts - t > LEADER_CHANGE_WINDOW_MS)
+            .is_some_and(|(t, _)| ts - t > LEADER_CHANGE_WINDOW_MS)
         {
             self.leader_changes.pop_front();
         }
@@ -147,6 +171,10 @@ pub struct MemberState {
     pub fsync_p99_seconds: Option<f64>,
     /// Days left per certificate file the agent watches.
     pub certificates: Vec<CertFigure>,
+    /// When it went down (its status probe failed after success), within the
+    /// last hour and a bit: to tell restarts from unstable leadership.
+    #[serde(skip)]
+    pub down_ms: std::collections::VecDeque<i64>,
     /// The other members whose peer port this member's agent could not
     /// connect to in its last peer probe round, by name.
     pub peers_unreachable: Vec<String>,
@@ -349,6 +377,14 @@ impl LiveState {
                 (Some(true) | None, false) => {
                     let why = status_error(s);
                     m.last_error = why.clone();
+                    m.down_ms.push_back(ts);
+                    while m
+                        .down_ms
+                        .front()
+                        .is_some_and(|d| ts - d > LEADER_CHANGE_WINDOW_MS + RESTART_GRACE_MS)
+                    {
+                        m.down_ms.pop_front();
+                    }
                     events.push(ev(&member_name, "member_down", why));
                 }
                 (Some(false), true) => {
@@ -364,7 +400,8 @@ impl LiveState {
                     let leader = format!("{:x}", s.leader_id);
                     if cluster.leader_id != leader && s.raft_term >= cluster.raft_term {
                         if !cluster.leader_id.is_empty() {
-                            cluster.record_leader_change(ts);
+                            let old = cluster.leader_id.clone();
+                            cluster.record_leader_change(ts, old);
                             events.push(ev(
                                 "",
                                 "leader_changed",

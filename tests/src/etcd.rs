@@ -586,6 +586,23 @@ impl EtcdCluster {
         Ok(name)
     }
 
+    /// Restarts member `i` as an operator does (`systemctl restart etcd`): SIGTERM,
+    /// which makes a leader hand its leadership over first, a clean exit, then a
+    /// start on the same data; waits until it is healthy.
+    pub fn restart_gracefully(&mut self, i: usize) -> Result<()> {
+        let member = self.member_mut(i)?;
+        let name = member.name.clone();
+        if let Some(process) = member.process.take() {
+            process
+                .terminate(READY_TIMEOUT)
+                .with_context(|| format!("stop etcd member {name}"))?;
+        }
+        self.spawn_member(i, "existing")
+            .with_context(|| format!("restart etcd member {name}"))?;
+        self.wait_healthy(i, READY_TIMEOUT)
+            .with_context(|| format!("restart etcd member {name}"))
+    }
+
     /// Starts members `indexes` again at the same moment (as [`restart`](Self::restart)
     /// does one), then waits until each is healthy: members restarted together rejoin
     /// within moments of each other, as after an operator restarts them at once.

@@ -204,6 +204,26 @@ impl ChildProcess {
         Ok(status)
     }
 
+    /// Sends SIGTERM, as an init system stops a service, and waits up to `timeout`
+    /// for the process to exit (SIGKILL after that); returns how it exited.
+    pub fn terminate(&self, timeout: Duration) -> Result<ExitStatus> {
+        {
+            let mut state = self.lock();
+            Self::poll(&mut state);
+            if let Some(status) = state.exit {
+                return Ok(status);
+            }
+            self.signal(&mut state, Signal::SIGTERM)?;
+        }
+        match self.wait_timeout(timeout)? {
+            Some(status) => Ok(status),
+            None => {
+                self.kill()?;
+                bail!("{} ignored SIGTERM for {timeout:?}", self.name)
+            }
+        }
+    }
+
     /// SIGKILLs the process (continuing it first if stopped) and reaps it. Idempotent.
     pub fn kill(&self) -> Result<()> {
         self.start_kill()?;

@@ -147,7 +147,7 @@ fn group_wait_and_group_interval_batch_alerts_of_a_group() {
         e.due(S).is_empty(),
         "group_wait holds the first notification"
     );
-    e.on_candidate(&firing("quorum_at_risk", "", 1), S);
+    e.on_candidate(&firing("db_near_quota", "m3", 1), S);
     let ns = e.due(2 * S);
     assert_eq!(ns.len(), 1);
     assert_eq!(ns[0].alerts.len(), 2, "both alerts in one notification");

@@ -799,3 +799,83 @@ fn an_isolated_member_is_named_within_seconds_and_an_election_names_nobody() {
     );
     assert!(!t.iter().any(|x| x.0 == "member_isolated"), "{t:?}");
 }
+
+/// A rolling restart that happens to stop the leader each time (leadership is
+/// handed on before each stop) moves the leader three times: those changes are
+/// the restarts', not an unstable cluster. The same changes without members
+/// going down fire.
+#[test]
+fn leader_changes_of_a_rolling_restart_are_not_frequent() {
+    let (st, mut r) = (LiveState::default(), rules());
+    let mut all = Vec::new();
+    let mut t = T0;
+    let mut term = 2;
+    all.extend(step(
+        &st,
+        &mut r,
+        t,
+        [
+            Some(up(1, 1, term, 10)),
+            Some(up(2, 1, term, 10)),
+            Some(up(3, 1, term, 10)),
+        ],
+    ));
+    // The leader (m1, then m2, then m3) hands over to the next and restarts.
+    for restarted in 1..=3u64 {
+        let next = restarted % 3 + 1;
+        term += 1;
+        t += 1_000;
+        let mut s: [Option<EtcdStatus>; 3] = [1u64, 2, 3].map(|n| Some(up(n, next, term, 10)));
+        all.extend(step(&st, &mut r, t, s.clone()));
+        t += 500;
+        s[restarted as usize - 1] = Some(down());
+        all.extend(step(&st, &mut r, t, s.clone()));
+        t += 3_000;
+        s[restarted as usize - 1] = Some(up(restarted, next, term, 10));
+        all.extend(step(&st, &mut r, t, s));
+    }
+    // One deliberate move-leader on top.
+    term += 1;
+    t += 1_000;
+    all.extend(step(
+        &st,
+        &mut r,
+        t,
+        [1u64, 2, 3].map(|n| Some(up(n, 3, term, 10))),
+    ));
+    all.extend(step(
+        &st,
+        &mut r,
+        t + 60_000,
+        [1u64, 2, 3].map(|n| Some(up(n, 3, term, 10))),
+    ));
+    assert!(
+        !all.iter()
+            .any(|(rule, _)| rule == "frequent_leader_changes"),
+        "{all:?}"
+    );
+
+    // Four more changes with nobody going down: an unstable cluster.
+    let mut t = t + 60_000;
+    for i in 0..4u64 {
+        term += 1;
+        t += 30_000;
+        let leader = 1 + i % 3;
+        all.extend(step(
+            &st,
+            &mut r,
+            t,
+            [1u64, 2, 3].map(|n| Some(up(n, leader, term, 10))),
+        ));
+    }
+    all.extend(step(
+        &st,
+        &mut r,
+        t + 20_000,
+        [1u64, 2, 3].map(|n| Some(up(n, 3, term, 10))),
+    ));
+    assert!(
+        all.contains(&("frequent_leader_changes".into(), true)),
+        "{all:?}"
+    );
+}
