@@ -6,4 +6,5 @@
 //! separate processes would, so the embedded mode runs the production data
 //! path (spool, acks, dedup) rather than a shortcut.
 
+pub mod maintenance;
 pub mod up;

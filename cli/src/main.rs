@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Watch a cluster from this machine: agents, collector and API in one process.
     Up(etcdmon::up::UpArgs),
+    /// Open, list and end maintenance windows (planned work pages nobody).
+    Maintenance(etcdmon::maintenance::MaintenanceArgs),
 }
 
 /// mimalloc rather than glibc's malloc: `etcdmon up` runs the collector,
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
                 let shutdown = etcdmon_core::shutdown::Shutdown::on_signals();
                 etcdmon::up::run(args, shutdown).await
             }
+            Command::Maintenance(args) => etcdmon::maintenance::run(args).await,
         }
     });
     match result {

@@ -199,6 +199,9 @@ struct TransitionJson {
     value: Option<f64>,
     active_since_ms: i64,
     received_ms: i64,
+    /// Ids of the silences and maintenance windows that muted it when the
+    /// alerter received it.
+    silenced_by: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -207,6 +210,8 @@ struct HistoryResponse {
     to_ms: i64,
     transitions: Vec<TransitionJson>,
     deliveries: Vec<AlertDeliveryRow>,
+    /// Maintenance windows open at some time in the range.
+    maintenance: Vec<super::maintenance::WindowJson>,
 }
 
 async fn history(
@@ -229,13 +234,35 @@ async fn history(
         fingerprint: p.fingerprint,
         limit,
     };
+    let silences: Vec<Silence> = api
+        .store
+        .silences(from_ms)
+        .await?
+        .iter()
+        .filter_map(|r| Silence::try_from(r).ok())
+        .collect();
+    let now = now_ms();
+    let maintenance = silences
+        .iter()
+        .filter(|s| s.starts_ms <= to_ms)
+        .filter_map(|s| super::maintenance::WindowJson::of(s, now))
+        .collect();
     let transitions = api
         .store
         .alert_history(&query)
         .await?
         .into_iter()
-        .map(|r| TransitionJson {
-            labels: serde_json::from_str(&r.labels_json).unwrap_or_default(),
+        .map(|r| {
+            let labels: Labels = serde_json::from_str(&r.labels_json).unwrap_or_default();
+            let silenced_by = silences
+                .iter()
+                .filter(|s| s.active_at(r.received_ms) && all_match(&s.matchers, &labels))
+                .map(|s| s.id.clone())
+                .collect();
+            (r, labels, silenced_by)
+        })
+        .map(|(r, labels, silenced_by)| TransitionJson {
+            labels,
             annotations: serde_json::from_str(&r.annotations_json).unwrap_or_default(),
             value: r.value.is_finite().then_some(r.value),
             fingerprint: r.fingerprint,
@@ -246,6 +273,7 @@ async fn history(
             severity: r.severity,
             active_since_ms: r.active_since_ms,
             received_ms: r.received_ms,
+            silenced_by,
         })
         .collect();
     let deliveries = api.store.deliveries(&query).await?;
@@ -254,6 +282,7 @@ async fn history(
         to_ms,
         transitions,
         deliveries,
+        maintenance,
     }))
 }
 

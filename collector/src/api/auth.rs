@@ -36,7 +36,8 @@ use std::sync::{Arc, Mutex};
 pub enum Role {
     /// Read everything but the audit log.
     Viewer,
-    /// Also acknowledge alerts and create or expire silences.
+    /// Also acknowledge alerts, create or expire silences, open and end
+    /// maintenance windows.
     Operator,
     /// Also read the audit log and manage API tokens.
     Admin,
@@ -90,6 +91,13 @@ pub const ENDPOINTS: &[(&str, &str, Access)] = &[
     (
         "DELETE",
         "/api/v1/silences/{id}",
+        Access::At(Role::Operator),
+    ),
+    ("GET", "/api/v1/maintenance", Access::At(Role::Viewer)),
+    ("POST", "/api/v1/maintenance", Access::At(Role::Operator)),
+    (
+        "DELETE",
+        "/api/v1/maintenance/{id}",
         Access::At(Role::Operator),
     ),
     ("GET", "/api/v1/audit", Access::At(Role::Admin)),

@@ -5,6 +5,7 @@
 //! - `GET /api/v1/clusters/{cluster}/metrics/history?metric=NAME&member=M&labels=L&from=T&to=T&step=S`
 //! - alerts, their history, acknowledgements and silences: see [`alerting`].
 //! - `GET /api/v1/whoami`, `GET /api/v1/audit`, and who may call what: see [`auth`].
+//! - `GET/POST /api/v1/maintenance`, `DELETE /api/v1/maintenance/{id}`: see [`maintenance`].
 //! - `GET/POST /api/v1/tokens`, `DELETE /api/v1/tokens/{id}`: see [`tokens`].
 //! - `GET /` and `GET /docs/{name}`: a page for the browser, see [`home`].
 
@@ -12,6 +13,7 @@ pub mod alerting;
 pub mod auth;
 pub mod home;
 pub mod jwt;
+pub mod maintenance;
 pub mod tokens;
 
 use crate::now_ms;
@@ -53,7 +55,8 @@ pub fn router(
             storage,
             state: state.clone(),
         })
-        .merge(alerting::router(alert_store))
+        .merge(alerting::router(alert_store.clone()))
+        .merge(maintenance::router(alert_store))
         .merge(auth::router(audit))
         .merge(tokens)
         .merge(home::router(state))
@@ -69,6 +72,7 @@ pub fn guarded(routes: Router, auth: auth::ApiAuth) -> Router {
 }
 
 /// An API error: status plus a one-sentence message.
+#[derive(Debug)]
 pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
