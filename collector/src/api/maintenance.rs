@@ -172,7 +172,7 @@ pub async fn windows(store: &dyn AlertStore, now: i64) -> Result<Vec<WindowJson>
         .filter_map(|r| Silence::try_from(r).ok())
         .filter_map(|s| WindowJson::of(&s, now))
         .collect();
-    out.sort_by(|a, b| b.starts_ms.cmp(&a.starts_ms));
+    out.sort_by_key(|w| std::cmp::Reverse(w.starts_ms));
     Ok(out)
 }
 
