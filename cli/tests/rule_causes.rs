@@ -8,6 +8,9 @@
 //! | 110 MiB written, deleted and compacted without a defrag | `db_fragmented` |
 //! | the member's open-file limit lowered to just above what it uses (`prlimit`) | `fds_near_limit` |
 //! | the member's data dir on a 256 MiB filesystem, filled to 95% | `fs_nearly_full` |
+//! | a member's peer traffic delayed 60 ms each way | `peer_rtt_high` |
+//! | both followers killed while clients write to the survivor | `proposals_pending`, `proposals_failing` (collector; only `quorum_lost` is notified) |
+//! | a follower behind a 1 s link while 64 clients write | `raft_index_divergence` |
 //!
 //! Agents report every second and the rules' `for` durations are 0 s here (their
 //! timing is tested in `collector/src/rules/tests.rs`): these tests prove that the
@@ -550,6 +553,41 @@ fn a_slow_network_to_one_member_fires_peer_rtt_high_and_resolves() {
     for member in ["m0", "m2"] {
         wait_all(&sink, &up, &["peer_rtt_high"], "resolved", member, 60);
     }
+    assert_eq!(
+        other_critical(&sink, &[]),
+        Vec::<String>::new(),
+        "{}",
+        up.log()
+    );
+}
+
+/// Follower m2's peer traffic delayed by a second each way while 64 clients
+/// write to the leader as fast as they can: m2's raft index trails the others
+/// by thousands of entries, `raft_index_divergence` fires, and it resolves once
+/// the delay is gone and m2 has caught up.
+#[test]
+fn a_follower_behind_a_slow_link_under_load_fires_raft_index_divergence_and_catches_up() {
+    let etcd = EtcdCluster::builder()
+        .members(3)
+        .peer_net(true)
+        .start()
+        .expect("etcd");
+    let sink = HttpSink::start().expect("sink");
+    let up = up(&etcd, &sink, &["raft_index_divergence"]);
+    let leader = support::poll(Duration::from_secs(20), || {
+        etcd.leader_index().ok().flatten()
+    })
+    .expect("a leader");
+    let slow = (leader + 1) % 3;
+    let net = etcd.peer_net().expect("peer net");
+    net.delay_to(slow, Duration::from_secs(1));
+    let writers: Vec<Writer> = (0..64)
+        .map(|_| Writer::start(&etcd.member(leader).client_url, 64, Duration::ZERO))
+        .collect();
+    wait_all(&sink, &up, &["raft_index_divergence"], "firing", "", 60);
+    drop(writers);
+    net.heal(slow);
+    wait_all(&sink, &up, &["raft_index_divergence"], "resolved", "", 60);
     assert_eq!(
         other_critical(&sink, &[]),
         Vec::<String>::new(),

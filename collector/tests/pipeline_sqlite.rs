@@ -271,3 +271,71 @@ async fn an_agent_keeps_its_batches_when_the_collector_claims_more_than_it_sent(
     assert_eq!(metrics.spool_dropped_batches.get(), 0, "nothing discarded");
     drop(agent);
 }
+
+/// The agent beside m1 stops (its process gone, the member fine): `agent_silent`
+/// fires for m1 once its `for` (1 s here) passes, and `member_unreachable` does
+/// not (nobody saw the member fail); an agent for m1 again resolves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_fires_agent_silent_not_member_unreachable_and_its_return_resolves_it() {
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("etcdmon.sqlite");
+    let collector = CollectorProc::start_with_env(
+        &format!("sqlite:{}", db.display()),
+        dir.path(),
+        &[("ETCDMON_COLLECTOR_RULES__AGENT_SILENT__FOR", "1s")],
+    );
+    let mut agents = Agents::start("silent", &etcd, &collector.grpc_url(), dir.path());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        transitions(&collector, "agent_silent", "firing"),
+        0,
+        "all agents report"
+    );
+
+    agents
+        .running
+        .remove(1)
+        .drain()
+        .await
+        .expect("agent drained");
+    let fired = common::eventually(Duration::from_secs(15), || {
+        (transitions(&collector, "agent_silent", "firing") == 1).then_some(())
+    })
+    .await;
+    assert!(
+        fired.is_some(),
+        "agent_silent did not fire: {}",
+        collector.log_text()
+    );
+    assert_eq!(
+        transitions(&collector, "member_unreachable", "firing"),
+        0,
+        "the member itself was never seen failing"
+    );
+    assert!(
+        collector.log_text().contains("rule=\"agent_silent\""),
+        "{}",
+        collector.log_text()
+    );
+
+    let cfg = common::agent_config("silent", etcd.member(1), &collector.grpc_url(), dir.path());
+    let back = etcdmon_agent::Agent::serve(
+        &cfg,
+        etcdmon_agent::selfmetrics::AgentMetrics::new(),
+        None,
+        &etcdmon_core::shutdown::Shutdown::new(),
+    )
+    .expect("agent");
+    let resolved = common::eventually(Duration::from_secs(15), || {
+        (transitions(&collector, "agent_silent", "resolved") == 1).then_some(())
+    })
+    .await;
+    assert!(
+        resolved.is_some(),
+        "agent_silent did not resolve: {}",
+        collector.log_text()
+    );
+    back.drain().await.expect("drained");
+    agents.stop().await;
+}
