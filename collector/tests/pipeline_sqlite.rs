@@ -339,3 +339,100 @@ async fn a_stopped_agent_fires_agent_silent_not_member_unreachable_and_its_retur
     back.drain().await.expect("drained");
     agents.stop().await;
 }
+
+/// An agent whose host clock is 30 s ahead (the agent binary under libfaketime,
+/// which moves the clock of that process only): `clock_skew` fires for its
+/// member (its `for`, 1 minute by default, is 1 s here) and no liveness rule is
+/// fooled (liveness is judged by receive time); with its clock set right, the
+/// skew ages out of the estimate (the last minute or two) and it resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_clock_30_s_ahead_fires_clock_skew_and_a_right_clock_resolves_it() {
+    let libfaketime = std::path::Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1");
+    assert!(
+        libfaketime.exists(),
+        "libfaketime missing: run scripts/setup (Debian package faketime)"
+    );
+    let etcd = EtcdCluster::start(3).expect("etcd");
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("etcdmon.sqlite");
+    let collector = CollectorProc::start_with_env(
+        &format!("sqlite:{}", db.display()),
+        dir.path(),
+        &[("ETCDMON_COLLECTOR_RULES__CLOCK_SKEW__FOR", "1s")],
+    );
+    // Built (or found fresh) first: m1 must not go without an agent for long.
+    let agent_bin =
+        etcdmon_testkit::workspace_bin("etcdmon-agent", "etcdmon-agent").expect("agent binary");
+    let mut agents = Agents::start("skew", &etcd, &collector.grpc_url(), dir.path());
+    agents
+        .running
+        .remove(1)
+        .drain()
+        .await
+        .expect("agent drained");
+    // The agent's clock comes from a file libfaketime reads at every call, so
+    // the same process can be set right again (its member stays observed).
+    let offset = dir.path().join("faketime");
+    std::fs::write(&offset, "+30s").expect("write offset");
+    let m1 = etcd.member(1);
+    let mut agent = std::process::Command::new(&agent_bin)
+        .arg("run")
+        .args(["--etcd-endpoint", &m1.client_url])
+        .args(["--cluster", "skew", "--member-name", "m1"])
+        .args(["--collector", &collector.grpc_url()])
+        .args(["--http-listen", "127.0.0.1:0"])
+        .env(
+            "ETCDMON_AGENT_UPSTREAM__SPOOL_DIR",
+            dir.path().join("spool-m1"),
+        )
+        .env("LD_PRELOAD", libfaketime)
+        .env("FAKETIME_TIMESTAMP_FILE", &offset)
+        .env("FAKETIME_NO_CACHE", "1")
+        // Monotonic clocks stay real: timers and timeouts behave.
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let fired = common::eventually(Duration::from_secs(30), || {
+        (transitions(&collector, "clock_skew", "firing") == 1).then_some(())
+    })
+    .await;
+    assert!(
+        fired.is_some(),
+        "clock_skew did not fire: {}",
+        collector.log_text()
+    );
+    assert!(
+        collector
+            .log_text()
+            .contains("is 30.0 s ahead of the collector's")
+            || collector.log_text().contains("rule=\"clock_skew\""),
+        "{}",
+        collector.log_text()
+    );
+    for fooled in ["agent_silent", "member_unreachable"] {
+        assert_eq!(transitions(&collector, fooled, "firing"), 0, "{fooled}");
+    }
+
+    // The clock set right: the skew of the last minute or two ages out.
+    std::fs::write(&offset, "+0s").expect("write offset");
+    let resolved = common::eventually(Duration::from_secs(180), || {
+        (transitions(&collector, "clock_skew", "resolved") == 1).then_some(())
+    })
+    .await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        resolved.is_some(),
+        "clock_skew did not resolve: {}",
+        collector.log_text()
+    );
+    let log = collector.log_text();
+    let resolution = log
+        .lines()
+        .find(|l| l.contains("rule=\"clock_skew\"") && l.contains("state=\"resolved\""))
+        .expect("the resolution in the log");
+    assert!(!resolution.contains("no longer observed"), "{resolution}");
+    agents.stop().await;
+}
