@@ -879,3 +879,60 @@ fn leader_changes_of_a_rolling_restart_are_not_frequent() {
         "{all:?}"
     );
 }
+
+/// A host report with `available` of `total` bytes of memory free.
+fn memory_report(ts: i64, total: u64, available: u64) -> Report {
+    use etcdmon_proto::v1::{HostMetrics, MemoryMetrics};
+    report(
+        ts,
+        Body::Host(HostMetrics {
+            memory: Some(MemoryMetrics {
+                total_bytes: total,
+                available_bytes: available,
+                used_bytes: total - available,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    )
+}
+
+/// `memory_low` on recorded figures (filling the test machine's memory would
+/// starve every other test): 95% in use for its 2 minutes fires for that
+/// member's host, 87% (between clear and fire) keeps it firing, 50% resolves.
+#[test]
+fn memory_low_fires_after_two_minutes_of_a_full_host_and_resolves_below_85_percent() {
+    const GIB: u64 = 1 << 30;
+    let (st, mut r) = (LiveState::default(), rules());
+    let mut fired = Vec::new();
+    for (t, available) in [
+        (0, 8 * GIB),
+        (1_000, GIB / 2 + GIB * 3 / 10),
+        (60_000, GIB * 8 / 10),
+        (121_000, GIB * 8 / 10),
+    ] {
+        st.apply(&id("m2", 2), &memory_report(T0 + t, 16 * GIB, available));
+        fired.extend(step(&st, &mut r, T0 + t, healthy(2)));
+    }
+    assert_eq!(
+        fired,
+        [("memory_low".to_string(), true)],
+        "fires after 2 minutes at 95%"
+    );
+    st.apply(
+        &id("m2", 2),
+        &memory_report(T0 + 130_000, 16 * GIB, GIB * 21 / 10),
+    );
+    assert!(
+        step(&st, &mut r, T0 + 130_000, healthy(2)).is_empty(),
+        "87%: in the band"
+    );
+    st.apply(
+        &id("m2", 2),
+        &memory_report(T0 + 140_000, 16 * GIB, 8 * GIB),
+    );
+    assert_eq!(
+        step(&st, &mut r, T0 + 140_000, healthy(2)),
+        [("memory_low".to_string(), false)]
+    );
+}
