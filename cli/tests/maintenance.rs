@@ -10,7 +10,7 @@ use std::time::Duration;
 use etcdmon_testkit::{http_get, EtcdCluster, HttpSink};
 
 mod support;
-use support::{notified, Up};
+use support::{paged, wait_paged, Up};
 
 /// Runs `etcdmon maintenance ARGS` against `up`; its stdout (fails on error).
 fn maintenance(up: &Up, args: &[&str]) -> String {
@@ -26,27 +26,6 @@ fn maintenance(up: &Up, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// (rule, status, member) of the notifications so far.
-fn paged(sink: &HttpSink) -> Vec<(String, String, String)> {
-    notified(&sink.requests("/hook"))
-        .into_iter()
-        .map(|(r, s, labels)| (r, s, labels["member"].as_str().unwrap_or("").to_owned()))
-        .collect()
-}
-
-fn wait_paged(sink: &HttpSink, up: &Up, rule: &str, status: &str, member: &str) {
-    let want = (rule.to_owned(), status.to_owned(), member.to_owned());
-    sink.wait_for("/hook", Duration::from_secs(30), |_| {
-        paged(sink).contains(&want)
-    });
-    assert!(
-        paged(sink).contains(&want),
-        "{want:?} not notified: {:?}\n{}",
-        paged(sink),
-        up.log()
-    );
 }
 
 #[test]
@@ -87,15 +66,15 @@ fn a_member_window_mutes_that_member_only_shows_in_history_and_ends_on_its_own()
     assert_eq!(paged(&sink), Vec::new(), "{}", up.log());
     // m2 down as well: quorum is lost, which no window hides.
     etcd.kill(2).expect("kill m2");
-    wait_paged(&sink, &up, "quorum_lost", "firing", "");
+    wait_paged(&sink, &up, ("quorum_lost", "firing", ""), 30);
     etcd.restart_together(&[1, 2]).expect("restart");
-    wait_paged(&sink, &up, "quorum_lost", "resolved", "");
+    wait_paged(&sink, &up, ("quorum_lost", "resolved", ""), 30);
     up.wait_healthy(3);
     // m2 alone: outside the window.
     etcd.kill(2).expect("kill m2");
-    wait_paged(&sink, &up, "member_unreachable", "firing", "m2");
+    wait_paged(&sink, &up, ("member_unreachable", "firing", "m2"), 30);
     etcd.restart(2).expect("restart m2");
-    wait_paged(&sink, &up, "member_unreachable", "resolved", "m2");
+    wait_paged(&sink, &up, ("member_unreachable", "resolved", "m2"), 30);
     assert!(
         !paged(&sink).iter().any(|(_, _, m)| m == "m1"),
         "m1 was muted: {:?}",
@@ -128,7 +107,7 @@ fn a_member_window_mutes_that_member_only_shows_in_history_and_ends_on_its_own()
     .expect("the window ended");
     std::thread::sleep(Duration::from_millis(1_500));
     etcd.kill(1).expect("kill m1");
-    wait_paged(&sink, &up, "member_unreachable", "firing", "m1");
+    wait_paged(&sink, &up, ("member_unreachable", "firing", "m1"), 30);
 
     // One ended early by hand.
     let second = maintenance(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use etcdmon_testkit::{EtcdCluster, HttpSink};
 
 mod support;
-use support::{notified, Up};
+use support::{notified, paged, wait_paged, Up};
 
 fn start() -> (EtcdCluster, HttpSink, Up) {
     // With pre-vote (etcd 3.5's default, a flag in 3.4) a member that comes
@@ -34,27 +34,6 @@ fn start() -> (EtcdCluster, HttpSink, Up) {
     );
     up.wait_healthy(3);
     (etcd, sink, up)
-}
-
-/// (rule, status, member) of every alert notified so far.
-fn paged(sink: &HttpSink) -> Vec<(String, String, String)> {
-    notified(&sink.requests("/hook"))
-        .into_iter()
-        .map(|(r, s, labels)| (r, s, labels["member"].as_str().unwrap_or("").to_owned()))
-        .collect()
-}
-
-fn wait_paged(sink: &HttpSink, up: &Up, want: (&str, &str, &str), secs: u64) {
-    let want = (want.0.to_owned(), want.1.to_owned(), want.2.to_owned());
-    sink.wait_for("/hook", Duration::from_secs(secs), |_| {
-        paged(sink).contains(&want)
-    });
-    assert!(
-        paged(sink).contains(&want),
-        "{want:?} not notified: {:?}\n{}",
-        paged(sink),
-        up.log()
-    );
 }
 
 #[test]

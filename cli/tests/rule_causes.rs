@@ -93,6 +93,16 @@ fn wait_all(sink: &HttpSink, up: &Up, rules: &[&str], status: &str, member: &str
     );
 }
 
+/// Fails if a critical alert other than those of `expected` was notified.
+fn assert_no_other_critical(sink: &HttpSink, up: &Up, expected: &[&str]) {
+    assert_eq!(
+        other_critical(sink, expected),
+        Vec::<String>::new(),
+        "{}",
+        up.log()
+    );
+}
+
 /// The critical alerts notified as firing, other than those of `expected`.
 fn other_critical(sink: &HttpSink, expected: &[&str]) -> Vec<String> {
     notified(&sink.requests("/hook"))
@@ -229,12 +239,7 @@ fn a_slow_disk_fires_the_fsync_commit_and_unary_rules_and_they_resolve() {
     slow_probe.detach().expect("detach");
     wait_all(&sink, &up, &rules, "resolved", "m0", 60);
     assert!(writer.written() > 0, "the member took writes throughout");
-    assert_eq!(
-        other_critical(&sink, &[]),
-        Vec::<String>::new(),
-        "{}",
-        up.log()
-    );
+    assert_no_other_critical(&sink, &up, &[]);
 }
 
 #[test]
@@ -315,12 +320,7 @@ fn filling_the_quota_raises_nospace_and_a_compact_defrag_and_disarm_resolve_it()
         "grpc_errors",
     ];
     wait_all(&sink, &up, &firing, "resolved", "", 120);
-    assert_eq!(
-        other_critical(&sink, &["alarm_active"]),
-        Vec::<String>::new(),
-        "{}",
-        up.log()
-    );
+    assert_no_other_critical(&sink, &up, &["alarm_active"]);
 }
 
 #[test]
@@ -365,12 +365,7 @@ fn deletes_and_compaction_without_defrag_fire_db_fragmented_and_a_defrag_resolve
         c.defragment().await.expect("defragment");
     });
     wait_all(&sink, &up, &["db_fragmented"], "resolved", "m0", 60);
-    assert_eq!(
-        other_critical(&sink, &[]),
-        Vec::<String>::new(),
-        "{}",
-        up.log()
-    );
+    assert_no_other_critical(&sink, &up, &[]);
 }
 
 #[test]
@@ -400,12 +395,7 @@ fn a_file_descriptor_limit_just_above_use_fires_fds_near_limit_and_raising_it_re
     wait_all(&sink, &up, &["fds_near_limit"], "firing", "m0", 60);
     prlimit(4_096);
     wait_all(&sink, &up, &["fds_near_limit"], "resolved", "m0", 60);
-    assert_eq!(
-        other_critical(&sink, &[]),
-        Vec::<String>::new(),
-        "{}",
-        up.log()
-    );
+    assert_no_other_critical(&sink, &up, &[]);
 }
 
 #[test]
@@ -437,12 +427,7 @@ fn a_data_dir_filesystem_filled_to_95_percent_fires_fs_nearly_full_and_freeing_i
     wait_all(&sink, &up, &["fs_nearly_full"], "firing", "m0", 60);
     std::fs::remove_file(&ballast).expect("free it");
     wait_all(&sink, &up, &["fs_nearly_full"], "resolved", "m0", 60);
-    assert_eq!(
-        other_critical(&sink, &[]),
-        Vec::<String>::new(),
-        "{}",
-        up.log()
-    );
+    assert_no_other_critical(&sink, &up, &[]);
     drop(up);
     drop(etcd);
 }
@@ -553,12 +538,7 @@ fn a_slow_network_to_one_member_fires_peer_rtt_high_and_resolves() {
     for member in ["m0", "m2"] {
         wait_all(&sink, &up, &["peer_rtt_high"], "resolved", member, 60);
     }
-    assert_eq!(
-        other_critical(&sink, &[]),
-        Vec::<String>::new(),
-        "{}",
-        up.log()
-    );
+    assert_no_other_critical(&sink, &up, &[]);
 }
 
 /// Follower m2's peer traffic delayed by a second each way while 64 clients
@@ -588,10 +568,5 @@ fn a_follower_behind_a_slow_link_under_load_fires_raft_index_divergence_and_catc
     drop(writers);
     net.heal(slow);
     wait_all(&sink, &up, &["raft_index_divergence"], "resolved", "", 60);
-    assert_eq!(
-        other_critical(&sink, &[]),
-        Vec::<String>::new(),
-        "{}",
-        up.log()
-    );
+    assert_no_other_critical(&sink, &up, &[]);
 }

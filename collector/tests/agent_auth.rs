@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{hello_of, member_batch};
+
 use etcdmon_agent::selfmetrics::AgentMetrics;
 use etcdmon_agent::Agent;
 use etcdmon_collector::config::{AgentGrant, CollectorConfig, GrpcTlsConfig};
@@ -14,10 +16,7 @@ use etcdmon_collector::{AlertSink, Collector, Listeners, Running};
 use etcdmon_core::secret::Secret;
 use etcdmon_core::shutdown::Shutdown;
 use etcdmon_proto::v1::ingest_service_client::IngestServiceClient;
-use etcdmon_proto::v1::{
-    report, stream_request, stream_response, Batch, EtcdStatus, Hello, Identity, Report,
-    StreamRequest, StreamResponse,
-};
+use etcdmon_proto::v1::{stream_response, StreamRequest, StreamResponse};
 use etcdmon_storage::open::Stores;
 use etcdmon_storage::sqlite::SqliteStorage;
 use etcdmon_storage::{Retention, Storage};
@@ -188,54 +187,9 @@ fn hello(cluster: &str, agent: &str) -> StreamRequest {
     hello_of(cluster, "m1", agent)
 }
 
-fn hello_of(cluster: &str, member: &str, agent: &str) -> StreamRequest {
-    StreamRequest {
-        kind: Some(stream_request::Kind::Hello(Hello {
-            identity: Some(Identity {
-                cluster: cluster.into(),
-                member_name: member.into(),
-                ..Default::default()
-            }),
-            agent_version: "test".into(),
-            protocol_version: 1,
-            agent_id: agent.into(),
-        })),
-    }
-}
-
 /// Batch `sequence` with one status report of member m1 of `cluster`.
 fn status_batch(sequence: u64, cluster: &str) -> StreamRequest {
     member_batch(sequence, cluster, "m1")
-}
-
-/// Batch `sequence` with one status report of `member` of `cluster`.
-fn member_batch(sequence: u64, cluster: &str, member: &str) -> StreamRequest {
-    StreamRequest {
-        kind: Some(stream_request::Kind::Batch(Batch {
-            sequence,
-            reports: vec![Report {
-                timestamp_unix_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .expect("clock")
-                    .as_millis() as i64,
-                identity: Some(Identity {
-                    cluster: cluster.into(),
-                    member_name: member.into(),
-                    member_id: 1,
-                    ..Default::default()
-                }),
-                duration_seconds: 0.0,
-                body: Some(report::Body::Status(EtcdStatus {
-                    reachable: true,
-                    member_id: 1,
-                    leader_id: 1,
-                    raft_term: 2,
-                    version: "3.5.1".into(),
-                    ..Default::default()
-                })),
-            }],
-        })),
-    }
 }
 
 /// Opens a stream with `msgs` (and `token`, if any) and returns the responses

@@ -20,8 +20,7 @@ mod common;
 use common::CollectorProc;
 use etcdmon_proto::v1::ingest_service_client::IngestServiceClient;
 use etcdmon_proto::v1::{
-    report, stream_request, stream_response, Batch, EtcdStatus, Hello, Identity, MetricFamily,
-    MetricsScrape, Report, Sample, StreamRequest, StreamResponse,
+    report, stream_response, MetricFamily, MetricsScrape, Sample, StreamRequest, StreamResponse,
 };
 use etcdmon_testkit::{generate_tls, http_get, TlsFiles};
 use sha2::{Digest as _, Sha256};
@@ -85,62 +84,19 @@ async fn channel(port: u16, tls: &TlsFiles) -> Channel {
 }
 
 fn hello(cluster: &str, agent: &str) -> StreamRequest {
-    StreamRequest {
-        kind: Some(stream_request::Kind::Hello(Hello {
-            identity: Some(Identity {
-                cluster: cluster.into(),
-                member_name: "m1".into(),
-                ..Default::default()
-            }),
-            agent_version: "attack-suite".into(),
-            protocol_version: 1,
-            agent_id: agent.into(),
-        })),
-    }
-}
-
-fn batch(sequence: u64, cluster: &str, body: report::Body) -> StreamRequest {
-    StreamRequest {
-        kind: Some(stream_request::Kind::Batch(Batch {
-            sequence,
-            reports: vec![Report {
-                timestamp_unix_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .expect("clock")
-                    .as_millis() as i64,
-                identity: Some(Identity {
-                    cluster: cluster.into(),
-                    member_name: "m1".into(),
-                    member_id: 1,
-                    ..Default::default()
-                }),
-                duration_seconds: 0.0,
-                body: Some(body),
-            }],
-        })),
-    }
+    common::hello_of(cluster, "m1", agent)
 }
 
 fn status(sequence: u64, cluster: &str) -> StreamRequest {
-    batch(
-        sequence,
-        cluster,
-        report::Body::Status(EtcdStatus {
-            reachable: true,
-            member_id: 1,
-            leader_id: 1,
-            raft_term: 2,
-            version: "3.5.1".into(),
-            ..Default::default()
-        }),
-    )
+    common::member_batch(sequence, cluster, "m1")
 }
 
 /// A batch of `n` default samples: two bytes each on the wire.
 fn bomb(sequence: u64, cluster: &str, n: usize) -> StreamRequest {
-    batch(
+    common::batch_of(
         sequence,
         cluster,
+        "m1",
         report::Body::Metrics(MetricsScrape {
             families: vec![MetricFamily {
                 name: "bomb".into(),

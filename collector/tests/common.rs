@@ -10,7 +10,9 @@ use etcdmon_agent::{Agent, AgentConfig, RunningAgent};
 use etcdmon_collector::ingest::convert::{report_rows, Target};
 use etcdmon_collector::state::member_key;
 use etcdmon_core::shutdown::Shutdown;
-use etcdmon_proto::v1::Report;
+use etcdmon_proto::v1::{
+    report, stream_request, Batch, EtcdStatus, Hello, Identity, Report, StreamRequest,
+};
 use etcdmon_testkit::{free_port, http_get, EtcdCluster};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -285,4 +287,60 @@ pub async fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) 
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A Hello from `agent` for member `member` of `cluster`.
+pub fn hello_of(cluster: &str, member: &str, agent: &str) -> StreamRequest {
+    StreamRequest {
+        kind: Some(stream_request::Kind::Hello(Hello {
+            identity: Some(Identity {
+                cluster: cluster.into(),
+                member_name: member.into(),
+                ..Default::default()
+            }),
+            agent_version: "test".into(),
+            protocol_version: 1,
+            agent_id: agent.into(),
+        })),
+    }
+}
+
+/// Batch `sequence` with one report of `body` for `member` of `cluster`, now.
+pub fn batch_of(sequence: u64, cluster: &str, member: &str, body: report::Body) -> StreamRequest {
+    StreamRequest {
+        kind: Some(stream_request::Kind::Batch(Batch {
+            sequence,
+            reports: vec![Report {
+                timestamp_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("clock")
+                    .as_millis() as i64,
+                identity: Some(Identity {
+                    cluster: cluster.into(),
+                    member_name: member.into(),
+                    member_id: 1,
+                    ..Default::default()
+                }),
+                duration_seconds: 0.0,
+                body: Some(body),
+            }],
+        })),
+    }
+}
+
+/// Batch `sequence` with one healthy status report of `member` of `cluster`.
+pub fn member_batch(sequence: u64, cluster: &str, member: &str) -> StreamRequest {
+    batch_of(
+        sequence,
+        cluster,
+        member,
+        report::Body::Status(EtcdStatus {
+            reachable: true,
+            member_id: 1,
+            leader_id: 1,
+            raft_term: 2,
+            version: "3.5.1".into(),
+            ..Default::default()
+        }),
+    )
 }

@@ -136,3 +136,26 @@ pub fn notified(
         })
         .collect()
 }
+
+/// (rule, status, member) of every alert notified to `sink`'s `/hook` so far.
+pub fn paged(sink: &etcdmon_testkit::HttpSink) -> Vec<(String, String, String)> {
+    notified(&sink.requests("/hook"))
+        .into_iter()
+        .map(|(r, s, labels)| (r, s, labels["member"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+/// Waits (at most `secs`) until (rule, status, member) was notified; fails
+/// with what was, and `up`'s log, otherwise.
+pub fn wait_paged(sink: &etcdmon_testkit::HttpSink, up: &Up, want: (&str, &str, &str), secs: u64) {
+    let want = (want.0.to_owned(), want.1.to_owned(), want.2.to_owned());
+    sink.wait_for("/hook", Duration::from_secs(secs), |_| {
+        paged(sink).contains(&want)
+    });
+    assert!(
+        paged(sink).contains(&want),
+        "{want:?} not notified: {:?}\n{}",
+        paged(sink),
+        up.log()
+    );
+}
