@@ -86,7 +86,18 @@ fn a_member_cut_off_from_its_peers_is_named_within_seconds_and_nothing_else_page
         .filter(|(_, _, labels)| labels["severity"] == "critical")
         .map(|(r, s, labels)| (r, s, labels["member"].as_str().unwrap_or("").to_owned()))
         .collect();
-    assert_eq!(critical, expected, "{}", up.log());
+    let bodies: Vec<String> = sink
+        .requests("/hook")
+        .iter()
+        .map(|r| r.json().to_string())
+        .collect();
+    assert_eq!(
+        critical,
+        expected,
+        "notifications: {bodies:#?}\nmembers: {:?}\n{}",
+        up.members(),
+        up.log()
+    );
 }
 
 #[test]

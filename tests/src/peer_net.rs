@@ -7,9 +7,10 @@
 //!
 //! * **Delay** ([`PeerNet::delay_to`]): every byte to and from a member waits,
 //!   both ways, so its peers measure a round trip of twice the delay.
-//! * **Isolation** ([`PeerNet::isolate`]): a member's peer traffic is dropped
-//!   in both directions (connections stay open and carry nothing, as when a
-//!   network drops packets), while its client port stays reachable. The proxy
+//! * **Isolation** ([`PeerNet::isolate`]): a member's peer connections are
+//!   ended and new ones refused or closed, in both directions, while its
+//!   client port stays reachable. (Dropping bytes from the middle of an open
+//!   stream would corrupt it, which a real network never does.) The proxy
 //!   of the member being dialled drops what reaches the isolated member; the
 //!   proxies of the others recognise connections *from* the isolated member by
 //!   the `X-Server-From` header etcd's raft transport sends with each request.
@@ -263,6 +264,14 @@ fn pump(mut src: TcpStream, dst: TcpStream, link: Link, request: bool) {
         if link.stop.load(Ordering::Relaxed) {
             break;
         }
+        // A cut link ends its connections (as a partition ends in timeouts and
+        // resets) rather than dropping bytes from the middle of a stream, which
+        // a real network never does and etcd is entitled to choke on.
+        if link.dropped() {
+            let _ = src.shutdown(Shutdown::Both);
+            let _ = dst.shutdown(Shutdown::Both);
+            break;
+        }
         let n = match src.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
@@ -283,7 +292,7 @@ fn pump(mut src: TcpStream, dst: TcpStream, link: Link, request: bool) {
             seen_headers = true;
         }
         if link.dropped() {
-            continue;
+            continue; // ended at the top of the loop
         }
         if tx
             .send((Instant::now() + link.delay(), buf[..n].to_vec()))
