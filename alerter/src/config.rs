@@ -259,6 +259,9 @@ impl AlerterConfig {
             return Err(FieldError::new("delivery.queue", "must be at least 1"));
         }
         self.inhibition.validate()?;
+        for rule in self.inhibit_rules.iter().flatten() {
+            rule.validate()?;
+        }
         if self.refresh_interval.is_zero() {
             return Err(FieldError::new("refresh_interval", "must be above 0"));
         }

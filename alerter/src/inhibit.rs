@@ -56,14 +56,21 @@ impl InhibitTiming {
                 format!("{:?} holds pages too long (at most 60s)", self.wait),
             ));
         }
-        if self.linger > Duration::from_secs(3600) {
-            return Err(FieldError::new(
-                "inhibition.linger",
-                format!("{:?} is longer than an hour", self.linger),
-            ));
-        }
-        Ok(())
+        check_linger("inhibition.linger", self.linger)
     }
+}
+
+/// Longest linger, of `inhibition` or of one rule.
+const MAX_LINGER: Duration = Duration::from_secs(3600);
+
+fn check_linger(field: &'static str, linger: Duration) -> Result<(), FieldError> {
+    if linger > MAX_LINGER {
+        return Err(FieldError::new(
+            field,
+            format!("{linger:?} is longer than an hour"),
+        ));
+    }
+    Ok(())
 }
 
 /// One inhibition rule (`[[inhibit_rules]]`).
@@ -109,6 +116,14 @@ impl InhibitRule {
         self
     }
 
+    /// Checks values that parse but make no sense; the error names the field.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        match self.linger {
+            Some(linger) => check_linger("inhibit_rules.linger", linger),
+            None => Ok(()),
+        }
+    }
+
     /// Whether some alert matching the source matchers could inhibit `target` (it
     /// matches the target matchers): such an alert waits [`InhibitTiming::wait`].
     pub fn may_inhibit(&self, target: &BTreeMap<String, String>) -> bool {
@@ -148,6 +163,15 @@ pub fn default_rules() -> Vec<InhibitRule> {
             ],
             &["cluster"],
         ),
+        // ...and those measured on etcd's metrics, which trail it.
+        InhibitRule::new(
+            &[r#"rule="quorum_lost""#],
+            &[
+                r#"rule=~"wal_fsync_slow|backend_commit_slow|peer_rtt_high|grpc_errors|grpc_slow_unary|proposals_failing|proposals_pending""#,
+            ],
+            &["cluster"],
+        )
+        .lingering(METRICS_LINGER),
         // A member down is paged on its own; that the cluster has no failure
         // margin left is its consequence (a rolling restart would otherwise
         // warn once per member).
@@ -162,15 +186,6 @@ pub fn default_rules() -> Vec<InhibitRule> {
             &[r#"rule="members_disagree""#],
             &["cluster"],
         ),
-        // ...and those measured on etcd's metrics, which trail it.
-        InhibitRule::new(
-            &[r#"rule="quorum_lost""#],
-            &[
-                r#"rule=~"wal_fsync_slow|backend_commit_slow|peer_rtt_high|grpc_errors|grpc_slow_unary|proposals_failing|proposals_pending""#,
-            ],
-            &["cluster"],
-        )
-        .lingering(METRICS_LINGER),
         // No leader explains proposal failures and slow requests.
         InhibitRule::new(
             &[r#"rule="no_leader""#],
@@ -205,6 +220,25 @@ pub fn default_rules() -> Vec<InhibitRule> {
 mod tests {
     use super::*;
     use etcdmon_alert::labels;
+
+    #[test]
+    fn a_rules_linger_is_checked_like_the_global_one() {
+        for rule in default_rules() {
+            rule.validate().expect("built-in rules are valid");
+        }
+        let long = InhibitRule::new(&[r#"rule="a""#], &[r#"rule="b""#], &[])
+            .lingering(Duration::from_secs(7200));
+        let e = long.validate().expect_err("two hours");
+        assert_eq!(e.field, "inhibit_rules.linger");
+        let timing = InhibitTiming {
+            linger: Duration::from_secs(7200),
+            ..InhibitTiming::default()
+        };
+        assert_eq!(
+            timing.validate().expect_err("two hours").field,
+            "inhibition.linger"
+        );
+    }
 
     #[test]
     fn quorum_lost_inhibits_member_symptoms_of_its_own_cluster_only() {

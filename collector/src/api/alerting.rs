@@ -120,11 +120,37 @@ fn alert_json(
 }
 
 async fn load_silences(store: &dyn AlertStore, now: i64) -> Result<Vec<Silence>, ApiError> {
-    let rows = store.silences(now - CURRENT_WINDOW_MS).await?;
+    silences_since(store, now - CURRENT_WINDOW_MS).await
+}
+
+/// The current version of every silence (and maintenance window) ending at or
+/// after `since_ms`.
+pub(super) async fn silences_since(
+    store: &dyn AlertStore,
+    since_ms: i64,
+) -> Result<Vec<Silence>, ApiError> {
+    let rows = store.silences(since_ms).await?;
     Ok(rows
         .iter()
         .filter_map(|r| Silence::try_from(r).ok())
         .collect())
+}
+
+/// Ends `s` at `now` (stored as a new version) unless it has ended already.
+pub(super) async fn expire(
+    store: &dyn AlertStore,
+    mut s: Silence,
+    now: i64,
+) -> Result<Silence, ApiError> {
+    if s.ends_ms > now {
+        s.ends_ms = now;
+        // A silence that had not started yet is expired too, not left "pending".
+        s.starts_ms = s.starts_ms.min(now);
+        // The version must grow even if two changes land in the same millisecond.
+        s.updated_ms = now.max(s.updated_ms + 1);
+        store.put_silence(&SilenceRow::from(&s)).await?;
+    }
+    Ok(s)
 }
 
 #[derive(Debug, Deserialize)]
@@ -234,13 +260,7 @@ async fn history(
         fingerprint: p.fingerprint,
         limit,
     };
-    let silences: Vec<Silence> = api
-        .store
-        .silences(from_ms)
-        .await?
-        .iter()
-        .filter_map(|r| Silence::try_from(r).ok())
-        .collect();
+    let silences = silences_since(api.store.as_ref(), from_ms).await?;
     let now = now_ms();
     let maintenance = silences
         .iter()
@@ -480,15 +500,8 @@ async fn expire_silence(
     Path(id): Path<String>,
 ) -> Result<Json<SilenceJson>, ApiError> {
     let now = now_ms();
-    let mut s = find_silence(api.store.as_ref(), &id, now).await?;
-    if s.ends_ms > now {
-        s.ends_ms = now;
-        // A silence that had not started yet is expired too, not left "pending".
-        s.starts_ms = s.starts_ms.min(now);
-        // The version must grow even if two changes land in the same millisecond.
-        s.updated_ms = now.max(s.updated_ms + 1);
-        api.store.put_silence(&SilenceRow::from(&s)).await?;
-    }
+    let s = find_silence(api.store.as_ref(), &id, now).await?;
+    let s = expire(api.store.as_ref(), s, now).await?;
     Ok(Json(SilenceJson {
         state: s.state_at(now),
         silence: s,
@@ -496,6 +509,6 @@ async fn expire_silence(
 }
 
 /// A silence id: time-ordered and unique enough for humans and URLs.
-fn new_id(now_ms: i64) -> String {
+pub(super) fn new_id(now_ms: i64) -> String {
     format!("{now_ms:x}-{:08x}", rand::random::<u32>())
 }

@@ -12,7 +12,7 @@
 //! into a flood of store writes; the rest are counted). Tokens are compared by
 //! their SHA-256, so the config never holds one.
 
-use crate::api::tokens::{Lookup, StoredTokens};
+use crate::api::tokens::{sha256_from_hex, Lookup, StoredTokens};
 use crate::api::{bad, parse_range, ApiError};
 use crate::config::HttpConfig;
 use crate::glob::glob;
@@ -133,6 +133,12 @@ pub struct Caller {
     pub via: &'static str,
 }
 
+/// Who made a change, for what it records: the caller's name, `anonymous`
+/// when the route had no caller.
+pub fn actor(caller: Option<Extension<Caller>>) -> String {
+    caller.map_or_else(|| "anonymous".to_owned(), |c| c.0.name)
+}
+
 /// What a handler tells the audit log about a change it made (the id of what
 /// it made or removed), as a response extension. Never a secret.
 #[derive(Debug, Clone)]
@@ -176,11 +182,7 @@ impl ApiAuth {
             .auth
             .tokens
             .iter()
-            .filter_map(|t| {
-                let mut digest = [0u8; 32];
-                hex::decode_to_slice(&t.token_sha256, &mut digest).ok()?;
-                Some((t.name.clone(), digest, t.role))
-            })
+            .filter_map(|t| Some((t.name.clone(), sha256_from_hex(&t.token_sha256)?, t.role)))
             .collect();
         let jwt = cfg
             .auth

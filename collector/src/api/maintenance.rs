@@ -26,7 +26,8 @@ use etcdmon_alert::{MatchOp, Matcher, Silence};
 use etcdmon_storage::{AlertStore, SilenceRow};
 use serde::{Deserialize, Serialize};
 
-use super::auth::{AuditDetail, Caller};
+use super::alerting::{expire, silences_since};
+use super::auth::{actor, AuditDetail, Caller};
 use super::{bad, ApiError};
 use crate::now_ms;
 
@@ -142,11 +143,11 @@ async fn open(
     }
     let now = now_ms();
     let silence = Silence {
-        id: format!("{ID_PREFIX}{now:x}-{:08x}", rand::random::<u32>()),
+        id: format!("{ID_PREFIX}{}", super::alerting::new_id(now)),
         matchers: matchers(&req.cluster, member)?,
         starts_ms: now,
         ends_ms: now + d.as_millis() as i64,
-        created_by: caller.map_or_else(|| "anonymous".to_owned(), |c| c.0.name),
+        created_by: actor(caller),
         comment: req.reason,
         updated_ms: now,
     };
@@ -165,12 +166,10 @@ struct WindowList {
 
 /// The windows open now or ended within a day, newest first.
 pub async fn windows(store: &dyn AlertStore, now: i64) -> Result<Vec<WindowJson>, ApiError> {
-    let mut out: Vec<WindowJson> = store
-        .silences(now - ENDED_LISTED_MS)
+    let mut out: Vec<WindowJson> = silences_since(store, now - ENDED_LISTED_MS)
         .await?
         .iter()
-        .filter_map(|r| Silence::try_from(r).ok())
-        .filter_map(|s| WindowJson::of(&s, now))
+        .filter_map(|s| WindowJson::of(s, now))
         .collect();
     out.sort_by_key(|w| std::cmp::Reverse(w.starts_ms));
     Ok(out)
@@ -196,20 +195,15 @@ async fn end(
     if !id.starts_with(ID_PREFIX) {
         return Err(not_found());
     }
-    let mut s = store
-        .silences(0)
+    let s = silences_since(store.as_ref(), 0)
         .await?
-        .iter()
-        .filter_map(|r| Silence::try_from(r).ok())
+        .into_iter()
         .find(|s| s.id == id)
         .ok_or_else(not_found)?;
-    if s.ends_ms > now {
-        s.ends_ms = now;
-        s.starts_ms = s.starts_ms.min(now);
-        s.updated_ms = now.max(s.updated_ms + 1);
-        store.put_silence(&SilenceRow::from(&s)).await?;
+    if s.active_at(now) {
         tracing::info!(%id, "maintenance window ended early");
     }
+    let s = expire(store.as_ref(), s, now).await?;
     let window = WindowJson::of(&s, now).ok_or_else(not_found)?;
     Ok((Extension(AuditDetail(format!("ended {id}"))), Json(window)))
 }

@@ -24,7 +24,7 @@ use etcdmon_storage::{TokenRow, TokenStore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::auth::{AuditDetail, Caller, Role};
+use super::auth::{actor, AuditDetail, Caller, Role};
 use super::{bad, ApiError, MAX_TIME_MS};
 use crate::config::HttpConfig;
 use crate::now_ms;
@@ -117,11 +117,7 @@ impl StoredTokens {
         let next = match self.store.tokens().await {
             Ok(rows) => Arc::new(
                 rows.into_iter()
-                    .filter_map(|row| {
-                        let mut digest = [0u8; 32];
-                        hex::decode_to_slice(&row.sha256, &mut digest).ok()?;
-                        Some((digest, row))
-                    })
+                    .filter_map(|row| Some((sha256_from_hex(&row.sha256)?, row)))
                     .collect(),
             ),
             Err(e) => {
@@ -146,6 +142,13 @@ impl StoredTokens {
     fn lock(&self) -> std::sync::MutexGuard<'_, (Option<Instant>, Snapshot)> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A SHA-256 written as 64 hex digits, as tokens are kept; `None` if it is not one.
+pub fn sha256_from_hex(hex: &str) -> Option<[u8; 32]> {
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(hex, &mut digest).ok()?;
+    Some(digest)
 }
 
 fn parse_role(role: &str) -> Option<Role> {
@@ -320,7 +323,7 @@ async fn create(
         role: req.role.as_str().to_owned(),
         sha256: hex::encode(Sha256::digest(secret.as_bytes())),
         created_ms: now,
-        created_by: caller.map_or_else(|| "anonymous".to_owned(), |c| c.0.name),
+        created_by: actor(caller),
         expires_ms,
         revoked_ms: 0,
         revoked_by: String::new(),
@@ -363,7 +366,7 @@ async fn revoke(
             ),
         ));
     }
-    let by = caller.map_or_else(|| "anonymous".to_owned(), |c| c.0.name);
+    let by = actor(caller);
     if !api.stored.store.revoke_token(&id, now_ms(), &by).await? {
         return Err(ApiError(
             StatusCode::NOT_FOUND,

@@ -494,16 +494,13 @@ fn member_isolated(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
                 .push(m.name.as_str());
         }
     }
-    let majority_leader = followers
-        .iter()
-        .find(|(_, names)| names.len() > n / 2)
-        .map(|(leader, names)| (*leader, names.clone()));
+    let majority_leader = followers.iter().find(|(_, names)| names.len() > n / 2);
     voters
         .iter()
         .map(|m| {
             // Without a majority's leader no member can be named: an isolation
             // that grew into a lost majority ends here, and `no_leader` speaks.
-            let Some((leader, names)) = &majority_leader else {
+            let Some((&leader, names)) = majority_leader else {
                 return member_obs(
                     c,
                     m,
@@ -516,7 +513,7 @@ fn member_isolated(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
                     "See no_leader: no leader is followed by a majority.".into(),
                 );
             };
-            let isolated = m.leader_id != *leader;
+            let isolated = m.leader_id != leader;
             let blind: Vec<&str> = voters
                 .iter()
                 .filter(|o| o.peers_unreachable.contains(&m.name))
