@@ -3,6 +3,7 @@
 //! (which the peer RTT collector probes).
 
 use crate::config::IdentityConfig;
+use crate::probes::status::KvHashSlot;
 use etcdmon_proto::v1::{Identity, Member};
 use std::sync::{Arc, RwLock};
 
@@ -10,6 +11,9 @@ use std::sync::{Arc, RwLock};
 #[derive(Clone, Default)]
 pub struct MemberView {
     inner: Arc<RwLock<Inner>>,
+    /// The collector's consistency-check requests (from the stream) and their
+    /// answers (from the status probe).
+    kv_hash: KvHashSlot,
 }
 
 #[derive(Default)]
@@ -42,12 +46,18 @@ impl MemberView {
                 members: Vec::new(),
                 name_from_config: !cfg.member_name.is_empty(),
             })),
+            kv_hash: KvHashSlot::default(),
         }
     }
 
     /// The identity as currently known.
     pub fn identity(&self) -> Identity {
         self.read(|i| i.identity.clone())
+    }
+
+    /// Where the stream leaves the collector's hash requests for the status probe.
+    pub fn kv_hash(&self) -> &KvHashSlot {
+        &self.kv_hash
     }
 
     /// The latest member list seen by the status collector.

@@ -106,6 +106,7 @@ impl Payload {
                 linearizable_read: Some(probe(0.0034)),
                 serializable_read: Some(probe(0.0008)),
                 revision: 987_654,
+                kv_hash: None,
             })),
         };
         let templates = vec![status, metrics];
@@ -182,6 +183,7 @@ pub fn hello(index: usize, agent_id: &str) -> Hello {
         agent_version: concat!("ingest-load/", env!("CARGO_PKG_VERSION")).into(),
         protocol_version: etcdmon_proto::PROTOCOL_VERSION,
         agent_id: agent_id.into(),
+        features: Vec::new(),
     }
 }
 

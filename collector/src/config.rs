@@ -36,6 +36,8 @@ pub struct CollectorConfig {
     /// How often the rules are evaluated.
     #[serde(with = "humantime_serde")]
     pub rules_interval: Duration,
+    /// The consistency check: members' `HashKV` compared at a common revision.
+    pub consistency: ConsistencyConfig,
     /// Where alert candidates are published.
     pub alerting: crate::candidates::AlertingConfig,
     /// After SIGTERM, how long the last writes to an unavailable store are
@@ -56,8 +58,32 @@ impl Default for CollectorConfig {
             log: LogConfig::default(),
             rules: Default::default(),
             rules_interval: Duration::from_secs(1),
+            consistency: ConsistencyConfig::default(),
             alerting: Default::default(),
             shutdown_grace: etcdmon_core::shutdown::DEFAULT_GRACE,
+        }
+    }
+}
+
+/// `[consistency]`: how often members' data are compared (see
+/// `crate::consistency` and the `data_inconsistent` rule).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistencyConfig {
+    /// Ask the agents for their members' `HashKV`.
+    pub enabled: bool,
+    /// How often. Each check makes every member read its whole store once
+    /// (etcd's own periodic corruption check has the same cost), so minutes,
+    /// not seconds.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for ConsistencyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(300),
         }
     }
 }
@@ -557,6 +583,12 @@ impl CollectorConfig {
             return Err(FieldError::new(
                 "rules_interval",
                 "must be longer than zero",
+            ));
+        }
+        if self.consistency.interval.is_zero() {
+            return Err(FieldError::new(
+                "consistency.interval",
+                "must be longer than zero (set consistency.enabled = false to turn the check off)",
             ));
         }
         if self.storage.retention_interval.is_zero() {

@@ -19,6 +19,7 @@ pub mod api;
 pub mod candidates;
 pub mod cli;
 pub mod config;
+pub mod consistency;
 pub mod glob;
 pub mod ingest;
 pub mod metrics;

@@ -147,6 +147,14 @@ impl Collector {
 
         let (tx, writer, storage_health) =
             writer::channel(stores.storage.clone(), cfg.ingest.clone(), metrics.clone());
+        let askers = crate::consistency::HashAskers::default();
+        // Holds nothing to drain: it ends when serving stops.
+        tokio::spawn(crate::consistency::run(
+            cfg.consistency.clone(),
+            state.clone(),
+            askers.clone(),
+            serving.clone(),
+        ));
         let ingest = Ingest::new(
             stores.storage.clone(),
             tx,
@@ -156,6 +164,7 @@ impl Collector {
             crate::ingest::auth::AgentAuth::new(&cfg.grpc),
             serving.clone(),
         )
+        .with_hash_askers(askers)
         .into_service();
         // Unhealthy while storage writes have failed for a while: agents are then
         // holding data back and an operator must look.

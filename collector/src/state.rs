@@ -144,6 +144,10 @@ pub struct MemberState {
     pub raft_term: u64,
     /// Raft index.
     pub raft_index: u64,
+    /// Revision of the KV store (seen by the serializable read); 0 if unknown.
+    pub revision: i64,
+    /// The member's last answer to the consistency check (`HashKV`), if any.
+    pub kv_hash: Option<KvHashFigure>,
     /// Database size.
     pub db_size_bytes: i64,
     /// Database size in use.
@@ -211,6 +215,19 @@ impl SkewWindow {
         self.current = Some(self.current.map_or(skew, |c| c.max(skew)));
         self.current.max(self.previous).unwrap_or(skew)
     }
+}
+
+/// A member's `HashKV` at a revision, as the consistency check compares them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct KvHashFigure {
+    /// The revision hashed.
+    pub revision: i64,
+    /// etcd's hash of the keyspace up to `revision`.
+    pub hash: u32,
+    /// The compaction revision the hash starts from.
+    pub compact_revision: i64,
+    /// When the agent reported it (its clock), ms since the epoch.
+    pub at_ms: i64,
 }
 
 /// The host figures rules look at.
@@ -347,6 +364,7 @@ impl LiveState {
         }
         let ts = report.timestamp_unix_ms;
         let mut events = Vec::new();
+        let mut hashed = false;
         let cluster_name = id.cluster.clone();
         let member_name = member_key(id);
         let ev = |member: &str, kind: &str, message: String| EventRow {
@@ -371,6 +389,15 @@ impl LiveState {
                 }
                 None => return,
             };
+            if let Some(h) = s.kv_hash.as_ref().filter(|h| h.failure.is_none()) {
+                m.kv_hash = Some(KvHashFigure {
+                    revision: h.revision,
+                    hash: h.hash,
+                    compact_revision: h.compact_revision,
+                    at_ms: ts,
+                });
+                hashed = true;
+            }
             let was = m.reachable;
             m.reachable = Some(s.reachable);
             match (was, s.reachable) {
@@ -479,7 +506,8 @@ impl LiveState {
         });
         // Every event (member down or up, leader change, alarm, membership) is
         // something a rule may fire or resolve on: evaluate now, not at the next tick.
-        if !events.is_empty() {
+        // A hash answer completes a consistency check: judge it now, too.
+        if !events.is_empty() || hashed {
             self.changed.notify_one();
         }
         events
@@ -611,6 +639,10 @@ fn update_member(m: &mut MemberState, s: &EtcdStatus) {
     };
     m.raft_term = s.raft_term;
     m.raft_index = s.raft_index;
+    if s.revision > 0 {
+        // 0: the serializable read failed this round.
+        m.revision = s.revision;
+    }
     m.db_size_bytes = s.db_size_bytes;
     m.db_size_in_use_bytes = s.db_size_in_use_bytes;
     m.version = s.version.clone();

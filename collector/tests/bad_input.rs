@@ -84,6 +84,7 @@ fn hello(agent: &str) -> StreamRequest {
             agent_version: "test".into(),
             protocol_version: 1,
             agent_id: agent.into(),
+            features: Vec::new(),
         })),
     }
 }

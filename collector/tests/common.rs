@@ -301,6 +301,7 @@ pub fn hello_of(cluster: &str, member: &str, agent: &str) -> StreamRequest {
             agent_version: "test".into(),
             protocol_version: 1,
             agent_id: agent.into(),
+            features: Vec::new(),
         })),
     }
 }

@@ -16,6 +16,10 @@ mod serde_enum;
 /// Version of the stream protocol spoken by this build (see `Hello.protocol_version`).
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// `Hello.features`: the agent answers `HashRequest`s (the collector's
+/// consistency check) with `EtcdStatus.kv_hash`.
+pub const FEATURE_KV_HASH: &str = "kv_hash";
+
 impl v1::Failure {
     /// A failure of `call` with the given kind and message.
     pub fn new(call: impl Into<String>, kind: v1::ErrorKind, message: impl Into<String>) -> Self {

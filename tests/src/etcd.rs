@@ -458,6 +458,82 @@ impl EtcdCluster {
         .with_context(|| format!("restart etcd member {name}"))
     }
 
+    /// Saves a snapshot of member `i`'s data to `path` (`etcdctl snapshot save`).
+    pub fn snapshot_save(&self, i: usize, path: &Path) -> Result<()> {
+        let path = path.to_str().context("snapshot path is not UTF-8")?;
+        self.etcdctl_on(i, &["snapshot", "save", path]).map(drop)
+    }
+
+    /// Kills member `i`, replaces its data dir with `snapshot` restored under the
+    /// member's own name, peer URL and cluster token (so it keeps its member id),
+    /// and starts it again; waits until it is healthy.
+    ///
+    /// Restoring one member of a running cluster is a known way to corrupt it:
+    /// the restored member's raft log starts over, its peers send it the log
+    /// again, and it applies on top of the snapshot's data what the snapshot
+    /// already holds. Its keyspace then differs from its peers' at the same
+    /// revision: what the consistency check must find.
+    pub fn restore_member_from(&mut self, i: usize, snapshot: &Path) -> Result<()> {
+        self.kill(i)?;
+        let (config, member) = (&self.config, &self.members[i]);
+        std::fs::remove_dir_all(&member.data_dir)
+            .with_context(|| format!("remove {}", member.data_dir.display()))?;
+        // etcd 3.5 moved the offline commands to etcdutl.
+        let tool = match config.version {
+            EtcdVersion::V3_4 => config.etcdctl.clone(),
+            EtcdVersion::V3_5 => config.version.binary("etcdutl")?,
+        };
+        let mut command = Command::new(tool);
+        clear_etcd_env(&mut command);
+        let output = command
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(snapshot)
+            .arg(format!("--name={}", member.name))
+            .arg(format!("--data-dir={}", member.data_dir.display()))
+            .arg(format!("--initial-cluster={}", config.initial_cluster))
+            .arg(format!("--initial-cluster-token={}", config.token))
+            .arg(format!("--initial-advertise-peer-urls={}", member.peer_url))
+            .output()
+            .context("run snapshot restore")?;
+        ensure!(
+            output.status.success(),
+            "snapshot restore of member {} failed ({}): {}",
+            member.name,
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        // The leader remembers how much of its log the member held and would
+        // tell the restored one to commit entries it no longer has (etcd then
+        // panics: "tocommit is out of range"). A new leader starts afresh.
+        self.transfer_leadership_away_from(i)?;
+        self.restart(i)
+    }
+
+    /// Makes another member than the current leader lead (`etcdctl move-leader`),
+    /// avoiding member `avoid`; waits (30 s at most) for a leader first.
+    fn transfer_leadership_away_from(&self, avoid: usize) -> Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let leader = loop {
+            if let Some(l) = self.leader_index()? {
+                break l;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "no leader to move leadership from"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let target = (0..self.members.len())
+            .find(|&j| j != leader && j != avoid && self.members[j].is_serving())
+            .context("no other serving member to lead")?;
+        let id = self
+            .member_id(&self.members[target].name)?
+            .context("the new leader's member id")?;
+        self.etcdctl_on(leader, &["move-leader", &format!("{id:x}")])
+            .map(drop)
+    }
+
     /// Adds a member to the running cluster (`etcdctl member add`, as a learner when
     /// `learner`: etcd 3.5), starts it with `--initial-cluster-state existing` and
     /// waits until its client port accepts connections; returns its index. A learner

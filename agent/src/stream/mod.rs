@@ -226,6 +226,11 @@ pub async fn run(
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         protocol_version: etcdmon_proto::PROTOCOL_VERSION,
         agent_id: agent_id(cfg, &shared),
+        features: if cfg.status.enabled {
+            vec![etcdmon_proto::FEATURE_KV_HASH.to_owned()]
+        } else {
+            Vec::new()
+        },
     };
     let (tls, bearer) = upstream_credentials(cfg)?;
     let conn = Connection {
@@ -554,6 +559,16 @@ impl Connection {
                         self.ctx.spool(|s| s.ack(ack.sequence));
                         self.ctx.publish_stats();
                         self.ctx.bump();
+                    }
+                    Ok(Some(StreamResponse { kind: Some(stream_response::Kind::HashRequest(h)) })) => {
+                        tracing::debug!(revision = h.revision, "collector asks for the kv hash");
+                        self.shared.kv_hash().request(h.revision);
+                    }
+                    // A newer collector's message this agent does not know:
+                    // it may ignore it (the collector cannot require an answer
+                    // that this agent's Hello did not offer).
+                    Ok(Some(StreamResponse { kind: None })) => {
+                        tracing::debug!("ignored a message of a kind this agent does not know");
                     }
                     Ok(Some(other)) => anyhow::bail!("unexpected message from collector: {other:?}"),
                     Ok(None) => return Ok(false),

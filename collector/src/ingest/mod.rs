@@ -20,6 +20,7 @@ pub mod convert;
 pub mod incoming;
 
 use crate::config::IngestConfig;
+use crate::consistency::{HashAskers, Registration};
 use crate::metrics::CollectorMetrics;
 use crate::now_ms;
 use crate::state::{member_key, LiveState};
@@ -86,6 +87,8 @@ pub struct Ingest {
     live: LiveIds,
     /// Who may report for which cluster (`[[grpc.agents]]`).
     auth: Arc<AgentAuth>,
+    /// The streams of agents that answer the consistency check's hash requests.
+    askers: HashAskers,
 }
 
 /// Agent ids with a live stream. Two agents under one id (a copied config)
@@ -146,7 +149,15 @@ impl Ingest {
             shutdown,
             live: LiveIds::default(),
             auth: Arc::new(auth),
+            askers: HashAskers::default(),
         }
+    }
+
+    /// Registers the streams of agents that answer hash requests with
+    /// `askers`, where the consistency check finds them.
+    pub fn with_hash_askers(mut self, askers: HashAskers) -> Self {
+        self.askers = askers;
+        self
     }
 
     /// The tonic service: zstd (current agents) and gzip (older ones) accepted
@@ -366,11 +377,17 @@ impl IngestService for Ingest {
         let _ = out_tx.try_send(Ok(welcome));
         self.state.connected(&identity);
         self.metrics.agents_connected.inc();
+        let asked = hello
+            .features
+            .iter()
+            .any(|f| f == etcdmon_proto::FEATURE_KV_HASH)
+            .then(|| self.askers.register(&identity.cluster, out_tx.clone()));
         let session = Session {
             svc: self.clone(),
             cluster: identity.cluster.clone(),
             principal,
             claim: Some(claim),
+            asked,
             agent_id: hello.agent_id.clone(),
             identity,
             high: stored,
@@ -418,6 +435,9 @@ struct Session {
     principal: auth::Principal,
     /// The agent id, held until the session ends.
     claim: Option<LiveClaim>,
+    /// This stream among those the consistency check asks, if the agent
+    /// answers; held until the session ends.
+    asked: Option<Registration>,
     agent_id: String,
     identity: Identity,
     /// Highest sequence accepted so far (stored or queued).
@@ -540,6 +560,7 @@ impl Session {
         // Free the id before the agent learns the stream ended: it may reconnect
         // at once and must not find its own old session still holding the id.
         self.claim.take();
+        self.asked.take();
         if let Some(status) = closing {
             let _ = out.send(Err(status)).await;
         }

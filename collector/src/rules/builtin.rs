@@ -5,7 +5,7 @@
 
 use super::config::RuleSettings;
 use super::engine::Observation;
-use crate::state::{ClusterState, MemberState};
+use crate::state::{ClusterState, KvHashFigure, MemberState};
 use etcdmon_alert::labels;
 use etcdmon_alert::Severity::{self, Critical, Info, Warning};
 use std::collections::{BTreeMap, BTreeSet};
@@ -95,6 +95,16 @@ pub const RULES: &[Rule] = &[
         1000.0,
         500.0,
         Warning,
+    ),
+    // Members' data differ at the same revision: every answer of the
+    // consistency check is a fresh comparison, nothing to wait for.
+    rule(
+        "data_inconsistent",
+        data_inconsistent,
+        0,
+        0.0,
+        0.0,
+        Critical,
     ),
     rule("alarm_active", alarm_active, 0, 0.0, 0.0, Critical),
     rule("db_near_quota", db_near_quota, 0, 0.8, 0.75, Warning),
@@ -577,6 +587,101 @@ fn raft_index_divergence(c: &ClusterState, s: &RuleSettings) -> Vec<Observation>
         format!("raft indexes of {} differ by {spread}", c.name),
         format!("Largest minus smallest raft index among available members: {spread} (fires above {}, clears below {}).", s.fire, s.clear),
     )]
+}
+
+/// Members' data differ: their `HashKV` at the same revision and compaction
+/// (the consistency check, see `crate::consistency`) is not the same. Judged
+/// at the latest revision asked for, once at least two members answered; the members
+/// whose hash differs from the majority's are named, or every answering
+/// member when no majority agrees (then nobody can tell which copy is right).
+fn data_inconsistent(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
+    let hashed: Vec<(&MemberState, KvHashFigure)> = c
+        .members
+        .values()
+        .filter(|m| !m.removed)
+        .filter_map(|m| m.kv_hash.map(|h| (m, h)))
+        .collect();
+    let mut answers: BTreeMap<i64, usize> = BTreeMap::new();
+    for (_, h) in &hashed {
+        *answers.entry(h.revision).or_default() += 1;
+    }
+    // The latest check; while fewer than two members have answered it (the
+    // others' answers are on their way, or they are down), no verdict: an
+    // older check without the members that moved on would be a minority's.
+    let Some((&revision, &answered)) = answers.iter().next_back() else {
+        return Vec::new();
+    };
+    let at: Vec<(&MemberState, KvHashFigure)> = hashed
+        .iter()
+        .filter(|(_, h)| h.revision == revision)
+        .copied()
+        .collect();
+    // A compaction between two members' hashes changes what they cover: no
+    // verdict this time (the next check compares again).
+    let comparable = answered >= 2
+        && at
+            .iter()
+            .all(|(_, h)| h.compact_revision == at[0].1.compact_revision);
+    let mut counts: BTreeMap<u32, Vec<&str>> = BTreeMap::new();
+    for (m, h) in &at {
+        counts.entry(h.hash).or_default().push(m.name.as_str());
+    }
+    let majority = counts
+        .iter()
+        .find(|(_, names)| names.len() * 2 > at.len())
+        .map(|(h, _)| *h);
+    let all = counts
+        .iter()
+        .map(|(h, names)| format!("{} {h:08x}", names.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    hashed
+        .iter()
+        .map(|(m, h)| {
+            // No verdict on this member this time; the state stays as it is.
+            if h.revision != revision {
+                return member_obs(
+                    c,
+                    m,
+                    None,
+                    0.0,
+                    format!("etcd member {} has not answered the latest consistency check", m.name),
+                    format!("Its last HashKV was at revision {}, the latest compared is {revision}.", h.revision),
+                );
+            }
+            if !comparable {
+                return member_obs(
+                    c,
+                    m,
+                    None,
+                    0.0,
+                    format!("etcd members of {} cannot be compared at revision {revision} yet", c.name),
+                    format!("HashKV at revision {revision}: {all}. Fewer than two answers, or a compaction between them: compared again at the next check."),
+                );
+            }
+            let differs = majority != Some(h.hash);
+            member_obs(
+                c,
+                m,
+                Some(differs),
+                if differs { 1.0 } else { 0.0 },
+                if !differs {
+                    format!("etcd member {}'s data match its peers' again", m.name)
+                } else if majority.is_some() {
+                    format!("etcd member {}'s data differ from its peers'", m.name)
+                } else {
+                    format!(
+                        "etcd members of {} hold different data and no majority agrees",
+                        c.name
+                    )
+                },
+                format!(
+                    "HashKV at revision {revision} (compacted at {}): {all}.",
+                    h.compact_revision
+                ),
+            )
+        })
+        .collect()
 }
 
 /// An etcd alarm (NOSPACE, CORRUPT) is active.

@@ -936,3 +936,87 @@ fn memory_low_fires_after_two_minutes_of_a_full_host_and_resolves_below_85_perce
         [("memory_low".to_string(), false)]
     );
 }
+
+/// Healthy statuses carrying each member's answer to the consistency check.
+fn hashed(term: u64, answers: [Option<(i64, u32, i64)>; 3]) -> [Option<EtcdStatus>; 3] {
+    let mut out = healthy(term);
+    for (s, a) in out.iter_mut().zip(answers) {
+        if let (Some(s), Some((revision, hash, compact_revision))) = (s.as_mut(), a) {
+            s.kv_hash = Some(etcdmon_proto::v1::KvHash {
+                revision,
+                hash,
+                compact_revision,
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+#[test]
+fn a_member_whose_data_differ_from_the_majoritys_is_named_and_resolves_once_it_agrees() {
+    let (st, mut r) = (LiveState::default(), rules());
+    let same = [
+        Some((100, 0xaa, 0)),
+        Some((100, 0xaa, 0)),
+        Some((100, 0xaa, 0)),
+    ];
+    assert!(step(&st, &mut r, T0, hashed(2, same)).is_empty());
+
+    // m3 differs at the same revision and compaction: it alone is named.
+    let m3_differs = [
+        Some((200, 0xbb, 0)),
+        Some((200, 0xbb, 0)),
+        Some((200, 0xcc, 0)),
+    ];
+    for (i, s) in hashed(2, m3_differs).into_iter().enumerate() {
+        let n = i as u64 + 1;
+        let body = Body::Status(s.expect("all three answered"));
+        st.apply(&id(&format!("m{n}"), n), &report(T0 + 1_000, body));
+    }
+    let t = r.evaluate(&st.snapshot_at(T0 + 1_000), T0 + 1_000);
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!(t[0].rule, "data_inconsistent");
+    assert!(t[0].state.is_firing());
+    assert_eq!(t[0].observation.labels["member"], "m3");
+    let d = &t[0].observation.description;
+    assert!(
+        d.contains("m1, m2 000000bb") && d.contains("m3 000000cc"),
+        "{d}"
+    );
+
+    // Only m1 has answered the next check: no verdict, the alert stays.
+    let partial = [Some((300, 0xdd, 0)), None, None];
+    assert!(step(&st, &mut r, T0 + 2_000, hashed(2, partial)).is_empty());
+    // A compaction between the hashes: no verdict either.
+    let compacted = [
+        Some((400, 0x1, 0)),
+        Some((400, 0x2, 350)),
+        Some((400, 0x3, 350)),
+    ];
+    assert!(step(&st, &mut r, T0 + 3_000, hashed(2, compacted)).is_empty());
+    // All agree again (the member was rebuilt): resolved.
+    let agree = [
+        Some((500, 0xee, 0)),
+        Some((500, 0xee, 0)),
+        Some((500, 0xee, 0)),
+    ];
+    assert_eq!(
+        step(&st, &mut r, T0 + 4_000, hashed(2, agree)),
+        vec![("data_inconsistent".to_string(), false)]
+    );
+}
+
+#[test]
+fn when_no_majority_agrees_every_answering_member_is_named() {
+    let (st, mut r) = (LiveState::default(), rules());
+    let split = [Some((100, 0x1, 0)), Some((100, 0x2, 0)), None];
+    let t = step(&st, &mut r, T0, hashed(2, split));
+    assert_eq!(
+        t,
+        vec![
+            ("data_inconsistent".to_string(), true),
+            ("data_inconsistent".to_string(), true)
+        ]
+    );
+}

@@ -17,6 +17,10 @@ pub struct StatusConfig {
     /// A call with no answer after this long is recorded as a timeout.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Deadline of one `HashKV` call for the collector's consistency check
+    /// (it reads the member's whole store; runs beside the rounds).
+    #[serde(with = "humantime_serde")]
+    pub hash_timeout: Duration,
     /// Key read by the linearizable and serializable health reads (read only;
     /// it need not exist).
     pub health_key: String,
@@ -32,6 +36,7 @@ impl Default for StatusConfig {
             enabled: true,
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(800),
+            hash_timeout: Duration::from_secs(60),
             health_key: "health".into(),
             liveness_watch: true,
         }
@@ -42,6 +47,7 @@ impl StatusConfig {
     /// Checks values that parse but make no sense; the error names the field.
     pub fn validate(&self) -> Result<(), FieldError> {
         positive("status.interval", self.interval)?;
-        positive("status.timeout", self.timeout)
+        positive("status.timeout", self.timeout)?;
+        positive("status.hash_timeout", self.hash_timeout)
     }
 }

@@ -23,9 +23,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 mod config;
+mod hashkv;
 mod liveness;
 
 pub use config::StatusConfig;
+pub use hashkv::KvHashSlot;
 
 /// Collects [`EtcdStatus`] from one member.
 pub struct StatusProbe {
@@ -37,6 +39,8 @@ pub struct StatusProbe {
     client: Option<Client>,
     interval: Duration,
     timeout: Duration,
+    /// Deadline of one `HashKV` for the consistency check.
+    hash_timeout: Duration,
     health_key: String,
     shared: MemberView,
     /// Woken by the liveness watch (see [`liveness`]); `None` when disabled.
@@ -72,6 +76,7 @@ impl StatusProbe {
             client: None,
             interval: cfg.interval,
             timeout: cfg.timeout,
+            hash_timeout: cfg.hash_timeout,
             health_key: cfg.health_key.clone(),
             shared: target.view.clone(),
             wake: cfg.liveness_watch.then(|| Arc::new(Notify::new())),
@@ -118,6 +123,11 @@ impl StatusProbe {
             }
         };
         let t = self.timeout;
+        // The answer to the collector's last hash request, if it finished; and
+        // the next request started (it runs beside the rounds, see hashkv).
+        let kv_hash = self.shared.kv_hash();
+        out.kv_hash = kv_hash.take_done();
+        kv_hash.start(&client, self.hash_timeout);
         let key = self.health_key.clone();
         let mut c_status = client.maintenance_client();
         let mut c_alarm = client.maintenance_client();
