@@ -20,6 +20,7 @@ pub mod candidates;
 pub mod cli;
 pub mod config;
 pub mod consistency;
+pub mod exporter;
 pub mod glob;
 pub mod ingest;
 pub mod metrics;

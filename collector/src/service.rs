@@ -174,8 +174,10 @@ impl Collector {
             "serving",
         );
         let stored_tokens = Arc::new(api::tokens::StoredTokens::new(stores.tokens.clone()));
-        let routes =
-            etcdmon_core::ops::router(metrics.registry().clone(), health).merge(api::router(
+        let firing = crate::exporter::FiringBoard::default();
+        let fleet = crate::exporter::FleetExporter::new(state.clone(), firing.clone()).registry();
+        let routes = etcdmon_core::ops::router_of(vec![metrics.registry().clone(), fleet], health)
+            .merge(api::router(
                 stores.storage.clone(),
                 stores.alerts.clone(),
                 stores.audit.clone(),
@@ -230,6 +232,7 @@ impl Collector {
             cfg.rules_interval,
             metrics.clone(),
             transitions,
+            firing,
             rules_stop.clone(),
         ));
         let retention = tokio::spawn(crate::retention::run(

@@ -144,6 +144,8 @@ pub struct MemberState {
     pub raft_term: u64,
     /// Raft index.
     pub raft_index: u64,
+    /// Duration of the agent's last successful status call, seconds.
+    pub status_latency_seconds: Option<f64>,
     /// Revision of the KV store (seen by the serializable read); 0 if unknown.
     pub revision: i64,
     /// The member's last answer to the consistency check (`HashKV`), if any.
@@ -639,6 +641,7 @@ fn update_member(m: &mut MemberState, s: &EtcdStatus) {
     };
     m.raft_term = s.raft_term;
     m.raft_index = s.raft_index;
+    m.status_latency_seconds = Some(s.status_latency_seconds);
     if s.revision > 0 {
         // 0: the serializable read failed this round.
         m.revision = s.revision;

@@ -189,6 +189,14 @@ impl Engine {
             .min()
     }
 
+    /// The rule and labels of every alert firing now.
+    pub fn firing_alerts(&self) -> impl Iterator<Item = (&'static str, &BTreeMap<String, String>)> {
+        self.entries
+            .values()
+            .filter(|e| matches!(e.phase, Phase::Firing))
+            .map(|e| (e.rule, &e.last.labels))
+    }
+
     /// Fingerprints currently firing, for the API and tests.
     pub fn firing(&self) -> Vec<String> {
         let mut v: Vec<String> = self

@@ -59,6 +59,21 @@ impl Rules {
         self.engine.firing()
     }
 
+    /// Alerts firing now, counted by cluster and severity (the fleet exporter's
+    /// `etcdmon_alerts_firing`).
+    pub fn firing_counts(&self) -> BTreeMap<(String, String), usize> {
+        let mut out = BTreeMap::new();
+        for (rule, labels) in self.engine.firing_alerts() {
+            let Some(s) = self.settings.get(rule) else {
+                continue;
+            };
+            let cluster = labels.get("cluster").cloned().unwrap_or_default();
+            *out.entry((cluster, s.severity.as_str().to_owned()))
+                .or_default() += 1;
+        }
+        out
+    }
+
     /// Takes over the alerts that were firing before this start (see [`restore`]),
     /// as `store` has them; `grace` is how long agents get to reconnect (the
     /// config's `ingest.agent_timeout` is a good value). A store that does not
@@ -145,6 +160,7 @@ pub async fn run(
     interval: std::time::Duration,
     metrics: CollectorMetrics,
     sink: Option<tokio::sync::mpsc::Sender<Transition>>,
+    firing: crate::exporter::FiringBoard,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -174,6 +190,7 @@ pub async fn run(
             .rules_seconds
             .observe(started.elapsed().as_secs_f64());
         metrics.alerts_firing.set(rules.firing().len() as i64);
+        firing.set(rules.firing_counts());
         for t in transitions {
             let state_name = t.state.as_str();
             metrics

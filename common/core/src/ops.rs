@@ -92,21 +92,31 @@ pub type HealthFn = Arc<dyn Fn() -> Health + Send + Sync>;
 
 #[derive(Clone)]
 struct OpsState {
-    registry: Registry,
+    registries: Arc<[Registry]>,
     health: HealthFn,
 }
 
 /// A router with `/metrics` and `/healthz`; services merge their own routes into it.
 pub fn router(registry: Registry, health: HealthFn) -> Router {
+    router_of(vec![registry], health)
+}
+
+/// [`router`] whose `/metrics` serves several registries, one after the other
+/// (each with its own prefix: the collector's own metrics and its fleet series).
+pub fn router_of(registries: Vec<Registry>, health: HealthFn) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .with_state(OpsState { registry, health })
+        .with_state(OpsState {
+            registries: registries.into(),
+            health,
+        })
 }
 
 async fn metrics(State(state): State<OpsState>) -> Response {
     let mut buf = Vec::with_capacity(8 * 1024);
-    match TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
+    let families: Vec<_> = state.registries.iter().flat_map(|r| r.gather()).collect();
+    match TextEncoder::new().encode(&families, &mut buf) {
         Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf).into_response(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
