@@ -311,8 +311,9 @@ async fn batcher(
                         size = 0;
                     }
                     size += len;
-                    // A member that went down or up, or a new leader, is news the
-                    // collector's rules must see now, not at the next batch tick.
+                    // A member that went down or up, a new leader, an alarm raised or
+                    // cleared, or a consistency-check answer is news the collector's
+                    // rules must see now, not at the next batch tick.
                     let key = status_key(&r);
                     let urgent = key.is_some() && key != last_status;
                     if key.is_some() {
@@ -340,12 +341,22 @@ async fn batcher(
     done.cancel();
 }
 
-/// What makes a status report urgent when it changes: reachability and leader.
-type StatusKey = (bool, u64);
+/// What makes a status report urgent when it changes: reachability, leader and
+/// the alarms; a report with a kv hash is always urgent (it carries a fresh
+/// hash, so its key never equals the last one).
+type StatusKey = (bool, u64, Vec<(u64, String)>, Option<i64>);
 
 fn status_key(r: &Report) -> Option<StatusKey> {
     match &r.body {
-        Some(etcdmon_proto::v1::report::Body::Status(s)) => Some((s.reachable, s.leader_id)),
+        Some(etcdmon_proto::v1::report::Body::Status(s)) => Some((
+            s.reachable,
+            s.leader_id,
+            s.alarms
+                .iter()
+                .map(|a| (a.member_id, a.alarm.clone()))
+                .collect(),
+            s.kv_hash.as_ref().map(|h| h.revision),
+        )),
         _ => None,
     }
 }
@@ -577,5 +588,38 @@ impl Connection {
                 _ = changes.changed(), if in_flight.len() < self.window => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdmon_proto::v1::{report::Body, Alarm, EtcdStatus};
+
+    fn status(leader: u64, alarms: &[&str]) -> Report {
+        Report {
+            body: Some(Body::Status(EtcdStatus {
+                reachable: true,
+                leader_id: leader,
+                alarms: alarms
+                    .iter()
+                    .map(|a| Alarm {
+                        member_id: 1,
+                        alarm: (*a).into(),
+                    })
+                    .collect(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_new_leader_or_alarm_changes_the_key_and_a_repeat_does_not() {
+        let quiet = status_key(&status(1, &[]));
+        assert_eq!(quiet, status_key(&status(1, &[])));
+        assert_ne!(quiet, status_key(&status(2, &[])));
+        assert_ne!(quiet, status_key(&status(1, &["NOSPACE"])));
+        assert_eq!(status_key(&Report::default()), None);
     }
 }
