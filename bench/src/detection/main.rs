@@ -27,6 +27,7 @@
 //! exit status is 0 once everything was measured, whatever the figures,
 //! and 1 if a system could not be measured.
 
+mod fault;
 mod ours;
 mod prom;
 mod report;
@@ -40,6 +41,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, ValueEnum};
 use etcdmon_testkit::{http_get, EtcdCluster, HttpSink};
 
+use crate::fault::Fault;
 use crate::prom::Profile;
 use crate::report::SystemResult;
 use crate::support::blocking;
@@ -83,6 +85,12 @@ struct Args {
     /// "--quick:"; explicit flags still win).
     #[arg(long)]
     quick: bool,
+    /// The fault each trial injects (see `fault.rs`). Faults other than
+    /// `kill` run etcd-monitor's alerter without flap detection, so that
+    /// trials can follow each other (flap detection only holds back
+    /// repeated notices of one alert, never the first one of an incident).
+    #[arg(long, value_enum, default_value = "kill")]
+    fault: Fault,
 }
 
 /// A system to measure.
@@ -141,11 +149,11 @@ impl Args {
         // etcd-monitor's alerter holds an alert that fires and resolves too
         // often (its default `[flapping]`); trials must be separate incidents.
         let per_member = match system {
-            SystemArg::Ours => {
+            SystemArg::Ours if self.fault == Fault::Kill => {
                 let flap = etcdmon_alerter::flap::FlapConfig::default();
                 trial::flap_spacing(flap.max_transitions, flap.window, FLAP_MARGIN)
             }
-            SystemArg::Tuned | SystemArg::Default => None,
+            _ => None,
         };
         // One period of the system's timers: the agent's status poll, or
         // Prometheus's scrape and evaluation interval.
@@ -189,7 +197,8 @@ async fn run(args: &Args) -> Result<bool> {
         .collect::<Vec<_>>()
         .join(" ");
     eprintln!(
-        "detection-latency: systems {:?}, {} trials, {} default trial(s), mixin {}",
+        "detection-latency: fault {}, systems {:?}, {} trials, {} default trial(s), mixin {}",
+        args.fault.name(),
         args.systems(),
         args.trials(),
         args.default_trials,
@@ -201,6 +210,7 @@ async fn run(args: &Args) -> Result<bool> {
     );
     let mut ctx = report::Context {
         command,
+        fault: args.fault,
         versions: vec![
             prom::version("etcd", "etcd-server"),
             prom::version("prometheus", "prometheus"),
@@ -267,7 +277,12 @@ async fn measure(
     result: &mut SystemResult,
 ) -> Result<()> {
     eprintln!("[{}] starting a {MEMBERS}-member etcd cluster", result.name);
-    let mut cluster = blocking(|| EtcdCluster::start(MEMBERS)).context("start etcd")?;
+    let mut cluster = blocking(|| {
+        args.fault
+            .cluster(EtcdCluster::builder().members(MEMBERS))
+            .start()
+    })
+    .context("start etcd")?;
     if ctx.scrape_bytes.is_none() {
         let url = cluster.member(0).metrics_url.clone();
         ctx.scrape_bytes = blocking(|| http_get(&url, Duration::from_secs(5)))
@@ -279,14 +294,21 @@ async fn measure(
     let start_timeout = Duration::from_secs(60);
     let stack: Box<dyn System> = match system {
         SystemArg::Ours => Box::new(
-            ours::OurStack::start(&cluster, &sink, start_timeout)
+            ours::OurStack::start(&cluster, &sink, start_timeout, args.fault)
                 .await
                 .context("start etcd-monitor")?,
         ),
         SystemArg::Tuned => Box::new(
-            prom::PromStack::start(Profile::Tuned, &cluster, &sink, None, start_timeout)
-                .await
-                .context("start Prometheus and Alertmanager")?,
+            prom::PromStack::start(
+                Profile::Tuned,
+                &cluster,
+                &sink,
+                None,
+                start_timeout,
+                args.fault,
+            )
+            .await
+            .context("start Prometheus and Alertmanager")?,
         ),
         SystemArg::Default => Box::new(
             prom::PromStack::start(
@@ -295,6 +317,7 @@ async fn measure(
                 &sink,
                 args.mixin.then_some(args.mixin_for.as_str()),
                 start_timeout,
+                args.fault,
             )
             .await
             .context("start Prometheus and Alertmanager")?,
@@ -308,6 +331,7 @@ async fn measure(
         &mut cluster,
         &sink,
         &args.pacing(system),
+        args.fault,
         trials,
     )
     .await

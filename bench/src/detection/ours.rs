@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result};
 use etcdmon_testkit::{free_port, http_get, ChildProcess, EtcdCluster, HttpSink, NatsServer};
 use serde_json::Value as Json;
 
+use crate::fault::Fault;
 use crate::support::{blocking, ensure_running, sibling_bin, wait_http_ok};
 use crate::trial::{Matcher, Probe, System};
 
@@ -40,7 +41,12 @@ impl OurStack {
     /// Starts the stack for `cluster`, posting to `sink`; returns once the
     /// collector and the alerter answer `/healthz` and the agents are
     /// spawned (readiness of the agents is [`System::not_quiet`]'s job).
-    pub async fn start(cluster: &EtcdCluster, sink: &HttpSink, timeout: Duration) -> Result<Self> {
+    pub async fn start(
+        cluster: &EtcdCluster,
+        sink: &HttpSink,
+        timeout: Duration,
+        fault: Fault,
+    ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("etcdmon-bench-ours-")
             .tempdir()
@@ -63,7 +69,13 @@ impl OurStack {
         let config = d.join("alerter.toml");
         std::fs::write(
             &config,
-            alerter_toml(&nats.url(), &db, alerter_http, &sink.url(HOOK_PATH)),
+            alerter_toml(
+                &nats.url(),
+                &db,
+                alerter_http,
+                &sink.url(HOOK_PATH),
+                fault == Fault::Kill,
+            ),
         )
         .context("write alerter.toml")?;
         let mut cmd = Command::new(sibling_bin("etcdmon-alerter")?);
@@ -91,10 +103,16 @@ impl OurStack {
             api,
             members: cluster.members().iter().map(|m| m.name.clone()).collect(),
             probes: vec![Probe {
-                rule: "member_unreachable".into(),
+                rule: rule(fault).into(),
                 path: HOOK_PATH.into(),
-                matcher: Matcher::Member {
-                    rule: "member_unreachable".into(),
+                matcher: if fault.per_member() {
+                    Matcher::Member {
+                        rule: rule(fault).into(),
+                    }
+                } else {
+                    Matcher::Rule {
+                        rule: rule(fault).into(),
+                    }
                 },
                 fire_timeout: Duration::from_secs(30),
                 resolve_timeout: Duration::from_secs(30),
@@ -106,6 +124,15 @@ impl OurStack {
 
 /// One agent with every setting at its default but identity, collector and
 /// spool dir (host metrics and the fsync probe stay on, as shipped).
+/// The rule that pages for `fault`.
+fn rule(fault: Fault) -> &'static str {
+    match fault {
+        Fault::Kill | Fault::StopLeader | Fault::StopFollower => "member_unreachable",
+        Fault::Isolate => "member_isolated",
+        Fault::Nospace => "alarm_active",
+    }
+}
+
 fn spawn_agent(
     bin: &Path,
     dir: &Path,
@@ -132,7 +159,18 @@ fn spawn_agent(
 }
 
 /// The alerter's config: only what it requires.
-pub fn alerter_toml(nats_url: &str, db: &str, http_port: u16, hook_url: &str) -> String {
+pub fn alerter_toml(
+    nats_url: &str,
+    db: &str,
+    http_port: u16,
+    hook_url: &str,
+    flap_detection: bool,
+) -> String {
+    let flapping = if flap_detection {
+        ""
+    } else {
+        "[flapping]\nmax_transitions = 0\n"
+    };
     format!(
         r#"[nats]
 url = "{nats_url}"
@@ -145,7 +183,7 @@ name = "hook"
 webhook = {{ url = "{hook_url}" }}
 [route]
 receiver = "hook"
-"#
+{flapping}"#
     )
 }
 
@@ -208,7 +246,13 @@ mod tests {
 
     #[test]
     fn alerter_config_has_only_required_settings() {
-        let toml = alerter_toml("nats://127.0.0.1:4222", "sqlite:/t/db", 9, "http://h/ours");
+        let toml = alerter_toml(
+            "nats://127.0.0.1:4222",
+            "sqlite:/t/db",
+            9,
+            "http://h/ours",
+            true,
+        );
         assert!(
             toml.contains("[[receivers]]\nname = \"hook\"\nwebhook = { url = \"http://h/ours\" }")
         );

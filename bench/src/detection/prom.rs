@@ -20,6 +20,7 @@ use anyhow::{Context as _, Result};
 use etcdmon_testkit::{free_port, http_get, ChildProcess, EtcdCluster, HttpSink};
 use serde_json::Value as Json;
 
+use crate::fault::Fault;
 use crate::support::{bench_binary, ensure_running, wait_http_ok};
 use crate::trial::{scrape_target, Matcher, Probe, System};
 
@@ -27,6 +28,17 @@ use crate::trial::{scrape_target, Matcher, Probe, System};
 pub const UP_ALERT: &str = "EtcdMemberDown";
 /// Alert name of the etcd mixin's rule.
 pub const MIXIN_ALERT: &str = "etcdMembersDown";
+/// Alert name of the per-target "no leader" rule (an isolated member loses
+/// its leader after the election timeout).
+pub const NO_LEADER_ALERT: &str = "EtcdNoLeader";
+/// `etcd_server_has_leader` is the only metric that shows an isolated member.
+const NO_LEADER_EXPR: &str = "etcd_server_has_leader{job=\"etcd\"} == 0";
+/// Alert name of the refused-writes rule. etcd exports no alarm metric (3.4,
+/// 3.5): the first sign of NOSPACE in `/metrics` is a write refused with
+/// `ResourceExhausted`, counted in `grpc_server_handled_total`.
+pub const NOSPACE_ALERT: &str = "EtcdNoSpace";
+const NOSPACE_EXPR: &str =
+    "increase(grpc_server_handled_total{job=\"etcd\",grpc_code=\"ResourceExhausted\"}[1m]) > 0";
 
 /// The etcd mixin's `etcdMembersDown` expression, as rendered from
 /// etcd-io/etcd `contrib/mixin/mixin.libsonnet` with its defaults
@@ -142,13 +154,18 @@ pub fn prometheus_yml(s: &Settings, targets: &[String], am_port: u16) -> String 
 /// `rules.yml`: the `up == 0` rule, and the mixin's `etcdMembersDown` with
 /// `for: mixin_for` when given.
 pub fn rules_yml(s: &Settings, mixin_for: Option<&str>) -> String {
-    let mut out = format!(
-        "groups:\n  - name: etcd-bench\n    rules:\n      - alert: {UP_ALERT}\n        expr: up{{job=\"etcd\"}} == 0\n"
-    );
-    if let Some(f) = s.up_for {
-        out.push_str(&format!("        for: {f}\n"));
+    let mut out = String::from("groups:\n  - name: etcd-bench\n    rules:\n");
+    for (alert, expr) in [
+        (UP_ALERT, "up{job=\"etcd\"} == 0"),
+        (NO_LEADER_ALERT, NO_LEADER_EXPR),
+        (NOSPACE_ALERT, NOSPACE_EXPR),
+    ] {
+        out.push_str(&format!("      - alert: {alert}\n        expr: {expr}\n"));
+        if let Some(f) = s.up_for {
+            out.push_str(&format!("        for: {f}\n"));
+        }
+        out.push_str("        labels:\n          severity: critical\n");
     }
-    out.push_str("        labels:\n          severity: critical\n");
     if let Some(f) = mixin_for {
         out.push_str(&format!("      - alert: {MIXIN_ALERT}\n        expr: |\n"));
         for line in MIXIN_EXPR.lines() {
@@ -194,6 +211,7 @@ impl PromStack {
         sink: &HttpSink,
         mixin_for: Option<&str>,
         timeout: Duration,
+        fault: Fault,
     ) -> Result<Self> {
         let s = profile.settings();
         let dir = tempfile::Builder::new()
@@ -252,12 +270,36 @@ impl PromStack {
             Profile::Tuned => (Duration::from_secs(30), Duration::from_secs(30)),
             Profile::Default => (Duration::from_secs(600), Duration::from_secs(600)),
         };
+        let (rule, matcher) = match fault {
+            Fault::Kill | Fault::StopLeader | Fault::StopFollower => (
+                "`up == 0`".to_owned(),
+                Matcher::Instance {
+                    alertname: UP_ALERT.into(),
+                },
+            ),
+            Fault::Isolate => (
+                format!("`{NO_LEADER_EXPR}`"),
+                Matcher::Instance {
+                    alertname: NO_LEADER_ALERT.into(),
+                },
+            ),
+            Fault::Nospace => (
+                format!("`{NOSPACE_EXPR}`"),
+                Matcher::Cluster {
+                    alertname: NOSPACE_ALERT.into(),
+                },
+            ),
+        };
+        // Refused writes stay in the 1 m window of `increase` for a minute after
+        // the last one, whatever the alarm does.
+        let resolve = match fault {
+            Fault::Nospace => resolve.max(Duration::from_secs(120)),
+            _ => resolve,
+        };
         let mut probes = vec![Probe {
-            rule: "`up == 0`".into(),
+            rule,
             path: path.clone(),
-            matcher: Matcher::Instance {
-                alertname: UP_ALERT.into(),
-            },
+            matcher,
             fire_timeout: fire,
             resolve_timeout: resolve,
         }];

@@ -1,5 +1,6 @@
-//! One system's trials: kill -9 a member, time the firing webhook, restart
-//! it, time the resolved webhook.
+//! One system's trials: inject a fault (`kill -9` of a member by default,
+//! see [`Fault`]), time the firing webhook, remove the fault, time the
+//! resolved webhook.
 //!
 //! Both systems post Alertmanager's webhook JSON (version 4) to the same
 //! kind of receiver, the test kit's `HttpSink`, which stamps every request
@@ -15,14 +16,15 @@
 //!    lands at a random phase of its scrape, evaluation and flush timers
 //!    instead of a fixed one (the end of the previous trial is itself tied
 //!    to those timers).
-//! 2. `t0` = wall clock just before SIGKILL of the victim (rotating over
-//!    the members); firing latency = arrival of the first request after
-//!    `t0` whose body has the probe's alert for the victim with status
-//!    `firing`, minus `t0`.
-//! 3. `t_restart` = just before the member is started again; the test kit
-//!    returns once its `/health` says healthy: `t_healthy`. The resolved
-//!    notice is the first request after the firing one with the alert
-//!    `resolved`; its latency is reported from `t_healthy` (the member's
+//! 2. `t0` = wall clock just before the fault is injected into the victim
+//!    (for `kill`, SIGKILL of the members in turn; `nospace` takes the
+//!    moment the refused write returned); firing latency = arrival of the
+//!    first request after `t0` whose body has the probe's alert for the
+//!    victim with status `firing`, minus `t0`.
+//! 3. `t_restart` = just before the fault is removed (for `kill`, the
+//!    restart); once every member's `/health` says healthy: `t_healthy`.
+//!    The resolved notice is the first request after the firing one with
+//!    the alert `resolved`; its latency is reported from `t_healthy` (the
 //!    recovery) and from `t_restart`.
 //!
 //! A probe that does not fire (or resolve) within its timeout is recorded
@@ -40,6 +42,7 @@ use anyhow::{Context as _, Result};
 use etcdmon_testkit::{EtcdCluster, HttpSink, SinkRequest};
 use serde_json::Value as Json;
 
+use crate::fault::Fault;
 use crate::support::{blocking, fmt_ms, now_ms};
 
 /// The member killed in a trial, as each system names it.
@@ -90,6 +93,12 @@ pub enum Matcher {
         /// The alert name.
         alertname: String,
     },
+    /// etcd-monitor rule about the whole cluster (`alarm_active`):
+    /// `labels.rule` only.
+    Rule {
+        /// The rule name.
+        rule: String,
+    },
 }
 
 impl Matcher {
@@ -105,6 +114,7 @@ impl Matcher {
                 labels["alertname"] == **alertname && labels["instance"] == *victim.target
             }
             Matcher::Cluster { alertname } => labels["alertname"] == **alertname,
+            Matcher::Rule { rule } => labels["rule"] == **rule,
         }
     }
 }
@@ -245,12 +255,16 @@ pub async fn run(
     cluster: &mut EtcdCluster,
     sink: &HttpSink,
     pacing: &Pacing,
+    fault: Fault,
     trials: &mut Vec<Trial>,
 ) -> Result<()> {
     let n = cluster.members().len();
     let mut kills: Vec<Vec<Instant>> = vec![Vec::new(); n];
     for k in 0..pacing.trials {
-        let i = k % n;
+        wait_quiet(system, cluster, sink, pacing)
+            .await
+            .with_context(|| format!("{}: trial {} never became quiet", system.name(), k + 1))?;
+        let i = fault.victim(cluster, k).await?;
         let victim = Victim::of(cluster, i);
         if let Some((limit, span)) = pacing.per_member {
             let past = &kills[i];
@@ -267,28 +281,30 @@ pub async fn run(
                         span.as_secs()
                     );
                     tokio::time::sleep(wait).await;
+                    wait_quiet(system, cluster, sink, pacing)
+                        .await
+                        .with_context(|| {
+                            format!("{}: trial {} never became quiet", system.name(), k + 1)
+                        })?;
                 }
             }
         }
-        wait_quiet(system, cluster, sink, pacing)
-            .await
-            .with_context(|| format!("{}: trial {} never became quiet", system.name(), k + 1))?;
         let jitter_ms = pacing.jitter.as_millis() as u64;
         if jitter_ms > 0 {
             let delay = rand::random_range(0..jitter_ms);
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         eprintln!(
-            "[{}] trial {}/{}: kill -9 {} ({})",
+            "[{}] trial {}/{}: {} {} ({})",
             system.name(),
             k + 1,
             pacing.trials,
+            fault.name(),
             victim.name,
             victim.target
         );
-        let t0 = now_ms();
         kills[i].push(Instant::now());
-        blocking(|| cluster.kill(i))?;
+        let t0 = fault.inject(cluster, i).await?;
 
         let probes = system.probes();
         let fired = wait_all(
@@ -329,10 +345,13 @@ pub async fn run(
         }
 
         let t_restart = now_ms();
-        blocking(|| cluster.restart(i)).with_context(|| format!("restart {}", victim.name))?;
+        fault
+            .heal(cluster, i)
+            .await
+            .with_context(|| format!("remove the {} fault of {}", fault.name(), victim.name))?;
         let t_healthy = now_ms();
         eprintln!(
-            "[{}]   {} healthy again {} after the restart command",
+            "[{}]   {} healthy again {} after the fault was removed",
             system.name(),
             victim.name,
             fmt_ms(t_healthy - t_restart)
