@@ -366,7 +366,7 @@ impl LiveState {
         }
         let ts = report.timestamp_unix_ms;
         let mut events = Vec::new();
-        let mut hashed = false;
+        let mut judge_now = false;
         let cluster_name = id.cluster.clone();
         let member_name = member_key(id);
         let ev = |member: &str, kind: &str, message: String| EventRow {
@@ -398,7 +398,7 @@ impl LiveState {
                     compact_revision: h.compact_revision,
                     at_ms: ts,
                 });
-                hashed = true;
+                judge_now = true;
             }
             let was = m.reachable;
             m.reachable = Some(s.reachable);
@@ -423,7 +423,11 @@ impl LiveState {
                 _ => {}
             }
             if s.reachable {
+                let followed = std::mem::take(&mut m.leader_id);
                 update_member(m, s);
+                // A member that lost its leader or follows another one (an
+                // isolated member after its election timeout) is judged now.
+                judge_now |= m.leader_id != followed;
                 // Leader changes, seen by any member.
                 if s.leader_id != 0 {
                     let leader = format!("{:x}", s.leader_id);
@@ -508,8 +512,9 @@ impl LiveState {
         });
         // Every event (member down or up, leader change, alarm, membership) is
         // something a rule may fire or resolve on: evaluate now, not at the next tick.
-        // A hash answer completes a consistency check: judge it now, too.
-        if !events.is_empty() || hashed {
+        // So are a member's changed view of its leader and a hash answer (it
+        // completes a consistency check).
+        if !events.is_empty() || judge_now {
             self.changed.notify_one();
         }
         events
