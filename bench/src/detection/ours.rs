@@ -47,10 +47,18 @@ impl OurStack {
         timeout: Duration,
         fault: Fault,
     ) -> Result<Self> {
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix("etcdmon-bench-ours-")
             .tempdir()
             .context("create temp dir")?;
+        // The logs of every process, to see where the time of a trial went.
+        if std::env::var_os("ETCDMON_BENCH_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!(
+                "[ours] keeping {} (ETCDMON_BENCH_KEEP)",
+                dir.path().display()
+            );
+        }
         let d = dir.path();
         let nats = blocking(NatsServer::start).context("start nats-server")?;
         let db = format!("sqlite:{}", d.join("etcdmon.sqlite").display());

@@ -118,7 +118,7 @@ impl Profile {
     pub fn describe(self) -> String {
         let s = self.settings();
         format!(
-            "scrape {} / evaluation {}, `up == 0` {}, group_wait {}, group_interval {}",
+            "scrape {} / evaluation {}, rules {}, group_wait {}, group_interval {}",
             s.scrape_interval,
             s.evaluation_interval,
             s.up_for
