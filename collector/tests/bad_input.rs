@@ -396,6 +396,15 @@ impl Storage for Refusing {
     ) -> etcdmon_storage::Result<Vec<etcdmon_storage::SampleCount>> {
         self.inner.count_samples(cluster, from_ms, to_ms).await
     }
+    async fn events(
+        &self,
+        cluster: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> etcdmon_storage::Result<Vec<etcdmon_storage::EventRow>> {
+        self.inner.events(cluster, from_ms, to_ms, limit).await
+    }
     async fn apply_retention(
         &self,
         now_ms: i64,

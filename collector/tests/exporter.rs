@@ -1,7 +1,8 @@
 //! The fleet series on the collector's `/metrics`: a real 3-member etcd,
 //! agents with a region, the collector binary on SQLite. The page passes
 //! `promtool check metrics`, follows a member's death, and a real Prometheus
-//! scrapes it and answers fleet queries.
+//! scrapes it and answers fleet queries; the API shows the same cluster, its
+//! members and its stored timeline.
 
 mod common;
 
@@ -109,7 +110,7 @@ fn urlencode(s: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleet_series_pass_promtool_follow_a_dead_member_and_prometheus_queries_them() {
+async fn fleet_series_pass_promtool_follow_a_dead_member_and_prometheus_and_the_api_agree() {
     let mut etcd = EtcdCluster::start(3).expect("etcd");
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("etcdmon.sqlite");
@@ -238,4 +239,39 @@ async fn fleet_series_pass_promtool_follow_a_dead_member_and_prometheus_queries_
     })
     .await;
     assert_eq!(seen, Some(2.0), "Prometheus never saw m2 down");
+
+    // The same cluster through the API: its state, its members, its timeline.
+    let get = |path: &str| {
+        let r = http_get(&collector.url(path), Duration::from_secs(2)).expect("GET");
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        (r.status, v)
+    };
+    let (status, c) = get(&format!("/api/v1/clusters/{CLUSTER}"));
+    assert_eq!((status, c["name"].as_str()), (200, Some(CLUSTER)), "{c}");
+    let (status, m) = get(&format!("/api/v1/clusters/{CLUSTER}/members"));
+    assert_eq!(status, 200);
+    assert_eq!(m["members"].as_object().map(|m| m.len()), Some(3), "{m}");
+    assert_eq!(m["members"]["m2"]["reachable"], false, "{m}");
+    let (status, e) = get("/api/v1/clusters/nowhere");
+    assert_eq!(status, 404, "{e}");
+    assert!(
+        e["error"].as_str().is_some_and(|s| s.contains("nowhere")),
+        "{e}"
+    );
+    let down = common::eventually(Duration::from_secs(10), || {
+        let (_, e) = get(&format!("/api/v1/clusters/{CLUSTER}/events?from=now-10m"));
+        e["events"]
+            .as_array()?
+            .iter()
+            .any(|e| e["kind"] == "member_down" && e["member"] == "m2")
+            .then_some(e)
+    })
+    .await;
+    assert!(down.is_some(), "no stored member_down for m2");
+    let (status, e) = get(&format!("/api/v1/clusters/{CLUSTER}/events?limit=0"));
+    assert_eq!(status, 400, "{e}");
+    let (status, e) = get(&format!(
+        "/api/v1/clusters/{CLUSTER}/events?from=now&to=now-1h"
+    ));
+    assert_eq!(status, 400, "{e}");
 }

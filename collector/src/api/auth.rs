@@ -75,6 +75,21 @@ pub const ENDPOINTS: &[(&str, &str, Access)] = &[
     ("GET", "/api/v1/clusters", Access::At(Role::Viewer)),
     (
         "GET",
+        "/api/v1/clusters/{cluster}",
+        Access::At(Role::Viewer),
+    ),
+    (
+        "GET",
+        "/api/v1/clusters/{cluster}/members",
+        Access::At(Role::Viewer),
+    ),
+    (
+        "GET",
+        "/api/v1/clusters/{cluster}/events",
+        Access::At(Role::Viewer),
+    ),
+    (
+        "GET",
         "/api/v1/clusters/{cluster}/metrics/history",
         Access::At(Role::Viewer),
     ),

@@ -2,6 +2,7 @@
 //! comes from storage. Every error is a 4xx/5xx with `{"error": "..."}`.
 //!
 //! - `GET /api/v1/clusters`
+//! - `GET /api/v1/clusters/{cluster}`, `.../members`, `.../events`: see [`fleet`].
 //! - `GET /api/v1/clusters/{cluster}/metrics/history?metric=NAME&member=M&labels=L&from=T&to=T&step=S`
 //! - alerts, their history, acknowledgements and silences: see [`alerting`].
 //! - `GET /api/v1/whoami`, `GET /api/v1/audit`, and who may call what: see [`auth`].
@@ -11,6 +12,7 @@
 
 pub mod alerting;
 pub mod auth;
+pub mod fleet;
 pub mod home;
 pub mod jwt;
 pub mod maintenance;
@@ -52,9 +54,10 @@ pub fn router(
         .route("/api/v1/clusters", get(clusters))
         .route("/api/v1/clusters/{cluster}/metrics/history", get(history))
         .with_state(Api {
-            storage,
+            storage: storage.clone(),
             state: state.clone(),
         })
+        .merge(fleet::router(storage, state.clone()))
         .merge(alerting::router(alert_store.clone()))
         .merge(maintenance::router(alert_store))
         .merge(auth::router(audit))

@@ -102,6 +102,17 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Deletes data older than the configured retention.
     async fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome>;
+
+    /// The stored events of `cluster` in `[from_ms, to_ms]` (member down and
+    /// up, leader changes, alarms, membership, agents disconnecting), newest
+    /// first, at most `limit`; an event stored twice (a resent batch) is one.
+    async fn events(
+        &self,
+        cluster: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRow>>;
 }
 
 /// How long each kind of data is kept.

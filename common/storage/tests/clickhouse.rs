@@ -168,6 +168,18 @@ async fn snapshot(storage: &ClickHouseStorage) -> Vec<String> {
         .await
         .expect("count");
     out.push(format!("counts: {counts:?}"));
+    let events = storage
+        .events("c1", T0, T0 + 3 * HOUR, 10)
+        .await
+        .expect("events");
+    assert_eq!(events.len(), 1, "one event, however often it was written");
+    assert_eq!(events[0].kind, "leader_changed");
+    assert!(storage
+        .events("c1", T0 + 6 * SECOND, T0 + 3 * HOUR, 10)
+        .await
+        .expect("events")
+        .is_empty());
+    out.push(format!("events: {events:?}"));
     for agent in ["agent-a", "agent-b"] {
         let through = storage.stored_through(agent).await.expect("marks");
         out.push(format!("{agent}: {through}"));

@@ -217,6 +217,16 @@ struct PointRow {
     value: f64,
 }
 
+/// A row of [`query::events`].
+#[derive(clickhouse::Row, serde::Deserialize)]
+struct EventSelect {
+    cluster: String,
+    member: String,
+    ts_ms: i64,
+    kind: String,
+    message: String,
+}
+
 /// A row of [`query::count_samples`].
 #[derive(clickhouse::Row, serde::Deserialize)]
 struct CountRow {
@@ -550,6 +560,38 @@ impl Storage for ClickHouseStorage {
             .map(|row| SampleCount {
                 member: row.member,
                 samples: row.samples,
+            })
+            .collect())
+    }
+
+    async fn events(
+        &self,
+        cluster: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::EventRow>> {
+        if to_ms < from_ms {
+            return Err(StorageError::InvalidQuery(format!(
+                "`to` ({to_ms}) is before `from` ({from_ms})"
+            )));
+        }
+        let sql = query::events(cluster, from_ms, to_ms, limit);
+        let rows = self
+            .timed(
+                "read events",
+                self.config.query_timeout,
+                self.bound(&sql).fetch_all::<EventSelect>(),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|e| crate::EventRow {
+                cluster: e.cluster,
+                member: e.member,
+                ts_ms: e.ts_ms,
+                kind: e.kind,
+                message: e.message,
             })
             .collect())
     }

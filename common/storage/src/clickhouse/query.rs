@@ -303,6 +303,22 @@ fn rollup_buckets(
 
 /// The SQL for [`crate::Storage::count_samples`]: rows `(member, count)` of distinct
 /// `(name, labels, ts_ms)` per member, ordered by member.
+/// The events of `cluster` in `[from_ms, to_ms]`, newest first, at most
+/// `limit`. `DISTINCT`: a resent event is a second row until a merge.
+pub(super) fn events(cluster: &str, from_ms: i64, to_ms: i64, limit: usize) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT DISTINCT cluster, member, ts_ms, kind, message FROM events WHERE cluster = ")
+        .str(cluster);
+    day_filter(&mut sql, from_ms.max(0), to_ms.max(0));
+    sql.push(" AND ts_ms >= ")
+        .int(from_ms)
+        .push(" AND ts_ms <= ")
+        .int(to_ms)
+        .push(" ORDER BY ts_ms DESC, member, kind LIMIT ")
+        .int(i64::try_from(limit).unwrap_or(i64::MAX));
+    sql
+}
+
 pub(super) fn count_samples(cluster: &str, from_ms: i64, to_ms: i64) -> Sql {
     let mut sql = Sql::default();
     sql.push(

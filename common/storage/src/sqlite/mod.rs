@@ -367,6 +367,45 @@ impl Storage for SqliteStorage {
         .await
     }
 
+    async fn events(
+        &self,
+        cluster: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRow>> {
+        if to_ms < from_ms {
+            return Err(StorageError::InvalidQuery(format!(
+                "`to` ({to_ms}) is before `from` ({from_ms})"
+            )));
+        }
+        let cluster = cluster.to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_reader(move |c| {
+            let mut st = c
+                .prepare(
+                    "SELECT cluster, member, ts_ms, kind, message FROM events
+                     WHERE cluster = ?1 AND ts_ms BETWEEN ?2 AND ?3
+                     ORDER BY ts_ms DESC, member, kind LIMIT ?4",
+                )
+                .map_err(rejected)?;
+            let rows = st
+                .query_map(params![cluster, from_ms, to_ms, limit], |r| {
+                    Ok(EventRow {
+                        cluster: r.get(0)?,
+                        member: r.get(1)?,
+                        ts_ms: r.get(2)?,
+                        kind: r.get(3)?,
+                        message: r.get(4)?,
+                    })
+                })
+                .map_err(rejected)?;
+            rows.collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(rejected)
+        })
+        .await
+    }
+
     async fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {
         let r = self.retention.clone();
         let ms = |d: Duration| now_ms - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2);

@@ -171,6 +171,19 @@ async fn series_metadata_and_events() {
     };
     assert_eq!(t, "gauge");
     assert_eq!(events, 1);
+    let read = s.events("c1", 0, 100, 10).await.expect("events");
+    assert_eq!(read, w.events, "written twice, read once");
+    assert!(s
+        .events("c1", 11, 100, 10)
+        .await
+        .expect("events")
+        .is_empty());
+    assert!(s
+        .events("other", 0, 100, 10)
+        .await
+        .expect("events")
+        .is_empty());
+    assert!(s.events("c1", 100, 0, 10).await.is_err(), "to before from");
 }
 
 #[tokio::test]
