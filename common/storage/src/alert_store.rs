@@ -172,13 +172,7 @@ pub struct AlertHistoryQuery {
 impl AlertHistoryQuery {
     /// Refuses a range that ends before it starts.
     pub fn check_range(&self) -> crate::Result<()> {
-        if self.to_ms < self.from_ms {
-            return Err(crate::StorageError::InvalidQuery(format!(
-                "`to` ({}) is before `from` ({})",
-                self.to_ms, self.from_ms
-            )));
-        }
-        Ok(())
+        crate::check_range(self.from_ms, self.to_ms)
     }
 }
 

@@ -62,6 +62,16 @@ impl StorageError {
 /// Result of a storage call.
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// A time range whose `to` is before its `from` is the caller's mistake.
+pub(crate) fn check_range(from_ms: i64, to_ms: i64) -> Result<()> {
+    if to_ms < from_ms {
+        return Err(StorageError::InvalidQuery(format!(
+            "`to` ({to_ms}) is before `from` ({from_ms})"
+        )));
+    }
+    Ok(())
+}
+
 /// The storage every etcdmon service writes to and reads from.
 #[async_trait::async_trait]
 pub trait Storage: Send + Sync + 'static {

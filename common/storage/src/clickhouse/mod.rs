@@ -542,11 +542,7 @@ impl Storage for ClickHouseStorage {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<SampleCount>> {
-        if to_ms < from_ms {
-            return Err(StorageError::InvalidQuery(format!(
-                "`to` ({to_ms}) is before `from` ({from_ms})"
-            )));
-        }
+        crate::check_range(from_ms, to_ms)?;
         let sql = query::count_samples(cluster, from_ms, to_ms);
         let rows = self
             .timed(
@@ -571,11 +567,7 @@ impl Storage for ClickHouseStorage {
         to_ms: i64,
         limit: usize,
     ) -> Result<Vec<crate::EventRow>> {
-        if to_ms < from_ms {
-            return Err(StorageError::InvalidQuery(format!(
-                "`to` ({to_ms}) is before `from` ({from_ms})"
-            )));
-        }
+        crate::check_range(from_ms, to_ms)?;
         let sql = query::events(cluster, from_ms, to_ms, limit);
         let rows = self
             .timed(

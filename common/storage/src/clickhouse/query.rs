@@ -174,12 +174,7 @@ pub(super) fn day_filter(sql: &mut Sql, from_ms: i64, to_ms: i64) {
 /// Checks a query and clamps its range to timestamps that can be stored (writes reject
 /// negative ones). `None` when nothing can match.
 fn checked_range(q: &PointQuery) -> Result<Option<(i64, i64)>, StorageError> {
-    if q.to_ms < q.from_ms {
-        return Err(StorageError::InvalidQuery(format!(
-            "`to` ({}) is before `from` ({})",
-            q.to_ms, q.from_ms
-        )));
-    }
+    crate::check_range(q.from_ms, q.to_ms)?;
     if q.step_ms < 0 {
         return Err(StorageError::InvalidQuery(format!(
             "step must not be negative, got {}",
@@ -301,24 +296,30 @@ fn rollup_buckets(
     sql.push(") AS ids USING series_id");
 }
 
-/// The SQL for [`crate::Storage::count_samples`]: rows `(member, count)` of distinct
-/// `(name, labels, ts_ms)` per member, ordered by member.
+/// ` AND` the rows of `[from_ms, to_ms]`: their days (the partition key) and
+/// their timestamps.
+fn time_filter(sql: &mut Sql, from_ms: i64, to_ms: i64) {
+    day_filter(sql, from_ms.max(0), to_ms.max(0));
+    sql.push(" AND ts_ms >= ")
+        .int(from_ms)
+        .push(" AND ts_ms <= ")
+        .int(to_ms);
+}
+
 /// The events of `cluster` in `[from_ms, to_ms]`, newest first, at most
 /// `limit`. `DISTINCT`: a resent event is a second row until a merge.
 pub(super) fn events(cluster: &str, from_ms: i64, to_ms: i64, limit: usize) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT DISTINCT cluster, member, ts_ms, kind, message FROM events WHERE cluster = ")
         .str(cluster);
-    day_filter(&mut sql, from_ms.max(0), to_ms.max(0));
-    sql.push(" AND ts_ms >= ")
-        .int(from_ms)
-        .push(" AND ts_ms <= ")
-        .int(to_ms)
-        .push(" ORDER BY ts_ms DESC, member, kind LIMIT ")
+    time_filter(&mut sql, from_ms, to_ms);
+    sql.push(" ORDER BY ts_ms DESC, member, kind LIMIT ")
         .int(i64::try_from(limit).unwrap_or(i64::MAX));
     sql
 }
 
+/// The SQL for [`crate::Storage::count_samples`]: rows `(member, count)` of distinct
+/// `(name, labels, ts_ms)` per member, ordered by member.
 pub(super) fn count_samples(cluster: &str, from_ms: i64, to_ms: i64) -> Sql {
     let mut sql = Sql::default();
     sql.push(
@@ -326,14 +327,10 @@ pub(super) fn count_samples(cluster: &str, from_ms: i64, to_ms: i64) -> Sql {
          SELECT member, name, labels, ts_ms FROM samples WHERE cluster = ",
     )
     .str(cluster);
-    day_filter(&mut sql, from_ms.max(0), to_ms.max(0));
-    sql.push(" AND ts_ms >= ")
-        .int(from_ms)
-        .push(" AND ts_ms <= ")
-        .int(to_ms)
-        .push(
-            " GROUP BY member, name, labels, ts_ms) \
+    time_filter(&mut sql, from_ms, to_ms);
+    sql.push(
+        " GROUP BY member, name, labels, ts_ms) \
              GROUP BY member ORDER BY member",
-        );
+    );
     sql
 }

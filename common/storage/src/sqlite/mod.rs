@@ -322,12 +322,7 @@ impl Storage for SqliteStorage {
     }
 
     async fn query(&self, q: &PointQuery) -> Result<Vec<SeriesPoints>> {
-        if q.to_ms < q.from_ms {
-            return Err(StorageError::InvalidQuery(format!(
-                "`to` ({}) is before `from` ({})",
-                q.to_ms, q.from_ms
-            )));
-        }
+        crate::check_range(q.from_ms, q.to_ms)?;
         if q.step_ms < 0 {
             return Err(StorageError::InvalidQuery(
                 "step must not be negative".into(),
@@ -374,11 +369,7 @@ impl Storage for SqliteStorage {
         to_ms: i64,
         limit: usize,
     ) -> Result<Vec<EventRow>> {
-        if to_ms < from_ms {
-            return Err(StorageError::InvalidQuery(format!(
-                "`to` ({to_ms}) is before `from` ({from_ms})"
-            )));
-        }
+        crate::check_range(from_ms, to_ms)?;
         let cluster = cluster.to_string();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_reader(move |c| {
