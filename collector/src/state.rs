@@ -118,6 +118,9 @@ pub struct MemberState {
     pub node: String,
     /// Region.
     pub region: String,
+    /// Free-form tags of the agent's identity (`identity.tags`: team,
+    /// environment, ...).
+    pub tags: BTreeMap<String, String>,
     /// Whether an agent stream for this member is open.
     pub agent_connected: bool,
     /// When the collector last received a report from its agent, ms since the
@@ -573,6 +576,14 @@ impl LiveState {
         });
         m.node = id.node.clone();
         m.region = id.region.clone();
+        // Every report carries them; copied only when they changed.
+        if m.tags.len() != id.tags.len() || id.tags.iter().any(|(k, v)| m.tags.get(k) != Some(v)) {
+            m.tags = id
+                .tags
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+        }
         f(cluster, &mut m);
         cluster.members.insert(key, m);
     }

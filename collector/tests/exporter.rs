@@ -121,6 +121,7 @@ async fn fleet_series_pass_promtool_follow_a_dead_member_and_prometheus_and_the_
         .map(|m| {
             let mut cfg = common::agent_config(CLUSTER, m, &collector.grpc_url(), dir.path());
             cfg.identity.region = REGION.into();
+            cfg.identity.tags = [("env".to_owned(), "prod".to_owned())].into();
             Agent::serve_tapped(&cfg, AgentMetrics::new(), None, None, &Shutdown::new())
                 .expect("agent")
         })
@@ -252,6 +253,16 @@ async fn fleet_series_pass_promtool_follow_a_dead_member_and_prometheus_and_the_
     assert_eq!(status, 200);
     assert_eq!(m["members"].as_object().map(|m| m.len()), Some(3), "{m}");
     assert_eq!(m["members"]["m2"]["reachable"], false, "{m}");
+    assert_eq!(m["members"]["m0"]["tags"]["env"], "prod", "{m}");
+    let listed = |query: &str| {
+        let (status, v) = get(&format!("/api/v1/clusters?{query}"));
+        (status, v["clusters"].as_array().map_or(0, |c| c.len()))
+    };
+    assert_eq!(listed(&format!("region={REGION}")), (200, 1));
+    assert_eq!(listed("region=us-east"), (200, 0));
+    assert_eq!(listed(&format!("region={REGION}&tag=env=prod")), (200, 1));
+    assert_eq!(listed("tag=env=dev"), (200, 0));
+    assert_eq!(listed("tag=env").0, 400, "a tag without a value");
     let (status, e) = get("/api/v1/clusters/nowhere");
     assert_eq!(status, 404, "{e}");
     assert!(

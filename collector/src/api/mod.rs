@@ -105,10 +105,51 @@ struct ClustersResponse {
     clusters: Vec<crate::state::ClusterState>,
 }
 
-async fn clusters(State(api): State<Api>) -> Json<ClustersResponse> {
-    Json(ClustersResponse {
-        clusters: api.state.snapshot(),
-    })
+/// Filters of the cluster list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClustersParams {
+    /// Only clusters with a member in this region.
+    region: Option<String>,
+    /// Only clusters with a member tagged so: `key=value`, several separated by
+    /// commas (all must hold).
+    tag: Option<String>,
+}
+
+async fn clusters(
+    State(api): State<Api>,
+    params: Result<Query<ClustersParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ClustersResponse>, ApiError> {
+    let Query(p) = params.map_err(|e| bad(e.body_text()))?;
+    let tags: Vec<(&str, &str)> = match p.tag.as_deref() {
+        None => Vec::new(),
+        Some(t) => t
+            .split(',')
+            .map(|kv| {
+                kv.split_once('=')
+                    .filter(|(k, _)| !k.is_empty())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "`tag` takes key=value pairs separated by commas, got {kv:?}"
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let mut clusters = api.state.snapshot();
+    clusters.retain(|c| {
+        let region_ok = p
+            .region
+            .as_deref()
+            .is_none_or(|r| c.members.values().any(|m| m.region == r));
+        let tags_ok = tags.iter().all(|(k, v)| {
+            c.members
+                .values()
+                .any(|m| m.tags.get(*k).is_some_and(|x| x == v))
+        });
+        region_ok && tags_ok
+    });
+    Ok(Json(ClustersResponse { clusters }))
 }
 
 /// Query parameters of the history endpoint.
