@@ -38,6 +38,10 @@ pub struct CollectorConfig {
     pub rules_interval: Duration,
     /// The consistency check: members' `HashKV` compared at a common revision.
     pub consistency: ConsistencyConfig,
+    /// Clusters registered ahead of their agents (`[[clusters]]`): shown while
+    /// silent, and `cluster_not_reporting` fires while none of their agents
+    /// reports.
+    pub clusters: Vec<crate::state::RegisteredCluster>,
     /// Where alert candidates are published.
     pub alerting: crate::candidates::AlertingConfig,
     /// After SIGTERM, how long the last writes to an unavailable store are
@@ -59,6 +63,7 @@ impl Default for CollectorConfig {
             rules: Default::default(),
             rules_interval: Duration::from_secs(1),
             consistency: ConsistencyConfig::default(),
+            clusters: Vec::new(),
             alerting: Default::default(),
             shutdown_grace: etcdmon_core::shutdown::DEFAULT_GRACE,
         }
@@ -584,6 +589,18 @@ impl CollectorConfig {
                 "rules_interval",
                 "must be longer than zero",
             ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for c in &self.clusters {
+            if c.name.is_empty() {
+                return Err(FieldError::new("clusters.name", "must not be empty"));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(FieldError::new(
+                    "clusters.name",
+                    format!("{:?} is registered twice", c.name),
+                ));
+            }
         }
         if self.consistency.interval.is_zero() {
             return Err(FieldError::new(

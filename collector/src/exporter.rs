@@ -202,12 +202,18 @@ fn gauge(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
     GaugeVec::new(Opts::new(name, help), labels).expect("static, valid metric names")
 }
 
-/// The region of a cluster: its members' (the first one set).
+/// The region of a cluster: as registered, else its members' (the first one set).
 fn region(c: &ClusterState) -> &str {
-    c.members
-        .values()
-        .map(|m| m.region.as_str())
-        .find(|r| !r.is_empty())
+    c.registration
+        .as_ref()
+        .map(|r| r.region.as_str())
+        .filter(|r| !r.is_empty())
+        .or_else(|| {
+            c.members
+                .values()
+                .map(|m| m.region.as_str())
+                .find(|r| !r.is_empty())
+        })
         .unwrap_or("")
 }
 
@@ -228,6 +234,11 @@ fn families(
     let available = gauge(
         "etcdmon_cluster_members_available",
         "Voting members whose agent reaches them.",
+        &CLUSTER_LABELS,
+    );
+    let reporting = gauge(
+        "etcdmon_cluster_reporting",
+        "1 while an agent of the cluster streams to this collector and is current.",
         &CLUSTER_LABELS,
     );
     let leader_changes = gauge(
@@ -266,6 +277,9 @@ fn families(
             .filter(|m| !m.removed && !m.is_learner && m.healthy)
             .count();
         available.with_label_values(&labels).set(up as f64);
+        reporting
+            .with_label_values(&labels)
+            .set(if c.reporting { 1.0 } else { 0.0 });
         leader_changes
             .with_label_values(&labels)
             .set(c.leader_changes_last_hour(now) as f64);
@@ -283,6 +297,6 @@ fn families(
     }
     member
         .into_iter()
-        .chain([members, available, leader_changes, alerts])
+        .chain([members, available, reporting, leader_changes, alerts])
         .collect()
 }

@@ -140,6 +140,7 @@ impl Collector {
         }
         let metrics = CollectorMetrics::new();
         let state = LiveState::new(cfg.ingest.agent_timeout);
+        state.register(&cfg.clusters);
         // Everything but the rules stops on `serving`, which only `drain` cancels.
         let serving = CancellationToken::new();
         let rules_stop = CancellationToken::new();

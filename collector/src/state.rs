@@ -41,6 +41,12 @@ pub struct ClusterState {
     pub raft_term: u64,
     /// Members by name.
     pub members: BTreeMap<String, MemberState>,
+    /// How the cluster was registered ahead of its agents (`[[clusters]]`), if it was.
+    pub registration: Option<RegisteredCluster>,
+    /// Whether an agent of the cluster streams and is current (set by the snapshot).
+    pub reporting: bool,
+    /// Registered members whose agent is not reporting (set by the snapshot).
+    pub members_missing: Vec<String>,
     /// Member ids (hex) in the last member list seen.
     #[serde(skip)]
     member_ids: BTreeSet<u64>,
@@ -52,6 +58,23 @@ pub struct ClusterState {
     /// (hex id), within the last hour.
     #[serde(skip)]
     leader_changes: std::collections::VecDeque<(i64, String)>,
+}
+
+/// A cluster known before its agents report (the collector's `[[clusters]]`):
+/// shown while silent, and `cluster_not_reporting` fires for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegisteredCluster {
+    /// Cluster name, as its agents' `identity.cluster`.
+    pub name: String,
+    /// Region.
+    pub region: String,
+    /// Who to ask about it (a team, a person).
+    pub owner: String,
+    /// Free-form tags.
+    pub tags: BTreeMap<String, String>,
+    /// The member names expected to report.
+    pub members: Vec<String>,
 }
 
 /// Window of the leader-change count.
@@ -534,8 +557,30 @@ impl LiveState {
                     m.healthy = false;
                 }
             }
+            let current = |m: &MemberState| m.agent_connected && !m.stale;
+            c.reporting = c.members.values().any(current);
+            c.members_missing = c
+                .registration
+                .iter()
+                .flat_map(|r| r.members.iter())
+                .filter(|n| !c.members.get(*n).is_some_and(current))
+                .cloned()
+                .collect();
         }
         out
+    }
+
+    /// Registers clusters ahead of their agents: each is shown (and judged by
+    /// `cluster_not_reporting`) whether or not an agent reports for it.
+    pub fn register(&self, clusters: &[RegisteredCluster]) {
+        let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        for r in clusters {
+            let c = g.entry(r.name.clone()).or_insert_with(|| ClusterState {
+                name: r.name.clone(),
+                ..Default::default()
+            });
+            c.registration = Some(r.clone());
+        }
     }
 
     /// A copy of every cluster as of now.

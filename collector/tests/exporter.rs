@@ -114,7 +114,27 @@ async fn fleet_series_pass_promtool_follow_a_dead_member_and_prometheus_and_the_
     let mut etcd = EtcdCluster::start(3).expect("etcd");
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("etcdmon.sqlite");
-    let collector = CollectorProc::start(&format!("sqlite:{}", db.display()), dir.path());
+    // A second cluster, registered but without agents.
+    let config = dir.path().join("collector.toml");
+    std::fs::write(
+        &config,
+        "[[clusters]]\nname = \"silent\"\nregion = \"ap-south\"\nowner = \"team-storage\"\n\
+         members = [\"s0\", \"s1\", \"s2\"]\ntags = { env = \"staging\" }\n\
+         [rules.cluster_not_reporting]\nfor = \"0s\"\n",
+    )
+    .expect("write collector.toml");
+    let config_arg = config.display().to_string();
+    let collector = CollectorProc::start_with_args(
+        &format!("sqlite:{}", db.display()),
+        dir.path(),
+        &[
+            "--allow-plaintext",
+            "--anonymous",
+            "admin",
+            "--config",
+            &config_arg,
+        ],
+    );
     let _agents: Vec<_> = etcd
         .members()
         .iter()
@@ -187,6 +207,38 @@ async fn fleet_series_pass_promtool_follow_a_dead_member_and_prometheus_and_the_
     assert!(
         page.contains("etcdmon_collector_batches_stored_total"),
         "its own metrics too"
+    );
+    assert_eq!(
+        value(
+            &page,
+            "etcdmon_cluster_reporting",
+            &[("cluster", CLUSTER), ("region", REGION)]
+        ),
+        Some(1.0)
+    );
+    // The registered cluster no agent reports for: shown, and alerted.
+    assert_eq!(
+        value(
+            &page,
+            "etcdmon_cluster_reporting",
+            &[("cluster", "silent"), ("region", "ap-south")]
+        ),
+        Some(0.0),
+        "{page}"
+    );
+    let alerted = common::eventually(Duration::from_secs(10), || {
+        value(
+            &metrics_page(&collector),
+            "etcdmon_alerts_firing",
+            &[("cluster", "silent"), ("severity", "warning")],
+        )
+        .filter(|n| *n == 1.0)
+    })
+    .await;
+    assert_eq!(
+        alerted,
+        Some(1.0),
+        "cluster_not_reporting not counted for silent"
     );
     let complaints = promtool_check(&page);
     assert!(
@@ -263,6 +315,17 @@ async fn fleet_series_pass_promtool_follow_a_dead_member_and_prometheus_and_the_
     assert_eq!(listed(&format!("region={REGION}&tag=env=prod")), (200, 1));
     assert_eq!(listed("tag=env=dev"), (200, 0));
     assert_eq!(listed("tag=env").0, 400, "a tag without a value");
+    let (status, s) = get("/api/v1/clusters/silent");
+    assert_eq!(status, 200, "{s}");
+    assert_eq!(s["reporting"], false, "{s}");
+    assert_eq!(
+        s["members_missing"].as_array().map(|m| m.len()),
+        Some(3),
+        "{s}"
+    );
+    assert_eq!(s["registration"]["owner"], "team-storage", "{s}");
+    assert_eq!(listed("region=ap-south"), (200, 1));
+    assert_eq!(listed("tag=env=staging"), (200, 1));
     let (status, e) = get("/api/v1/clusters/nowhere");
     assert_eq!(status, 404, "{e}");
     assert!(

@@ -49,7 +49,7 @@ fn live(fleet: &Fleet, name: &str) -> Result<ClusterState, ApiError> {
         .ok_or_else(|| {
             ApiError(
                 StatusCode::NOT_FOUND,
-                format!("no cluster {name:?}: no agent reports for it (GET /api/v1/clusters lists those that do)"),
+                format!("no cluster {name:?}: it is not registered and no agent reports for it (GET /api/v1/clusters lists those known)"),
             )
         })
 }

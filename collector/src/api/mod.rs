@@ -137,15 +137,17 @@ async fn clusters(
             .collect::<Result<_, _>>()?,
     };
     let mut clusters = api.state.snapshot();
+    // A registered cluster matches by its registration too (it may have no
+    // member reporting yet).
     clusters.retain(|c| {
-        let region_ok = p
-            .region
-            .as_deref()
-            .is_none_or(|r| c.members.values().any(|m| m.region == r));
+        let reg = c.registration.as_ref();
+        let region_ok = p.region.as_deref().is_none_or(|r| {
+            reg.is_some_and(|g| g.region == r) || c.members.values().any(|m| m.region == r)
+        });
         let tags_ok = tags.iter().all(|(k, v)| {
-            c.members
-                .values()
-                .any(|m| m.tags.get(*k).is_some_and(|x| x == v))
+            let tagged =
+                |t: &std::collections::BTreeMap<String, String>| t.get(*k).is_some_and(|x| x == v);
+            reg.is_some_and(|g| tagged(&g.tags)) || c.members.values().any(|m| tagged(&m.tags))
         });
         region_ok && tags_ok
     });

@@ -86,6 +86,16 @@ pub const RULES: &[Rule] = &[
     // without the majority's leader two seconds on is cut off.
     rule("member_isolated", member_isolated, 2, 0.0, 0.0, Critical),
     rule("agent_silent", agent_silent, 15, 0.0, 0.0, Warning),
+    // A minute: long enough for a collector restart (agents reconnect within
+    // seconds) or a rolling upgrade of the agents.
+    rule(
+        "cluster_not_reporting",
+        cluster_not_reporting,
+        60,
+        0.0,
+        0.0,
+        Warning,
+    ),
     // Elections make views differ for a moment; a partition persists.
     rule("members_disagree", members_disagree, 10, 0.0, 0.0, Critical),
     rule(
@@ -586,6 +596,39 @@ fn raft_index_divergence(c: &ClusterState, s: &RuleSettings) -> Vec<Observation>
         spread,
         format!("raft indexes of {} differ by {spread}", c.name),
         format!("Largest minus smallest raft index among available members: {spread} (fires above {}, clears below {}).", s.fire, s.clear),
+    )]
+}
+
+/// A cluster registered ahead of its agents (`[[clusters]]`) none of whose
+/// agents reports: never deployed, or all gone. Nothing else can fire for it
+/// then, since every other rule judges what the agents report.
+fn cluster_not_reporting(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
+    let Some(reg) = &c.registration else {
+        return Vec::new();
+    };
+    let silent = !c.reporting;
+    let expected = if reg.members.is_empty() {
+        "no members listed".to_owned()
+    } else {
+        format!("expected members {}", reg.members.join(", "))
+    };
+    vec![cluster_obs(
+        c,
+        Some(silent),
+        if silent { 1.0 } else { 0.0 },
+        if silent {
+            format!("no agent reports for registered cluster {}", c.name)
+        } else {
+            format!("agents report for cluster {} again", c.name)
+        },
+        format!(
+            "Registered with {expected}; not reporting: {}. Deploy or start the agents (docs/install.md).",
+            if c.members_missing.is_empty() {
+                "none".to_owned()
+            } else {
+                c.members_missing.join(", ")
+            }
+        ),
     )]
 }
 

@@ -1020,3 +1020,34 @@ fn when_no_majority_agrees_every_answering_member_is_named() {
         ]
     );
 }
+
+#[test]
+fn a_registered_cluster_without_agents_is_shown_and_fires_until_its_agents_report() {
+    let (st, mut r) = (LiveState::default(), rules());
+    st.register(&[crate::state::RegisteredCluster {
+        name: "c".into(),
+        region: "eu".into(),
+        members: vec!["m1".into(), "m2".into(), "m3".into()],
+        ..Default::default()
+    }]);
+    let snap = st.snapshot_at(T0);
+    assert_eq!(snap.len(), 1, "shown before any agent reports");
+    assert!(!snap[0].reporting);
+    assert_eq!(snap[0].members_missing, ["m1", "m2", "m3"]);
+    assert!(r.evaluate(&snap, T0).is_empty(), "waits its minute");
+    let t = r.evaluate(&st.snapshot_at(T0 + 60_000), T0 + 60_000);
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!(t[0].rule, "cluster_not_reporting");
+    assert!(t[0].state.is_firing());
+    assert!(
+        t[0].observation.description.contains("m1, m2, m3"),
+        "{}",
+        t[0].observation.description
+    );
+    // The agents come: resolved, and nothing else fires.
+    assert_eq!(
+        step(&st, &mut r, T0 + 61_000, healthy(2)),
+        vec![("cluster_not_reporting".to_string(), false)]
+    );
+    assert!(st.snapshot_at(T0 + 61_000)[0].members_missing.is_empty());
+}
