@@ -25,6 +25,7 @@ pub mod glob;
 pub mod ingest;
 pub mod metrics;
 pub mod rates;
+pub mod registry;
 pub mod retention;
 pub mod rules;
 pub mod service;

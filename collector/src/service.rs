@@ -141,6 +141,13 @@ impl Collector {
         let metrics = CollectorMetrics::new();
         let state = LiveState::new(cfg.ingest.agent_timeout);
         state.register(&cfg.clusters);
+        // Registered through the API: read now, and again now and then (another
+        // collector sharing the store may change them).
+        let fixed: std::collections::BTreeSet<String> =
+            cfg.clusters.iter().map(|c| c.name.clone()).collect();
+        if let Err(e) = crate::registry::sync(stores.registry.as_ref(), &state, &fixed).await {
+            tracing::warn!(error = %e, "reading the cluster registrations; read again in 30 s");
+        }
         // Everything but the rules stops on `serving`, which only `drain` cancels.
         let serving = CancellationToken::new();
         let rules_stop = CancellationToken::new();
@@ -148,6 +155,12 @@ impl Collector {
 
         let (tx, writer, storage_health) =
             writer::channel(stores.storage.clone(), cfg.ingest.clone(), metrics.clone());
+        tokio::spawn(crate::registry::run(
+            stores.registry.clone(),
+            state.clone(),
+            fixed.clone(),
+            serving.clone(),
+        ));
         let askers = crate::consistency::HashAskers::default();
         // Holds nothing to drain: it ends when serving stops.
         tokio::spawn(crate::consistency::run(
@@ -183,6 +196,12 @@ impl Collector {
                 stores.alerts.clone(),
                 stores.audit.clone(),
                 api::tokens::router(stored_tokens.clone(), &cfg.http),
+                api::fleet::router(
+                    stores.storage.clone(),
+                    stores.registry.clone(),
+                    fixed.clone(),
+                    state.clone(),
+                ),
                 state.clone(),
             ));
         let router = api::guarded(

@@ -570,6 +570,27 @@ impl LiveState {
         out
     }
 
+    /// Drops the registration of `name`; a cluster no agent reports for leaves
+    /// the state with it.
+    pub fn unregister(&self, name: &str) {
+        let mut g = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = g.get_mut(name) {
+            c.registration = None;
+            if c.members.is_empty() {
+                g.remove(name);
+            }
+        }
+    }
+
+    /// Names of the registered clusters.
+    pub fn registered_names(&self) -> Vec<String> {
+        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        g.values()
+            .filter(|c| c.registration.is_some())
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
     /// Registers clusters ahead of their agents: each is shown (and judged by
     /// `cluster_not_reporting`) whether or not an agent reports for it.
     pub fn register(&self, clusters: &[RegisteredCluster]) {

@@ -82,7 +82,8 @@ async fn secured_collector() -> Secured {
         storage: storage.clone(),
         alerts: sqlite.clone(),
         audit: sqlite.clone(),
-        tokens: sqlite,
+        tokens: sqlite.clone(),
+        registry: sqlite,
     };
     let listeners = Listeners::loopback().await.expect("bind");
     let collector = Collector::serve_on(

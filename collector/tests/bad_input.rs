@@ -46,7 +46,8 @@ async fn server_with(
         storage: storage.clone(),
         alerts: sqlite.clone(),
         audit: sqlite.clone(),
-        tokens: sqlite,
+        tokens: sqlite.clone(),
+        registry: sqlite,
     };
     let mut cfg = CollectorConfig::default();
     cfg.grpc.allow_plaintext = true;

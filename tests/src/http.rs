@@ -53,6 +53,16 @@ pub fn http_post_json(url: &str, body: &str, timeout: Duration) -> Result<HttpRe
     )
 }
 
+/// Sends `PUT` with a JSON `body` (`application/json`).
+pub fn http_put_json(url: &str, body: &str, timeout: Duration) -> Result<HttpResponse> {
+    request(
+        "PUT",
+        url,
+        Some(("application/json", body.as_bytes())),
+        timeout,
+    )
+}
+
 /// Sends `DELETE` without a body.
 pub fn http_delete(url: &str, timeout: Duration) -> Result<HttpResponse> {
     request("DELETE", url, None, timeout)

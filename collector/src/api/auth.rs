@@ -78,6 +78,12 @@ pub const ENDPOINTS: &[(&str, &str, Access)] = &[
         "/api/v1/clusters/{cluster}",
         Access::At(Role::Viewer),
     ),
+    ("PUT", "/api/v1/clusters/{cluster}", Access::At(Role::Admin)),
+    (
+        "DELETE",
+        "/api/v1/clusters/{cluster}",
+        Access::At(Role::Admin),
+    ),
     (
         "GET",
         "/api/v1/clusters/{cluster}/members",

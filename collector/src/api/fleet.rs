@@ -3,21 +3,27 @@
 //!
 //! - `GET /api/v1/clusters/{cluster}`: the cluster as `GET /api/v1/clusters`
 //!   shows it, or 404.
+//! - `PUT /api/v1/clusters/{cluster}` (`{"region", "owner", "tags",
+//!   "members"}`, each optional): registers it ahead of its agents, or
+//!   changes its registration; stored, see [`crate::registry`].
+//! - `DELETE /api/v1/clusters/{cluster}`: drops a registration made through
+//!   the API (one from the config file is the file's to change: 409).
 //! - `GET /api/v1/clusters/{cluster}/members`: its members by name, or 404.
 //! - `GET /api/v1/clusters/{cluster}/events?from=T&to=T&limit=N`: what
 //!   happened to it (member down and up, leader changes, alarms raised and
 //!   cleared, members added and removed, agents disconnected), newest first,
 //!   from storage: also for a cluster no agent reports any more.
 
+use super::auth::{actor, AuditDetail, Caller};
 use super::{bad, parse_range, ApiError};
-use crate::state::{ClusterState, LiveState, MemberState};
+use crate::state::{ClusterState, LiveState, MemberState, RegisteredCluster};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
-use etcdmon_storage::Storage;
+use axum::{Extension, Json, Router};
+use etcdmon_storage::{RegistryStore, Storage};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Events answered by default, and at most.
@@ -25,19 +31,120 @@ pub const DEFAULT_EVENTS: usize = 1_000;
 /// The most events one request may ask for.
 pub const MAX_EVENTS: usize = 10_000;
 
+/// Longest cluster name a registration takes.
+pub const MAX_NAME: usize = 253;
+
 #[derive(Clone)]
 struct Fleet {
     storage: Arc<dyn Storage>,
+    registry: Arc<dyn RegistryStore>,
+    /// Clusters registered in the config file.
+    fixed: Arc<BTreeSet<String>>,
     state: LiveState,
 }
 
-/// The routes of this module.
-pub fn router(storage: Arc<dyn Storage>, state: LiveState) -> Router {
+/// The routes of this module; `fixed` names the clusters registered in the
+/// config file.
+pub fn router(
+    storage: Arc<dyn Storage>,
+    registry: Arc<dyn RegistryStore>,
+    fixed: BTreeSet<String>,
+    state: LiveState,
+) -> Router {
     Router::new()
-        .route("/api/v1/clusters/{cluster}", get(cluster))
+        .route(
+            "/api/v1/clusters/{cluster}",
+            get(cluster).put(register).delete(unregister),
+        )
         .route("/api/v1/clusters/{cluster}/members", get(members))
         .route("/api/v1/clusters/{cluster}/events", get(events))
-        .with_state(Fleet { storage, state })
+        .with_state(Fleet {
+            storage,
+            registry,
+            fixed: Arc::new(fixed),
+            state,
+        })
+}
+
+/// The body of `PUT /api/v1/clusters/{cluster}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RegistrationBody {
+    region: String,
+    owner: String,
+    tags: BTreeMap<String, String>,
+    members: Vec<String>,
+}
+
+fn from_config(fleet: &Fleet, name: &str) -> Result<(), ApiError> {
+    if fleet.fixed.contains(name) {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("cluster {name:?} is registered in the collector's config file ([[clusters]]); change it there"),
+        ));
+    }
+    Ok(())
+}
+
+async fn register(
+    State(fleet): State<Fleet>,
+    Path(name): Path<String>,
+    caller: Option<Extension<Caller>>,
+    body: Result<Json<RegistrationBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(Extension<AuditDetail>, Json<RegisteredCluster>), ApiError> {
+    let Json(b) = body.map_err(|e| bad(e.body_text()))?;
+    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(bad(format!(
+            "a cluster name has 1 to {MAX_NAME} characters, none of them control characters"
+        )));
+    }
+    if b.members.iter().any(|m| m.is_empty()) {
+        return Err(bad("`members` holds member names; an empty one is not"));
+    }
+    from_config(&fleet, &name)?;
+    let reg = RegisteredCluster {
+        name: name.clone(),
+        region: b.region,
+        owner: b.owner,
+        tags: b.tags,
+        members: b.members,
+    };
+    fleet
+        .registry
+        .put_registration(&crate::registry::to_row(
+            &reg,
+            crate::now_ms(),
+            &actor(caller),
+        ))
+        .await?;
+    fleet.state.register(std::slice::from_ref(&reg));
+    Ok((
+        Extension(AuditDetail(format!("registered {name}"))),
+        Json(reg),
+    ))
+}
+
+async fn unregister(
+    State(fleet): State<Fleet>,
+    Path(name): Path<String>,
+    caller: Option<Extension<Caller>>,
+) -> Result<(StatusCode, Extension<AuditDetail>), ApiError> {
+    from_config(&fleet, &name)?;
+    if !fleet
+        .registry
+        .delete_registration(&name, crate::now_ms(), &actor(caller))
+        .await?
+    {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("cluster {name:?} is not registered through the API"),
+        ));
+    }
+    fleet.state.unregister(&name);
+    Ok((
+        StatusCode::NO_CONTENT,
+        Extension(AuditDetail(format!("unregistered {name}"))),
+    ))
 }
 
 fn live(fleet: &Fleet, name: &str) -> Result<ClusterState, ApiError> {

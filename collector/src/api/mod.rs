@@ -48,16 +48,17 @@ pub fn router(
     alert_store: Arc<dyn AlertStore>,
     audit: Arc<dyn AuditLog>,
     tokens: Router,
+    fleet: Router,
     state: LiveState,
 ) -> Router {
     Router::new()
         .route("/api/v1/clusters", get(clusters))
         .route("/api/v1/clusters/{cluster}/metrics/history", get(history))
         .with_state(Api {
-            storage: storage.clone(),
+            storage,
             state: state.clone(),
         })
-        .merge(fleet::router(storage, state.clone()))
+        .merge(fleet)
         .merge(alerting::router(alert_store.clone()))
         .merge(maintenance::router(alert_store))
         .merge(auth::router(audit))

@@ -21,12 +21,14 @@ pub mod audit;
 pub mod clickhouse;
 pub mod model;
 pub mod open;
+pub mod registry;
 pub mod sqlite;
 pub mod tokens;
 
 pub use alert_store::*;
 pub use audit::{AuditLog, AuditQuery, AuditRow};
 pub use model::*;
+pub use registry::{RegistrationRow, RegistryStore};
 pub use tokens::{TokenRow, TokenStore};
 
 use std::time::Duration;

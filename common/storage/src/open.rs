@@ -3,7 +3,7 @@
 
 use crate::clickhouse::{ClickHouseConfig, ClickHouseStorage};
 use crate::sqlite::SqliteStorage;
-use crate::{AlertStore, AuditLog, Retention, Storage, StorageError, TokenStore};
+use crate::{AlertStore, AuditLog, RegistryStore, Retention, Storage, StorageError, TokenStore};
 use etcdmon_core::config::FieldError;
 use etcdmon_core::retry::{until_ok, RetryPolicy};
 use serde::{Deserialize, Serialize};
@@ -132,6 +132,8 @@ pub struct Stores {
     pub audit: Arc<dyn AuditLog>,
     /// API tokens made through the API.
     pub tokens: Arc<dyn TokenStore>,
+    /// Clusters registered through the API.
+    pub registry: Arc<dyn RegistryStore>,
 }
 
 /// How long a start waits between attempts to reach a store that is not up yet.
@@ -150,7 +152,8 @@ pub async fn open(cfg: &StorageConfig) -> Result<Stores, StorageError> {
                 storage: s.clone(),
                 alerts: s.clone(),
                 audit: s.clone(),
-                tokens: s,
+                tokens: s.clone(),
+                registry: s,
             }
         }
         StorageTarget::ClickHouse { url, database } => {
@@ -163,7 +166,8 @@ pub async fn open(cfg: &StorageConfig) -> Result<Stores, StorageError> {
                 storage: s.clone(),
                 alerts: s.clone(),
                 audit: s.clone(),
-                tokens: s,
+                tokens: s.clone(),
+                registry: s,
             }
         }
     };

@@ -15,7 +15,8 @@ use etcdmon_storage::clickhouse::{ClickHouseConfig, ClickHouseStorage};
 use etcdmon_storage::sqlite::SqliteStorage;
 use etcdmon_storage::{
     AlertAckRow, AlertDeliveryRow, AlertHistoryQuery, AlertStore, AlertTransitionRow, AuditLog,
-    AuditQuery, AuditRow, Retention, SilenceRow, Storage, StorageError, TokenRow, TokenStore,
+    AuditQuery, AuditRow, RegistrationRow, RegistryStore, Retention, SilenceRow, Storage,
+    StorageError, TokenRow, TokenStore,
 };
 use etcdmon_testkit::ClickHouseServer;
 
@@ -28,7 +29,7 @@ const AWKWARD: &str = "it's \"gone\" \\ ünïcödé 🚨\ttab";
 
 /// A store under test and what the checks need to poke at it.
 trait Backend: Sized {
-    type Store: Storage + AlertStore + AuditLog + TokenStore;
+    type Store: Storage + AlertStore + AuditLog + TokenStore + RegistryStore;
     /// A fresh, migrated store.
     async fn open(retention: Retention) -> Self;
     fn store(&self) -> &Self::Store;
@@ -101,6 +102,7 @@ impl Backend for ClickHouse {
             "silences",
             "alert_acks",
             "api_tokens",
+            "cluster_registrations",
         ] {
             self.server
                 .query(&format!("OPTIMIZE TABLE {DB}.{table} FINAL"))
@@ -137,6 +139,7 @@ both_backends!(
     retention_removes_old_alert_rows_but_keeps_firing_state,
     the_audit_log_reads_newest_first_and_expires,
     tokens_are_listed_by_their_latest_version_and_revoked_once,
+    registrations_are_replaced_deleted_and_made_again,
 );
 
 async fn open<B: Backend>() -> B {
@@ -817,6 +820,71 @@ async fn tokens_are_listed_by_their_latest_version_and_revoked_once<B: Backend>(
     assert_eq!(
         s.tokens().await.expect("merged"),
         expected,
+        "merges keep it"
+    );
+}
+
+fn registration(name: &str, region: &str, at: i64) -> RegistrationRow {
+    RegistrationRow {
+        name: name.to_owned(),
+        region: region.to_owned(),
+        owner: "team-storage".to_owned(),
+        tags_json: r#"{"env":"prod"}"#.to_owned(),
+        members_json: r#"["etcd-0","etcd-1"]"#.to_owned(),
+        updated_ms: at,
+        updated_by: "root".to_owned(),
+    }
+}
+
+async fn registrations_are_replaced_deleted_and_made_again<B: Backend>() {
+    let b = open::<B>().await;
+    b.stop_merges();
+    let s = b.store();
+    assert!(s.registrations().await.expect("none").is_empty());
+    s.put_registration(&registration("eu-1", "eu", T0))
+        .await
+        .expect("put");
+    s.put_registration(&registration("us-1", "us", T0))
+        .await
+        .expect("put");
+    let changed = registration("eu-1", AWKWARD, T0 + 1);
+    s.put_registration(&changed).await.expect("replace");
+    assert_eq!(
+        s.registrations().await.expect("list"),
+        vec![changed.clone(), registration("us-1", "us", T0)],
+        "by name, the latest version, byte for byte"
+    );
+
+    assert!(s
+        .delete_registration("us-1", T0 + 2, "root")
+        .await
+        .expect("delete"));
+    assert!(!s
+        .delete_registration("us-1", T0 + 3, "root")
+        .await
+        .expect("deleted already"));
+    assert!(!s
+        .delete_registration("nowhere", T0, "root")
+        .await
+        .expect("unknown"));
+    assert_eq!(
+        s.registrations().await.expect("list"),
+        vec![changed.clone()]
+    );
+
+    // Registered again in the same millisecond as its deletion: it is back.
+    s.put_registration(&registration("us-1", "us", T0 + 2))
+        .await
+        .expect("again");
+    let names = |rows: Vec<RegistrationRow>| rows.into_iter().map(|r| r.name).collect::<Vec<_>>();
+    assert_eq!(
+        names(s.registrations().await.expect("list")),
+        ["eu-1", "us-1"]
+    );
+    b.merge_all();
+    assert_eq!(
+        names(s.registrations().await.expect("merged")),
+        ["eu-1", "us-1"],
         "merges keep it"
     );
 }

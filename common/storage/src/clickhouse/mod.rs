@@ -95,6 +95,7 @@ mod config;
 mod https;
 mod migrate;
 mod query;
+mod registry;
 mod retention;
 mod schema;
 #[cfg(test)]

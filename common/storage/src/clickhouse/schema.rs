@@ -458,6 +458,29 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             ),
         ],
     },
+    Migration {
+        version: 8,
+        superseded_by: None,
+        description: "cluster registrations: cluster_registrations",
+        steps: &[
+            // Every change writes the whole registration; a deletion is a version
+            // with deleted = 1. The newest version (updated_ms) is the current
+            // one. Few rows, never expired by retention.
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.cluster_registrations (
+                name String,
+                region String,
+                owner String,
+                tags_json String,
+                members_json String,
+                updated_ms Int64,
+                updated_by String,
+                deleted UInt8
+            ) ENGINE = ReplacingMergeTree(updated_ms)
+            ORDER BY name",
+            ),
+        ],
+    },
 ];
 
 /// `statement` with `{db}` replaced by the backquoted database name. The name is

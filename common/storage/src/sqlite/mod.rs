@@ -20,6 +20,7 @@
 
 mod alert_store;
 mod audit;
+mod registry;
 mod schema;
 mod tokens;
 

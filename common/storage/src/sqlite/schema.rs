@@ -129,6 +129,19 @@ const MIGRATIONS: &[(i64, &str)] = &[
             revoked_by TEXT NOT NULL
         );",
     ),
+    (
+        5,
+        // Clusters registered through the API (see `crate::registry`).
+        "CREATE TABLE cluster_registrations (
+            name TEXT PRIMARY KEY,
+            region TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            tags_json TEXT NOT NULL,
+            members_json TEXT NOT NULL,
+            updated_ms INTEGER NOT NULL,
+            updated_by TEXT NOT NULL
+        );",
+    ),
 ];
 
 /// Applies the migrations not yet recorded.
