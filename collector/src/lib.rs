@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod consistency;
 pub mod exporter;
+pub mod feed;
 pub mod glob;
 pub mod ingest;
 pub mod metrics;

@@ -155,6 +155,15 @@ impl Collector {
 
         let (tx, writer, storage_health) =
             writer::channel(stores.storage.clone(), cfg.ingest.clone(), metrics.clone());
+        // Open live streams end when serving stops, or the HTTP server's
+        // graceful shutdown would wait for them.
+        tokio::spawn({
+            let (feed, serving) = (state.feed().clone(), serving.clone());
+            async move {
+                serving.cancelled().await;
+                feed.close();
+            }
+        });
         tokio::spawn(crate::registry::run(
             stores.registry.clone(),
             state.clone(),

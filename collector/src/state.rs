@@ -22,6 +22,9 @@ pub struct LiveState {
     /// went down or came back, a new leader, an alarm, an agent's stream ended)
     /// rather than at their next tick.
     changed: Arc<tokio::sync::Notify>,
+    /// Where the events of [`LiveState::apply`] and the rules' transitions go
+    /// out live (`GET /api/v1/stream`).
+    feed: crate::feed::Feed,
 }
 
 impl Default for LiveState {
@@ -333,7 +336,13 @@ impl LiveState {
             inner: Arc::default(),
             stale_after_ms: i64::try_from(agent_timeout.as_millis()).unwrap_or(i64::MAX),
             changed: Arc::default(),
+            feed: crate::feed::Feed::default(),
         }
+    }
+
+    /// The live feed of events and alert transitions.
+    pub fn feed(&self) -> &crate::feed::Feed {
+        &self.feed
     }
 
     /// Resolves when the state changed in a way the rules should judge at once
@@ -365,13 +374,15 @@ impl LiveState {
             self.forget_removed(id);
             self.changed.notify_one();
         }
-        EventRow {
+        let event = EventRow {
             cluster: id.cluster.clone(),
             member: member_key(id),
             ts_ms: now_ms,
             kind: "agent_disconnected".into(),
             message: reason.to_string(),
-        }
+        };
+        self.feed.events(std::slice::from_ref(&event));
+        event
     }
 
     /// [`apply_at`](Self::apply_at) for a report received when it was made (its
@@ -543,6 +554,7 @@ impl LiveState {
         if !events.is_empty() || judge_now {
             self.changed.notify_one();
         }
+        self.feed.events(&events);
         events
     }
 

@@ -1,18 +1,42 @@
 //! Clusters registered through the API, on the collector binary with SQLite:
 //! a registered cluster no agent reports for is shown and alerted, the
 //! registration survives a restart, and only the API's own registrations can
-//! be dropped through it.
+//! be dropped through it. The live stream (`/api/v1/stream`) carries the
+//! alert as it fires.
 
 mod common;
 
 use common::CollectorProc;
 use etcdmon_testkit::{http_delete, http_get, http_put_json};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(5);
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_default()
+}
+
+/// The lines of `GET {path}` on `port` as they arrive (a Server-Sent Events
+/// stream), read by a thread until the connection ends.
+fn stream_lines(port: u16, path: &str) -> Arc<Mutex<Vec<String>>> {
+    let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .expect("request");
+    let out = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(conn).lines() {
+            let Ok(line) = line else { break };
+            out.lock().expect("lock").push(line);
+        }
+    });
+    lines
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,6 +59,29 @@ async fn a_registered_silent_cluster_is_shown_alerted_kept_and_dropped() {
     ];
     let mut collector = CollectorProc::start_with_args(&db, dir.path(), &args);
     let url = |p: &str| collector.url(p);
+    let port: u16 = url("")
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the API's port");
+    let live = stream_lines(port, "/api/v1/stream");
+    // The subscription is made when the headers are answered.
+    let subscribed = common::eventually(Duration::from_secs(5), || {
+        live.lock()
+            .expect("lock")
+            .iter()
+            .any(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with("content-type: text/event-stream")
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(
+        subscribed.is_some(),
+        "no event stream: {:?}",
+        live.lock().expect("lock")
+    );
 
     let body = r#"{"region": "eu-west", "owner": "team-storage",
                    "members": ["etcd-0", "etcd-1"], "tags": {"env": "staging"}}"#;
@@ -72,6 +119,24 @@ async fn a_registered_silent_cluster_is_shown_alerted_kept_and_dropped() {
     assert!(
         firing.is_some(),
         "cluster_not_reporting not firing for staging-1"
+    );
+    // ...and went out on the live stream as it fired.
+    let on_stream = |w: &[String]| {
+        let data = json(w[1].strip_prefix("data: ").unwrap_or(""));
+        w[0] == "event: alert"
+            && data["rule"] == "cluster_not_reporting"
+            && data["labels"]["cluster"] == "staging-1"
+            && data["state"] == "firing"
+    };
+    let streamed = common::eventually(Duration::from_secs(5), || {
+        let lines = live.lock().expect("lock").clone();
+        lines.windows(2).any(on_stream).then_some(())
+    })
+    .await;
+    assert!(
+        streamed.is_some(),
+        "not on the stream: {:?}",
+        live.lock().expect("lock")
     );
 
     // Bad bodies and names say what is wrong.

@@ -73,6 +73,7 @@ pub const ENDPOINTS: &[(&str, &str, Access)] = &[
     ("GET", "/docs/{name}", Access::At(Role::Viewer)),
     ("GET", "/api/v1/whoami", Access::At(Role::Viewer)),
     ("GET", "/api/v1/clusters", Access::At(Role::Viewer)),
+    ("GET", "/api/v1/stream", Access::At(Role::Viewer)),
     (
         "GET",
         "/api/v1/clusters/{cluster}",

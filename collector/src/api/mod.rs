@@ -2,7 +2,9 @@
 //! comes from storage. Every error is a 4xx/5xx with `{"error": "..."}`.
 //!
 //! - `GET /api/v1/clusters`
-//! - `GET /api/v1/clusters/{cluster}`, `.../members`, `.../events`: see [`fleet`].
+//! - `GET /api/v1/clusters/{cluster}`, `.../members`, `.../events`, and
+//!   registration (`PUT`, `DELETE`): see [`fleet`].
+//! - `GET /api/v1/stream`: events and alert transitions as they happen, see [`stream`].
 //! - `GET /api/v1/clusters/{cluster}/metrics/history?metric=NAME&member=M&labels=L&from=T&to=T&step=S`
 //! - alerts, their history, acknowledgements and silences: see [`alerting`].
 //! - `GET /api/v1/whoami`, `GET /api/v1/audit`, and who may call what: see [`auth`].
@@ -16,6 +18,7 @@ pub mod fleet;
 pub mod home;
 pub mod jwt;
 pub mod maintenance;
+pub mod stream;
 pub mod tokens;
 
 use crate::now_ms;
@@ -59,6 +62,7 @@ pub fn router(
             state: state.clone(),
         })
         .merge(fleet)
+        .merge(stream::router(state.feed().clone()))
         .merge(alerting::router(alert_store.clone()))
         .merge(maintenance::router(alert_store))
         .merge(auth::router(audit))

@@ -199,6 +199,14 @@ pub async fn run(
                 .inc();
             tracing::info!(rule = t.rule, state = state_name, fingerprint = %t.fingerprint,
                 summary = %t.observation.summary, "alert transition");
+            state.feed().alert(crate::feed::AlertJson {
+                rule: t.rule,
+                state: state_name,
+                severity: t.severity.as_str(),
+                labels: &t.observation.labels,
+                summary: &t.observation.summary,
+                since_ms: t.since_ms,
+            });
             if let Some(sink) = &sink {
                 if sink.send(t).await.is_err() {
                     return;
