@@ -464,7 +464,10 @@ impl LiveState {
                 update_member(m, s);
                 // A member that lost its leader or follows another one (an
                 // isolated member after its election timeout) is judged now.
-                judge_now |= m.leader_id != followed;
+                // Not its first status: while the agents of a starting
+                // collector or `etcdmon up` connect one by one, judging at the
+                // first one would see the others as down (quorum lost).
+                judge_now |= was.is_some() && m.leader_id != followed;
                 // Leader changes, seen by any member.
                 if s.leader_id != 0 {
                     let leader = format!("{:x}", s.leader_id);

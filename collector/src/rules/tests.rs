@@ -1051,3 +1051,21 @@ fn a_registered_cluster_without_agents_is_shown_and_fires_until_its_agents_repor
     );
     assert!(st.snapshot_at(T0 + 61_000)[0].members_missing.is_empty());
 }
+
+#[tokio::test]
+async fn the_first_statuses_of_a_starting_cluster_are_not_judged_one_by_one() {
+    // Agents connect one after the other; only a changed view, not a first
+    // one, asks for an evaluation before the next tick.
+    let st = LiveState::default();
+    let wait = std::time::Duration::from_millis(10);
+    st.apply(&id("m1", 1), &report(T0, Body::Status(up(1, 1, 2, 10))));
+    assert!(
+        tokio::time::timeout(wait, st.changed()).await.is_err(),
+        "a first status is no news"
+    );
+    st.apply(&id("m1", 1), &report(T0 + 1, Body::Status(up(1, 0, 3, 10))));
+    assert!(
+        tokio::time::timeout(wait, st.changed()).await.is_ok(),
+        "a member that lost its leader is"
+    );
+}
