@@ -49,7 +49,21 @@ pub struct Up {
 
 impl Up {
     /// Starts `etcdmon up --etcd ENDPOINT` with `args` and environment `env`.
+    ///
+    /// Its API port was free a moment before, but another process's outgoing
+    /// connection may take it meanwhile (an ephemeral port): then it starts
+    /// again on a fresh one, like the test kit's etcd clusters.
     pub fn start(endpoint: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        for _ in 0..3 {
+            let mut up = Self::spawn(endpoint, args, env);
+            if !up.lost_its_port() {
+                return up;
+            }
+        }
+        panic!("etcdmon up found its API port taken three times");
+    }
+
+    fn spawn(endpoint: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
         let port = free_port();
         let log = std::fs::File::create(dir.path().join("up.log")).expect("log");
@@ -65,6 +79,22 @@ impl Up {
             .spawn()
             .expect("spawn etcdmon up");
         Self { child, port, dir }
+    }
+
+    /// Whether it exited at start because its API port was taken; waits (20 s
+    /// at most) until the port answers or the process exits.
+    fn lost_its_port(&mut self) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return false;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return self.log().contains("Address already in use");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// Its data dir.
