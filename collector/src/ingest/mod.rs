@@ -32,7 +32,7 @@ use etcdmon_proto::v1::{
     stream_request, stream_response, Ack, Batch, Hello, Identity, StreamRequest, StreamResponse,
     Welcome,
 };
-use etcdmon_storage::{BatchMark, Storage, WriteSet};
+use etcdmon_storage::{canonical_labels, BatchMark, MemberInfo, Storage, WriteSet};
 use std::collections::HashSet;
 use std::hash::BuildHasher as _;
 use std::pin::Pin;
@@ -392,6 +392,7 @@ impl IngestService for Ingest {
             identity,
             high: stored,
             seen: Arc::default(),
+            described: None,
         };
         tokio::spawn(session.run(inbound, out_tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
@@ -444,6 +445,8 @@ struct Session {
     high: u64,
     /// The series this session wrote metadata rows for (see [`SeenSeries`]).
     seen: Arc<Mutex<SeenSeries>>,
+    /// Where the member runs, as last stored by this session (without time).
+    described: Option<MemberInfo>,
 }
 
 /// A queued batch, for the acker.
@@ -582,6 +585,45 @@ impl Session {
         ));
     }
 
+    /// Stores where the member runs (region, node, tags) when this session has
+    /// not stored it yet, or it changed (the member's name is learned from etcd
+    /// after the Hello). Off the stream's path: fleet queries group by it, but
+    /// no batch waits for it.
+    fn describe_member(&mut self) {
+        let id = &self.identity;
+        let info = MemberInfo {
+            cluster: id.cluster.clone(),
+            member: member_key(id),
+            region: id.region.clone(),
+            node: id.node.clone(),
+            tags: canonical_labels(id.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+            seen_ms: 0,
+        };
+        if self.described.as_ref() == Some(&info) {
+            return;
+        }
+        self.described = Some(info.clone());
+        let storage = self.svc.storage.clone();
+        tokio::spawn(async move {
+            let info = MemberInfo {
+                seen_ms: now_ms(),
+                ..info
+            };
+            // A store that is briefly away gets a few tries; the next session
+            // stores it again in any case.
+            for delay in [1, 5, 30] {
+                match storage.record_member(&info).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(
+                        cluster = %info.cluster, member = %info.member, error = %e,
+                        "could not store where the member runs; trying again"
+                    ),
+                }
+                tokio::time::sleep(Duration::from_secs(delay)).await;
+            }
+        });
+    }
+
     /// Queues one batch; false when the writer is gone (shutdown).
     async fn accept(&mut self, batch: Batch, acks: &mpsc::Sender<Pending>) -> bool {
         let seq = batch.sequence;
@@ -634,6 +676,7 @@ impl Session {
                 self.identity = id.clone();
             }
         }
+        self.describe_member();
         let (set, oldest_ms, new_series) =
             self.svc
                 .rows(&self.seen, &self.identity, &self.agent_id, &batch);

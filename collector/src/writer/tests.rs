@@ -114,6 +114,18 @@ impl Storage for Gated {
     ) -> etcdmon_storage::Result<etcdmon_storage::RetentionOutcome> {
         self.inner.apply_retention(now_ms).await
     }
+    async fn record_member(
+        &self,
+        info: &etcdmon_storage::MemberInfo,
+    ) -> etcdmon_storage::Result<()> {
+        self.inner.record_member(info).await
+    }
+    async fn member_info(
+        &self,
+        cluster: Option<&str>,
+    ) -> etcdmon_storage::Result<Vec<etcdmon_storage::MemberInfo>> {
+        self.inner.member_info(cluster).await
+    }
 }
 
 struct Harness {

@@ -125,6 +125,15 @@ pub trait Storage: Send + Sync + 'static {
         to_ms: i64,
         limit: usize,
     ) -> Result<Vec<EventRow>>;
+
+    /// Stores where a member runs (region, node, tags), replacing an older
+    /// description of the same member. Kept regardless of retention: a member
+    /// that stopped reporting long ago still groups its old samples.
+    async fn record_member(&self, info: &MemberInfo) -> Result<()>;
+
+    /// The latest description of every member of `cluster` (every cluster when
+    /// `None`), ordered by cluster and member.
+    async fn member_info(&self, cluster: Option<&str>) -> Result<Vec<MemberInfo>>;
 }
 
 /// How long each kind of data is kept.

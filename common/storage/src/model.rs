@@ -42,6 +42,26 @@ pub struct SeriesRow {
     pub seen_ms: i64,
 }
 
+/// Where a member runs, as its agent describes it (`Hello.identity`): what
+/// fleet queries group and filter samples by. One row per (cluster, member);
+/// the latest sighting wins.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct MemberInfo {
+    /// Cluster name.
+    pub cluster: String,
+    /// Member name, as in the samples' `member`.
+    pub member: String,
+    /// Region or zone; empty when the agent has none.
+    pub region: String,
+    /// Host or Kubernetes node.
+    pub node: String,
+    /// The agent's tags, in the canonical label form (`k="v",...`) of
+    /// [`canonical_labels`].
+    pub tags: String,
+    /// When it was last described so, ms since the Unix epoch.
+    pub seen_ms: i64,
+}
+
 /// Something that happened to a cluster or member.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventRow {

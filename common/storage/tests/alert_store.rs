@@ -15,8 +15,8 @@ use etcdmon_storage::clickhouse::{ClickHouseConfig, ClickHouseStorage};
 use etcdmon_storage::sqlite::SqliteStorage;
 use etcdmon_storage::{
     AlertAckRow, AlertDeliveryRow, AlertHistoryQuery, AlertStore, AlertTransitionRow, AuditLog,
-    AuditQuery, AuditRow, RegistrationRow, RegistryStore, Retention, SilenceRow, Storage,
-    StorageError, TokenRow, TokenStore,
+    AuditQuery, AuditRow, MemberInfo, RegistrationRow, RegistryStore, Retention, SilenceRow,
+    Storage, StorageError, TokenRow, TokenStore,
 };
 use etcdmon_testkit::ClickHouseServer;
 
@@ -103,6 +103,7 @@ impl Backend for ClickHouse {
             "alert_acks",
             "api_tokens",
             "cluster_registrations",
+            "member_info",
         ] {
             self.server
                 .query(&format!("OPTIMIZE TABLE {DB}.{table} FINAL"))
@@ -140,6 +141,7 @@ both_backends!(
     the_audit_log_reads_newest_first_and_expires,
     tokens_are_listed_by_their_latest_version_and_revoked_once,
     registrations_are_replaced_deleted_and_made_again,
+    member_descriptions_keep_the_latest_per_member,
 );
 
 async fn open<B: Backend>() -> B {
@@ -886,5 +888,47 @@ async fn registrations_are_replaced_deleted_and_made_again<B: Backend>() {
         names(s.registrations().await.expect("merged")),
         ["eu-1", "us-1"],
         "merges keep it"
+    );
+}
+
+fn member(cluster: &str, member: &str, region: &str, at: i64) -> MemberInfo {
+    MemberInfo {
+        cluster: cluster.to_owned(),
+        member: member.to_owned(),
+        region: region.to_owned(),
+        node: format!("node-{member}"),
+        tags: r#"env="prod",team="storage""#.to_owned(),
+        seen_ms: at,
+    }
+}
+
+async fn member_descriptions_keep_the_latest_per_member<B: Backend>() {
+    let b = open::<B>().await;
+    b.stop_merges();
+    let s = b.store();
+    assert!(s.member_info(None).await.expect("none").is_empty());
+    for row in [
+        member("eu-1", "m0", "eu", T0),
+        member("eu-1", "m1", "eu", T0),
+        member("us-1", "m0", "us", T0),
+    ] {
+        s.record_member(&row).await.expect("record");
+    }
+    // Moved to another region, then an older description arrives late.
+    let moved = member("eu-1", "m1", AWKWARD, T0 + 5);
+    s.record_member(&moved).await.expect("record");
+    s.record_member(&member("eu-1", "m1", "stale", T0 + 1))
+        .await
+        .expect("record");
+    let expected = vec![member("eu-1", "m0", "eu", T0), moved];
+    assert_eq!(s.member_info(Some("eu-1")).await.expect("one"), expected);
+    let all = s.member_info(None).await.expect("all");
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(all[2], member("us-1", "m0", "us", T0));
+    b.merge_all();
+    assert_eq!(
+        s.member_info(Some("eu-1")).await.expect("merged"),
+        expected,
+        "a merge keeps the copy the read picked"
     );
 }

@@ -93,6 +93,7 @@ mod alert_store;
 mod audit;
 mod config;
 mod https;
+mod members;
 mod migrate;
 mod query;
 mod registry;
@@ -587,6 +588,14 @@ impl Storage for ClickHouseStorage {
                 message: e.message,
             })
             .collect())
+    }
+
+    async fn record_member(&self, info: &crate::MemberInfo) -> Result<()> {
+        self.insert_member(info).await
+    }
+
+    async fn member_info(&self, cluster: Option<&str>) -> Result<Vec<crate::MemberInfo>> {
+        self.read_members(cluster).await
     }
 
     async fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {

@@ -481,6 +481,27 @@ pub(super) const MIGRATIONS: &[Migration] = &[
             ),
         ],
     },
+    Migration {
+        version: 9,
+        superseded_by: None,
+        description: "where members run: member_info",
+        steps: &[
+            // One row per member and sighting; the newest (seen_ms) is current.
+            // Grafana's panels and fleet queries join samples with it to group
+            // and filter by region, node and tags. Few rows, never expired.
+            Step::Sql(
+                "CREATE TABLE IF NOT EXISTS {db}.member_info (
+                cluster String,
+                member String,
+                region String,
+                node String,
+                tags String,
+                seen_ms Int64
+            ) ENGINE = ReplacingMergeTree(seen_ms)
+            ORDER BY (cluster, member)",
+            ),
+        ],
+    },
 ];
 
 /// `statement` with `{db}` replaced by the backquoted database name. The name is

@@ -20,6 +20,7 @@
 
 mod alert_store;
 mod audit;
+mod members;
 mod registry;
 mod schema;
 mod tokens;
@@ -396,6 +397,14 @@ impl Storage for SqliteStorage {
                 .map_err(rejected)
         })
         .await
+    }
+
+    async fn record_member(&self, info: &crate::MemberInfo) -> Result<()> {
+        self.upsert_member(info).await
+    }
+
+    async fn member_info(&self, cluster: Option<&str>) -> Result<Vec<crate::MemberInfo>> {
+        self.read_members(cluster).await
     }
 
     async fn apply_retention(&self, now_ms: i64) -> Result<RetentionOutcome> {

@@ -142,6 +142,19 @@ const MIGRATIONS: &[(i64, &str)] = &[
             updated_by TEXT NOT NULL
         );",
     ),
+    (
+        6,
+        // Where each member runs (see `Storage::record_member`).
+        "CREATE TABLE member_info (
+            cluster TEXT NOT NULL,
+            member TEXT NOT NULL,
+            region TEXT NOT NULL,
+            node TEXT NOT NULL,
+            tags TEXT NOT NULL,
+            seen_ms INTEGER NOT NULL,
+            PRIMARY KEY (cluster, member)
+        ) WITHOUT ROWID;",
+    ),
 ];
 
 /// Applies the migrations not yet recorded.
