@@ -22,6 +22,7 @@ pub mod config;
 pub mod consistency;
 pub mod exporter;
 pub mod feed;
+pub mod fleet_query;
 pub mod glob;
 pub mod ingest;
 pub mod metrics;

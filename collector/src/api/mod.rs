@@ -6,6 +6,8 @@
 //!   registration (`PUT`, `DELETE`): see [`fleet`].
 //! - `GET /api/v1/stream`: events and alert transitions as they happen, see [`stream`].
 //! - `GET /api/v1/clusters/{cluster}/metrics/history?metric=NAME&member=M&labels=L&from=T&to=T&step=S`
+//! - `GET /api/v1/query`, `GET /api/v1/compare`, and per cluster
+//!   `.../metrics/current` and `.../latency`: fleet queries, see [`query`].
 //! - alerts, their history, acknowledgements and silences: see [`alerting`].
 //! - `GET /api/v1/whoami`, `GET /api/v1/audit`, and who may call what: see [`auth`].
 //! - `GET/POST /api/v1/maintenance`, `DELETE /api/v1/maintenance/{id}`: see [`maintenance`].
@@ -18,6 +20,7 @@ pub mod fleet;
 pub mod home;
 pub mod jwt;
 pub mod maintenance;
+pub mod query;
 pub mod stream;
 pub mod tokens;
 
@@ -58,9 +61,10 @@ pub fn router(
         .route("/api/v1/clusters", get(clusters))
         .route("/api/v1/clusters/{cluster}/metrics/history", get(history))
         .with_state(Api {
-            storage,
+            storage: storage.clone(),
             state: state.clone(),
         })
+        .merge(query::router(storage, state.clone()))
         .merge(fleet)
         .merge(stream::router(state.feed().clone()))
         .merge(alerting::router(alert_store.clone()))
@@ -126,21 +130,7 @@ async fn clusters(
     params: Result<Query<ClustersParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ClustersResponse>, ApiError> {
     let Query(p) = params.map_err(|e| bad(e.body_text()))?;
-    let tags: Vec<(&str, &str)> = match p.tag.as_deref() {
-        None => Vec::new(),
-        Some(t) => t
-            .split(',')
-            .map(|kv| {
-                kv.split_once('=')
-                    .filter(|(k, _)| !k.is_empty())
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "`tag` takes key=value pairs separated by commas, got {kv:?}"
-                        ))
-                    })
-            })
-            .collect::<Result<_, _>>()?,
-    };
+    let tags = parse_tags(p.tag.as_deref())?;
     let mut clusters = api.state.snapshot();
     // A registered cluster matches by its registration too (it may have no
     // member reporting yet).
@@ -157,6 +147,25 @@ async fn clusters(
         region_ok && tags_ok
     });
     Ok(Json(ClustersResponse { clusters }))
+}
+
+/// The `tag` parameter: `key=value` pairs separated by commas, all of which
+/// must hold.
+pub(crate) fn parse_tags(tag: Option<&str>) -> Result<Vec<(&str, &str)>, ApiError> {
+    let Some(t) = tag else {
+        return Ok(Vec::new());
+    };
+    t.split(',')
+        .map(|kv| {
+            kv.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "`tag` takes key=value pairs separated by commas, got {kv:?}"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// Query parameters of the history endpoint.
