@@ -228,6 +228,36 @@ fn up_with_a_webhook_notifies_a_killed_member_once_and_its_recovery_once() {
         .count();
     assert!(delivered >= 2, "{v}");
 
+    // The cluster's timeline holds the member's death and return, and the
+    // alert's firing and resolution between them.
+    let r = http_get(
+        &api("/api/v1/clusters/local/events?from=now-10m"),
+        Duration::from_secs(2),
+    )
+    .expect("events");
+    let v: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+    // Oldest first: the victim's own events and its member_unreachable alert.
+    let kinds: Vec<&str> = v["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .rev()
+        .filter(|e| e["member"] == victim.as_str())
+        .filter(|e| {
+            let message = e["message"].as_str().unwrap_or("");
+            e["kind"].as_str().is_some_and(|k| !k.starts_with("alert_"))
+                || message.starts_with("member_unreachable ")
+        })
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    let firing = kinds.iter().position(|k| *k == "alert_firing");
+    let resolved = kinds.iter().position(|k| *k == "alert_resolved");
+    let down = kinds.iter().position(|k| *k == "member_down");
+    assert!(
+        down.is_some() && firing.is_some() && resolved.is_some() && firing < resolved,
+        "{v}"
+    );
+
     let out = stop(&mut child, &log_text);
     assert!(out.contains("receiver(s) up-webhook"), "{out}");
 }

@@ -208,6 +208,7 @@ impl Collector {
                 api::fleet::router(
                     stores.storage.clone(),
                     stores.registry.clone(),
+                    stores.alerts.clone(),
                     fixed.clone(),
                     state.clone(),
                 ),

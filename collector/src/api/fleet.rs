@@ -11,8 +11,9 @@
 //! - `GET /api/v1/clusters/{cluster}/members`: its members by name, or 404.
 //! - `GET /api/v1/clusters/{cluster}/events?from=T&to=T&limit=N`: what
 //!   happened to it (member down and up, leader changes, alarms raised and
-//!   cleared, members added and removed, agents disconnected), newest first,
-//!   from storage: also for a cluster no agent reports any more.
+//!   cleared, members added and removed, agents disconnected) and its alerts
+//!   firing and resolving, newest first, from storage: also for a cluster no
+//!   agent reports any more.
 
 use super::auth::{actor, AuditDetail, Caller};
 use super::{bad, parse_range, ApiError};
@@ -21,7 +22,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use etcdmon_storage::{RegistryStore, Storage};
+use etcdmon_storage::{AlertHistoryQuery, AlertStore, RegistryStore, Storage};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub const MAX_NAME: usize = 253;
 struct Fleet {
     storage: Arc<dyn Storage>,
     registry: Arc<dyn RegistryStore>,
+    alerts: Arc<dyn AlertStore>,
     /// Clusters registered in the config file.
     fixed: Arc<BTreeSet<String>>,
     state: LiveState,
@@ -48,6 +50,7 @@ struct Fleet {
 pub fn router(
     storage: Arc<dyn Storage>,
     registry: Arc<dyn RegistryStore>,
+    alerts: Arc<dyn AlertStore>,
     fixed: BTreeSet<String>,
     state: LiveState,
 ) -> Router {
@@ -61,6 +64,7 @@ pub fn router(
         .with_state(Fleet {
             storage,
             registry,
+            alerts,
             fixed: Arc::new(fixed),
             state,
         })
@@ -222,18 +226,51 @@ async fn events(
         return Err(bad(format!("`limit` must be 1 to {MAX_EVENTS}")));
     }
     let rows = fleet.storage.events(&name, from_ms, to_ms, limit).await?;
+    let alerts = fleet
+        .alerts
+        .alert_history(&AlertHistoryQuery {
+            from_ms,
+            to_ms,
+            cluster: Some(name.clone()),
+            fingerprint: None,
+            limit,
+        })
+        .await?;
+    let mut events: Vec<EventJson> = rows
+        .into_iter()
+        .map(|e| EventJson {
+            ts_ms: e.ts_ms,
+            member: e.member,
+            kind: e.kind,
+            message: e.message,
+        })
+        .chain(alerts.into_iter().map(alert_event))
+        .collect();
+    // Newest first; at one instant, cluster events before the alerts they caused.
+    events.sort_by(|a, b| b.ts_ms.cmp(&a.ts_ms));
+    events.truncate(limit);
     Ok(Json(EventsResponse {
         cluster: name,
         from_ms,
         to_ms,
-        events: rows
-            .into_iter()
-            .map(|e| EventJson {
-                ts_ms: e.ts_ms,
-                member: e.member,
-                kind: e.kind,
-                message: e.message,
-            })
-            .collect(),
+        events,
     }))
+}
+
+/// An alert transition as a timeline entry: `alert_firing` or
+/// `alert_resolved`, with the rule, severity and summary in the message.
+fn alert_event(t: etcdmon_storage::AlertTransitionRow) -> EventJson {
+    let text = |json: &str, key: &str| {
+        serde_json::from_str::<BTreeMap<String, String>>(json)
+            .ok()
+            .and_then(|m| m.get(key).cloned())
+            .unwrap_or_default()
+    };
+    let summary = text(&t.annotations_json, "summary");
+    EventJson {
+        ts_ms: t.received_ms,
+        member: text(&t.labels_json, "member"),
+        kind: format!("alert_{}", t.state.as_str()),
+        message: format!("{} ({}): {summary}", t.rule, t.severity),
+    }
 }
