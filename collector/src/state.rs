@@ -61,7 +61,17 @@ pub struct ClusterState {
     /// (hex id), within the last hour.
     #[serde(skip)]
     leader_changes: std::collections::VecDeque<(i64, String)>,
+    /// When this collector received the cluster's first report, ms since the
+    /// epoch (collector clock); 0 before any.
+    #[serde(skip)]
+    first_report_ms: i64,
 }
+
+/// How long after a cluster's first report its members without a reporting
+/// agent are not yet counted as unavailable: a collector or `etcdmon up` that
+/// just started sees the agents connect one by one, and the first one's
+/// member list names members whose agents are a moment behind.
+pub const START_GRACE_MS: i64 = 10_000;
 
 /// A cluster known before its agents report (the collector's `[[clusters]]`):
 /// shown while silent, and `cluster_not_reporting` fires for it.
@@ -93,6 +103,12 @@ impl ClusterState {
     /// list was seen).
     pub fn member_count(&self) -> usize {
         self.member_ids.difference(&self.learner_ids).count()
+    }
+
+    /// Whether `now_ms` is within [`START_GRACE_MS`] of the cluster's first
+    /// report to this collector: its agents may still be connecting.
+    pub fn starting(&self, now_ms: i64) -> bool {
+        self.first_report_ms == 0 || now_ms - self.first_report_ms < START_GRACE_MS
     }
 
     /// Leader changes in the hour before `now_ms` that no restart explains. A
@@ -414,6 +430,9 @@ impl LiveState {
             message,
         };
         self.with_member(id, |cluster, m| {
+            if cluster.first_report_ms == 0 {
+                cluster.first_report_ms = received_ms;
+            }
             m.last_seen_ms = m.last_seen_ms.max(received_ms);
             m.clock_skew_ms = m.skew.record(ts, received_ms);
             m.agent_connected = true;

@@ -357,10 +357,20 @@ fn quorum(c: &ClusterState) -> Option<(usize, usize, bool)> {
     let ok = voters().filter(|m| available(m)).count();
     // Connected but no status yet; such an agent is also "stale" until it sends
     // something, so `watched` would not catch it.
-    let settled = !c
+    let answered = !c
         .members
         .values()
         .any(|m| m.agent_connected && m.reachable.is_none());
+    // Listed members whose agents have not reported yet, just after a start:
+    // they are connecting, not down.
+    let now = c
+        .members
+        .values()
+        .map(|m| m.last_seen_ms)
+        .max()
+        .unwrap_or(0);
+    let reported = voters().filter(|m| m.reachable.is_some()).count();
+    let settled = answered && (reported >= n || !c.starting(now));
     Some((ok, n, settled))
 }
 

@@ -1,6 +1,6 @@
 use super::config::{defaults, resolve, RuleOverride, RuleSet};
 use super::*;
-use crate::state::LiveState;
+use crate::state::{LiveState, START_GRACE_MS};
 use etcdmon_proto::v1::{
     report::Body, ErrorKind, EtcdStatus, Failure, Identity, Label, Member, MetricFamily,
     MetricsScrape, Report, Sample,
@@ -393,6 +393,37 @@ fn agents_that_have_not_reported_a_status_yet_do_not_count_as_lost_quorum() {
         &st,
         &mut r,
         T0 + 2_000,
+        [Some(up(1, 1, 2, 11)), Some(down()), Some(down())],
+    );
+    assert!(t.contains(&("quorum_lost".into(), true)), "{t:?}");
+}
+
+/// At start-up the agents connect one by one: the first one's member list names
+/// three members while the other two agents are not connected yet. That is no
+/// lost quorum; but members whose agents never come count as unavailable once
+/// the start-up grace is over.
+#[test]
+fn members_whose_agents_are_still_connecting_do_not_lose_quorum_at_start() {
+    let (st, mut r) = (LiveState::default(), rules());
+    let only_first = || [Some(up(1, 1, 2, 10)), None, None];
+    for ts in [T0, T0 + 1_000, T0 + 5_000, T0 + START_GRACE_MS - 1] {
+        let t = step(&st, &mut r, ts, only_first());
+        assert!(
+            !t.iter().any(|(rule, _)| rule.starts_with("quorum")),
+            "at +{} ms: {t:?}",
+            ts - T0
+        );
+    }
+    let t = step(&st, &mut r, T0 + START_GRACE_MS, only_first());
+    assert!(t.contains(&("quorum_lost".into(), true)), "{t:?}");
+
+    // Within the grace, once every agent reported, a real loss is judged at once.
+    let (st, mut r) = (LiveState::default(), rules());
+    assert!(step(&st, &mut r, T0, healthy(2)).is_empty());
+    let t = step(
+        &st,
+        &mut r,
+        T0 + 1_000,
         [Some(up(1, 1, 2, 11)), Some(down()), Some(down())],
     );
     assert!(t.contains(&("quorum_lost".into(), true)), "{t:?}");
