@@ -50,6 +50,28 @@ pub struct Derived {
     pub proposals_pending: Option<f64>,
     /// db growth in bytes per second over the last hour (least squares).
     pub db_growth_bytes_per_second: Option<f64>,
+    /// WAL fsync p50 over the last interval, seconds.
+    pub wal_fsync_p50: Option<f64>,
+    /// Backend commit p50 over the last interval, seconds.
+    pub backend_commit_p50: Option<f64>,
+    /// Unary gRPC handling p50 and p95 (as `grpc_unary_p99`), seconds.
+    pub grpc_unary_p50: Option<f64>,
+    /// See `grpc_unary_p50`.
+    pub grpc_unary_p95: Option<f64>,
+    /// gRPC calls started per second.
+    pub request_rate: Option<f64>,
+    /// Proposals committed per second.
+    pub proposals_committed_rate: Option<f64>,
+    /// Proposals applied per second.
+    pub proposals_applied_rate: Option<f64>,
+    /// Bytes per second received from clients over gRPC.
+    pub client_received_bytes_rate: Option<f64>,
+    /// Bytes per second sent to clients over gRPC.
+    pub client_sent_bytes_rate: Option<f64>,
+    /// Watchers now.
+    pub watchers: Option<f64>,
+    /// Watch streams now.
+    pub watch_streams: Option<f64>,
     #[serde(skip)]
     prev: Option<Snapshot>,
     #[serde(skip)]
@@ -67,6 +89,12 @@ struct Snapshot {
     grpc_total: f64,
     grpc_errors: f64,
     proposals_failed: f64,
+    /// Counters (monotonic gauges, for the proposals) turned into rates.
+    grpc_started: f64,
+    proposals_committed: f64,
+    proposals_applied: f64,
+    client_received: f64,
+    client_sent: f64,
 }
 
 /// Cumulative bucket counts by upper bound (`le`).
@@ -101,13 +129,21 @@ fn le(s: &Sample) -> Option<f64> {
     }
 }
 
-fn snapshot(families: &[MetricFamily], ts_ms: i64) -> (Snapshot, Option<f64>, Option<f64>) {
+/// The gauges of one scrape that are used as they are.
+#[derive(Debug, Default)]
+struct Gauges {
+    pending: Option<f64>,
+    db: Option<f64>,
+    watchers: Option<f64>,
+    watch_streams: Option<f64>,
+}
+
+fn snapshot(families: &[MetricFamily], ts_ms: i64) -> (Snapshot, Gauges) {
     let mut snap = Snapshot {
         ts_ms,
         ..Default::default()
     };
-    let mut pending = None;
-    let mut db = None;
+    let mut g = Gauges::default();
     for f in families {
         for s in &f.samples {
             match s.name.as_str() {
@@ -131,13 +167,26 @@ fn snapshot(families: &[MetricFamily], ts_ms: i64) -> (Snapshot, Option<f64>, Op
                     }
                 }
                 "etcd_server_proposals_failed_total" => snap.proposals_failed += s.value,
-                "etcd_server_proposals_pending" => pending = Some(s.value),
-                "etcd_mvcc_db_total_size_in_bytes" => db = Some(s.value),
+                "etcd_server_proposals_pending" => g.pending = Some(s.value),
+                "etcd_mvcc_db_total_size_in_bytes" => g.db = Some(s.value),
+                "grpc_server_started_total" => snap.grpc_started += s.value,
+                "etcd_server_proposals_committed_total" => snap.proposals_committed += s.value,
+                "etcd_server_proposals_applied_total" => snap.proposals_applied += s.value,
+                "etcd_network_client_grpc_received_bytes_total" => snap.client_received += s.value,
+                "etcd_network_client_grpc_sent_bytes_total" => snap.client_sent += s.value,
+                "etcd_debugging_mvcc_watcher_total" => g.watchers = Some(s.value),
+                "etcd_debugging_mvcc_watch_stream_total" => g.watch_streams = Some(s.value),
                 _ => {}
             }
         }
     }
-    (snap, pending, db)
+    (snap, g)
+}
+
+/// Per-second rate of a counter between two scrapes; none when it went down
+/// (etcd restarted).
+fn per_second(prev: f64, cur: f64, secs: f64) -> Option<f64> {
+    (cur >= prev).then(|| (cur - prev) / secs)
 }
 
 /// Sums buckets of the same bound across label sets (e.g. all peers).
@@ -150,9 +199,11 @@ fn add(b: &mut Buckets, s: &Sample) {
 impl Derived {
     /// Folds in one scrape of the member's metrics.
     pub fn update(&mut self, families: &[MetricFamily], ts_ms: i64) {
-        let (snap, pending, db) = snapshot(families, ts_ms);
-        self.proposals_pending = pending;
-        if let Some(db) = db {
+        let (snap, g) = snapshot(families, ts_ms);
+        self.proposals_pending = g.pending;
+        self.watchers = g.watchers;
+        self.watch_streams = g.watch_streams;
+        if let Some(db) = g.db {
             self.db_sizes.push_back((ts_ms, db));
             while self.db_sizes.len() > GROWTH_POINTS
                 || self
@@ -176,6 +227,18 @@ impl Derived {
                 self.grpc_error_ratio = (total > 0.0 && errors >= 0.0).then(|| errors / total);
                 let failed = snap.proposals_failed - prev.proposals_failed;
                 self.proposals_failed_rate = (failed >= 0.0).then(|| failed / secs);
+                self.wal_fsync_p50 = delta_quantile(0.5, &prev.wal, &snap.wal);
+                self.backend_commit_p50 = delta_quantile(0.5, &prev.commit, &snap.commit);
+                self.grpc_unary_p50 = delta_quantile(0.5, &prev.unary, &snap.unary);
+                self.grpc_unary_p95 = delta_quantile(0.95, &prev.unary, &snap.unary);
+                self.request_rate = per_second(prev.grpc_started, snap.grpc_started, secs);
+                self.proposals_committed_rate =
+                    per_second(prev.proposals_committed, snap.proposals_committed, secs);
+                self.proposals_applied_rate =
+                    per_second(prev.proposals_applied, snap.proposals_applied, secs);
+                self.client_received_bytes_rate =
+                    per_second(prev.client_received, snap.client_received, secs);
+                self.client_sent_bytes_rate = per_second(prev.client_sent, snap.client_sent, secs);
             }
         }
         self.prev = Some(snap);
@@ -369,5 +432,37 @@ mod tests {
         }
         let g = d.db_growth_bytes_per_second.expect("slope");
         assert!((g - 10.0).abs() < 1e-9, "{g}");
+    }
+
+    #[test]
+    fn request_and_proposal_rates_are_per_second_between_scrapes() {
+        let scrape = |started: f64, committed: f64, watchers: f64| {
+            fam(vec![
+                s(
+                    "grpc_server_started_total",
+                    &[("grpc_method", "Range")],
+                    started,
+                ),
+                s(
+                    "grpc_server_started_total",
+                    &[("grpc_method", "Put")],
+                    started / 2.0,
+                ),
+                s("etcd_server_proposals_committed_total", &[], committed),
+                s("etcd_debugging_mvcc_watcher_total", &[], watchers),
+            ])
+        };
+        let mut d = Derived::default();
+        d.update(&scrape(100.0, 10.0, 3.0), 0);
+        assert_eq!(d.request_rate, None, "one scrape is no rate");
+        assert_eq!(d.watchers, Some(3.0), "a gauge is there at once");
+        // 150 calls (both methods) and 20 proposals in 5 s.
+        d.update(&scrape(200.0, 30.0, 4.0), 5_000);
+        assert_eq!(d.request_rate, Some(30.0));
+        assert_eq!(d.proposals_committed_rate, Some(4.0));
+        assert_eq!(d.watchers, Some(4.0));
+        // etcd restarted: counters went down, no rate rather than a negative one.
+        d.update(&scrape(10.0, 1.0, 0.0), 10_000);
+        assert_eq!(d.request_rate, None);
     }
 }

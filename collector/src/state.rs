@@ -292,6 +292,17 @@ pub struct HostFigures {
     pub memory_available_bytes: u64,
     /// Total memory.
     pub memory_total_bytes: u64,
+    /// Busy share of all CPUs over the agent's last interval, 0..1.
+    pub cpu_utilization: f64,
+    /// Busy share of the data dir's disk, 0..1.
+    pub disk_utilization: f64,
+    /// Bytes per second received on all interfaces since the previous report.
+    pub net_rx_bytes_per_second: Option<f64>,
+    /// Bytes per second sent, likewise.
+    pub net_tx_bytes_per_second: Option<f64>,
+    /// The previous report's (ms, received, sent) totals.
+    #[serde(skip)]
+    net_totals: Option<(i64, u64, u64)>,
 }
 
 /// One active etcd alarm: its type and the member that raised it. Kept apart so
@@ -585,23 +596,42 @@ impl LiveState {
         let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<ClusterState> = g.values().cloned().collect();
         for c in &mut out {
-            for m in c.members.values_mut() {
-                m.stale = m.agent_connected && now_ms - m.last_seen_ms > self.stale_after_ms;
-                if m.stale {
-                    m.healthy = false;
-                }
-            }
-            let current = |m: &MemberState| m.agent_connected && !m.stale;
-            c.reporting = c.members.values().any(current);
-            c.members_missing = c
-                .registration
-                .iter()
-                .flat_map(|r| r.members.iter())
-                .filter(|n| !c.members.get(*n).is_some_and(current))
-                .cloned()
-                .collect();
+            self.settle(c, now_ms);
         }
         out
+    }
+
+    /// A copy of cluster `name` as of now, as [`snapshot`](Self::snapshot)
+    /// shows it, without copying the others.
+    pub fn cluster(&self, name: &str) -> Option<ClusterState> {
+        let mut c = self
+            .inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()?;
+        self.settle(&mut c, crate::now_ms());
+        Some(c)
+    }
+
+    /// Fills in what a copy shows as of `now_ms`: stale members, whether the
+    /// cluster reports, and which registered members are missing.
+    fn settle(&self, c: &mut ClusterState, now_ms: i64) {
+        for m in c.members.values_mut() {
+            m.stale = m.agent_connected && now_ms - m.last_seen_ms > self.stale_after_ms;
+            if m.stale {
+                m.healthy = false;
+            }
+        }
+        let current = |m: &MemberState| m.agent_connected && !m.stale;
+        c.reporting = c.members.values().any(current);
+        c.members_missing = c
+            .registration
+            .iter()
+            .flat_map(|r| r.members.iter())
+            .filter(|n| !c.members.get(*n).is_some_and(current))
+            .cloned()
+            .collect();
     }
 
     /// Drops the registration of `name`; a cluster no agent reports for leaves
@@ -718,6 +748,26 @@ fn record_other(m: &mut MemberState, body: &Body, ts_ms: i64) {
             if let Some(mem) = &h.memory {
                 f.memory_available_bytes = mem.available_bytes;
                 f.memory_total_bytes = mem.total_bytes;
+            }
+            if let Some(cpu) = &h.cpu {
+                f.cpu_utilization = cpu.utilization;
+            }
+            if let Some(disk) = &h.disk {
+                f.disk_utilization = disk.utilization;
+            }
+            if !h.interfaces.is_empty() {
+                let rx = h.interfaces.iter().map(|i| i.rx_bytes).sum::<u64>();
+                let tx = h.interfaces.iter().map(|i| i.tx_bytes).sum::<u64>();
+                // Counters that went down (a reboot, an interface gone) give no rate.
+                let rate = |prev: u64, cur: u64, secs: f64| {
+                    (cur >= prev && secs > 0.0).then(|| (cur - prev) as f64 / secs)
+                };
+                if let Some((t, prev_rx, prev_tx)) = f.net_totals {
+                    let secs = (ts_ms - t) as f64 / 1000.0;
+                    f.net_rx_bytes_per_second = rate(prev_rx, rx, secs);
+                    f.net_tx_bytes_per_second = rate(prev_tx, tx, secs);
+                }
+                f.net_totals = Some((ts_ms, rx, tx));
             }
             m.host = Some(f);
         }

@@ -152,12 +152,7 @@ async fn unregister(
 }
 
 fn live(fleet: &Fleet, name: &str) -> Result<ClusterState, ApiError> {
-    fleet
-        .state
-        .snapshot()
-        .into_iter()
-        .find(|c| c.name == name)
-        .ok_or_else(|| {
+    fleet.state.cluster(name).ok_or_else(|| {
             ApiError(
                 StatusCode::NOT_FOUND,
                 format!("no cluster {name:?}: it is not registered and no agent reports for it (GET /api/v1/clusters lists those known)"),

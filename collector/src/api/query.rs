@@ -9,10 +9,11 @@
 //!   told otherwise), plus a table of each group's last, min, mean and max
 //!   over the range: clusters side by side, or with `by=region` the fleet's
 //!   worst per region.
-//! - `GET /api/v1/clusters/{cluster}/metrics/current?window=W`: the USE and
-//!   RED view of each member now, in one answer.
+//! - `GET /api/v1/clusters/{cluster}/metrics/current`: the USE and RED view
+//!   of each member now, in one answer, from the live state.
 //! - `GET /api/v1/clusters/{cluster}/latency?window=W`: each member's
-//!   latencies (disk, network, requests, the agent's probes) now.
+//!   latencies (disk, network, requests, the agent's probes) over the last
+//!   window, from storage.
 
 use super::{bad, parse_range, ApiError, MAX_BUCKETS};
 use crate::fleet_query::eval::Aggregate;
@@ -24,12 +25,15 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use etcdmon_storage::{MemberInfo, Storage};
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The longest window a rate or quantile may use.
 pub const MAX_WINDOW_MS: i64 = 86_400_000;
+/// Figures of a per-member view read at once.
+const CONCURRENT_FIGURES: usize = 4;
 /// Most clusters one query may name.
 pub const MAX_CLUSTERS: usize = 1_000;
 
@@ -264,134 +268,6 @@ const fn figure(name: &'static str, metric: &'static str, function: Function) ->
     }
 }
 
-/// The USE and RED view of `/metrics/current`. Request latency needs etcd's
-/// `--metrics=extensive` (gRPC handling histograms); without it those
-/// figures are absent.
-const CURRENT: &[Figure] = &[
-    figure("request_rate", "grpc_server_started_total", Function::Rate),
-    figure(
-        "request_latency_p50_seconds",
-        "grpc_server_handling_seconds",
-        Function::Quantile(0.5),
-    ),
-    figure(
-        "request_latency_p95_seconds",
-        "grpc_server_handling_seconds",
-        Function::Quantile(0.95),
-    ),
-    figure(
-        "request_latency_p99_seconds",
-        "grpc_server_handling_seconds",
-        Function::Quantile(0.99),
-    ),
-    figure(
-        "proposals_committed_rate",
-        "etcd_server_proposals_committed_total",
-        Function::Rate,
-    ),
-    figure(
-        "proposals_applied_rate",
-        "etcd_server_proposals_applied_total",
-        Function::Rate,
-    ),
-    figure(
-        "proposals_pending",
-        "etcd_server_proposals_pending",
-        Function::Value,
-    ),
-    figure(
-        "proposals_failed_rate",
-        "etcd_server_proposals_failed_total",
-        Function::Rate,
-    ),
-    figure(
-        "wal_fsync_p99_seconds",
-        "etcd_disk_wal_fsync_duration_seconds",
-        Function::Quantile(0.99),
-    ),
-    figure(
-        "backend_commit_p99_seconds",
-        "etcd_disk_backend_commit_duration_seconds",
-        Function::Quantile(0.99),
-    ),
-    figure(
-        "db_size_bytes",
-        "etcd_mvcc_db_total_size_in_bytes",
-        Function::Value,
-    ),
-    figure(
-        "db_size_in_use_bytes",
-        "etcd_mvcc_db_total_size_in_use_in_bytes",
-        Function::Value,
-    ),
-    figure(
-        "watchers",
-        "etcd_debugging_mvcc_watcher_total",
-        Function::Value,
-    ),
-    figure(
-        "watch_streams",
-        "etcd_debugging_mvcc_watch_stream_total",
-        Function::Value,
-    ),
-    figure(
-        "client_received_bytes_rate",
-        "etcd_network_client_grpc_received_bytes_total",
-        Function::Rate,
-    ),
-    figure(
-        "client_sent_bytes_rate",
-        "etcd_network_client_grpc_sent_bytes_total",
-        Function::Rate,
-    ),
-    figure(
-        "peer_rtt_p99_seconds",
-        "etcd_network_peer_round_trip_time_seconds",
-        Function::Quantile(0.99),
-    ),
-    figure(
-        "host_cpu_utilization",
-        "etcdmon_host_cpu_utilization",
-        Function::Value,
-    ),
-    figure(
-        "host_memory_available_bytes",
-        "etcdmon_host_memory_available_bytes",
-        Function::Value,
-    ),
-    Figure {
-        aggregate: Aggregate::Max,
-        ..figure(
-            "host_disk_utilization",
-            "etcdmon_host_disk_utilization",
-            Function::Value,
-        )
-    },
-    Figure {
-        aggregate: Aggregate::Min,
-        ..figure(
-            "host_fs_available_bytes",
-            "etcdmon_host_fs_available_bytes",
-            Function::Value,
-        )
-    },
-    figure(
-        "host_net_rx_bytes_rate",
-        "etcdmon_host_net_rx_bytes_total",
-        Function::Rate,
-    ),
-    figure(
-        "host_net_tx_bytes_rate",
-        "etcdmon_host_net_tx_bytes_total",
-        Function::Rate,
-    ),
-    figure(
-        "process_open_fds",
-        "etcdmon_process_open_fds",
-        Function::Value,
-    ),
-];
-
 /// The figures of `/latency`.
 const LATENCY: &[Figure] = &[
     figure(
@@ -478,12 +354,103 @@ struct ViewResponse {
     members: BTreeMap<String, BTreeMap<&'static str, f64>>,
 }
 
+/// `/metrics/current`: each member's USE and RED figures from the live state
+/// (what the rules judge), so it answers in microseconds whatever the store.
 async fn current(
     State(api): State<Queries>,
     Path(cluster): Path<String>,
-    p: Result<Params<ViewParams>, Rejection>,
-) -> Result<Json<ViewResponse>, ApiError> {
-    view(&api, cluster, p, CURRENT, 60_000).await
+    p: Result<Params<NoParams>, Rejection>,
+) -> Result<Json<CurrentResponse>, ApiError> {
+    p.map_err(|e| bad(e.body_text()))?;
+    let c = api.state.cluster(&cluster).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no cluster named {cluster:?} is known"),
+        )
+    })?;
+    let members = c
+        .members
+        .values()
+        .map(|m| (m.name.clone(), current_figures(m)))
+        .collect();
+    Ok(Json(CurrentResponse {
+        cluster,
+        at_ms: now_ms(),
+        members,
+    }))
+}
+
+/// No parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+#[derive(Serialize)]
+struct CurrentResponse {
+    cluster: String,
+    at_ms: i64,
+    /// Member -> figure -> value; a figure not known (yet) is absent.
+    members: BTreeMap<String, BTreeMap<&'static str, f64>>,
+}
+
+/// The figures of one member: rates and quantiles over the interval between
+/// its last two scrapes, everything else as last reported.
+fn current_figures(m: &crate::state::MemberState) -> BTreeMap<&'static str, f64> {
+    let d = &m.derived;
+    let host = m.host.as_ref();
+    let mut f = BTreeMap::new();
+    let mut put = |name: &'static str, v: Option<f64>| {
+        if let Some(v) = v.filter(|v| v.is_finite()) {
+            f.insert(name, v);
+        }
+    };
+    put("request_rate", d.request_rate);
+    put("request_error_ratio", d.grpc_error_ratio);
+    put("request_latency_p50_seconds", d.grpc_unary_p50);
+    put("request_latency_p95_seconds", d.grpc_unary_p95);
+    put("request_latency_p99_seconds", d.grpc_unary_p99);
+    put("proposals_committed_rate", d.proposals_committed_rate);
+    put("proposals_applied_rate", d.proposals_applied_rate);
+    put("proposals_pending", d.proposals_pending);
+    put("proposals_failed_rate", d.proposals_failed_rate);
+    put("wal_fsync_p50_seconds", d.wal_fsync_p50);
+    put("wal_fsync_p99_seconds", d.wal_fsync_p99);
+    put("backend_commit_p50_seconds", d.backend_commit_p50);
+    put("backend_commit_p99_seconds", d.backend_commit_p99);
+    put("peer_rtt_p99_seconds", d.peer_rtt_p99);
+    put("watchers", d.watchers);
+    put("watch_streams", d.watch_streams);
+    put("client_received_bytes_rate", d.client_received_bytes_rate);
+    put("client_sent_bytes_rate", d.client_sent_bytes_rate);
+    put("db_growth_bytes_per_second", d.db_growth_bytes_per_second);
+    let known = |v: f64| (v > 0.0).then_some(v);
+    put("db_size_bytes", known(m.db_size_bytes as f64));
+    put("db_size_in_use_bytes", known(m.db_size_in_use_bytes as f64));
+    put("db_quota_bytes", known(m.quota_bytes));
+    put("status_latency_seconds", m.status_latency_seconds);
+    put("fsync_probe_p99_seconds", m.fsync_p99_seconds);
+    if let Some(h) = host {
+        put("host_cpu_utilization", Some(h.cpu_utilization));
+        put("host_disk_utilization", Some(h.disk_utilization));
+        put(
+            "host_memory_available_bytes",
+            known(h.memory_available_bytes as f64),
+        );
+        put(
+            "host_memory_total_bytes",
+            known(h.memory_total_bytes as f64),
+        );
+        put(
+            "host_fs_available_bytes",
+            known(h.fs_available_bytes as f64),
+        );
+        put("host_fs_total_bytes", known(h.fs_total_bytes as f64));
+        put("host_net_rx_bytes_rate", h.net_rx_bytes_per_second);
+        put("host_net_tx_bytes_rate", h.net_tx_bytes_per_second);
+        put("process_open_fds", known(h.open_fds as f64));
+        put("process_max_fds", known(h.max_fds as f64));
+    }
+    f
 }
 
 async fn latency(
@@ -527,32 +494,48 @@ async fn view(
         .map(|m: &MemberInfo| (m.member.clone(), BTreeMap::new()))
         .collect();
     let clusters = [cluster.clone()];
-    for f in figures {
-        let q = Query {
-            metric: f.metric.to_owned(),
-            labels: f.labels.map(str::to_owned),
-            function: f.function,
-            merge_labels: true,
-            window_ms,
-            aggregate: f.aggregate,
-            by: GroupBy::Member,
-            from_ms: now - 2 * step_ms,
-            to_ms: now,
-            step_ms,
-        };
-        let found = fleet_query::run(
-            api.storage.as_ref(),
-            &inventory,
-            &clusters,
-            &Scope::default(),
-            &q,
-        )
+    // The figures are independent reads: a few at a time (each is one query
+    // on the store) rather than two dozen one after another.
+    let inventory = &inventory;
+    let clusters = &clusters;
+    // By index: a closure taking `&Figure` trips rustc's higher-ranked
+    // lifetime check for the handler's future (rust-lang/rust#102211).
+    let answers = futures::stream::iter(0..figures.len())
+        .map(|i: usize| {
+            let f = &figures[i];
+            let q = Query {
+                metric: f.metric.to_owned(),
+                labels: f.labels.map(str::to_owned),
+                function: f.function,
+                merge_labels: true,
+                window_ms,
+                aggregate: f.aggregate,
+                by: GroupBy::Member,
+                from_ms: now - 2 * step_ms,
+                to_ms: now,
+                step_ms,
+            };
+            async move {
+                fleet_query::run(
+                    api.storage.as_ref(),
+                    inventory,
+                    clusters,
+                    &Scope::default(),
+                    &q,
+                )
+                .await
+                .map(|found| (f.name, found))
+            }
+        })
+        .buffered(CONCURRENT_FIGURES)
+        .try_collect::<Vec<_>>()
         .await?;
+    for (name, found) in answers {
         for s in found {
             let (Some(member), Some(&(_, v))) = (s.group.get("member"), s.points.last()) else {
                 continue;
             };
-            members.entry(member.clone()).or_default().insert(f.name, v);
+            members.entry(member.clone()).or_default().insert(name, v);
         }
     }
     Ok(Json(ViewResponse {

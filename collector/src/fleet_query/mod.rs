@@ -13,8 +13,9 @@
 pub mod eval;
 
 use crate::state::LiveState;
-use etcdmon_storage::{MemberInfo, PointQuery, Storage, StorageError};
+use etcdmon_storage::{MemberInfo, PointQuery, SeriesPoints, Storage, StorageError};
 use eval::Aggregate;
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -155,6 +156,9 @@ type Points = Vec<(i64, f64)>;
 type Computed = ((String, String, String), Points);
 /// A histogram's buckets: `le` bound and the bucket counter's points.
 type Buckets = Vec<(f64, Points)>;
+
+/// Clusters read at once by one query.
+const CONCURRENT_READS: usize = 4;
 
 /// The steps a query without one is given: the smallest that keeps it under
 /// [`AUTO_POINTS`] points.
@@ -303,11 +307,12 @@ pub async fn run(
         Function::Quantile(_) => format!("{}_bucket", q.metric),
         _ => q.metric.clone(),
     };
-    // One series per (cluster, member, labels) after the function.
-    let mut computed: Vec<Computed> = Vec::new();
-    for cluster in clusters {
-        let read = storage
-            .query(&PointQuery {
+    // The clusters are read a few at a time: one query per cluster keeps each
+    // on the store's primary key, and a fleet of them one after another took
+    // seconds (`bench/fleet-query`).
+    let reads = futures::stream::iter(clusters.iter().cloned())
+        .map(|cluster: String| {
+            let query = PointQuery {
                 cluster: cluster.clone(),
                 metric: stored_metric.clone(),
                 member: scope.member.clone(),
@@ -319,49 +324,16 @@ pub async fn run(
                 from_ms: (q.from_ms - q.window_ms).max(0),
                 to_ms: q.to_ms,
                 step_ms: q.step_ms,
-            })
-            .await?;
-        let mut histograms: BTreeMap<(String, String), Buckets> = BTreeMap::new();
-        for s in read {
-            let info = inventory.get(&(cluster.clone(), s.member.clone()));
-            if !in_scope(scope, info, &s.member) {
-                continue;
-            }
-            match q.function {
-                Function::Value => {
-                    computed.push(((cluster.clone(), s.member, s.labels), s.points));
-                }
-                Function::Rate => {
-                    let p = eval::rate(&s.points, q.window_ms);
-                    computed.push(((cluster.clone(), s.member, s.labels), p));
-                }
-                Function::Increase => {
-                    let p = eval::increase(&s.points, q.window_ms);
-                    computed.push(((cluster.clone(), s.member, s.labels), p));
-                }
-                Function::Quantile(_) => {
-                    let Some(le) = le_of(&s.labels) else { continue };
-                    let mut rest = without_le(&s.labels);
-                    if q.labels.as_ref().is_some_and(|l| *l != rest) {
-                        continue;
-                    }
-                    if q.merge_labels {
-                        rest.clear();
-                    }
-                    histograms
-                        .entry((s.member, rest))
-                        .or_default()
-                        .push((le, s.points));
-                }
-            }
-        }
-        if let Function::Quantile(quant) = q.function {
-            for ((member, labels), mut buckets) in histograms {
-                buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-                let p = eval::quantile_over(quant, &buckets, q.window_ms);
-                computed.push(((cluster.clone(), member, labels), p));
-            }
-        }
+            };
+            async move { storage.query(&query).await.map(|read| (cluster, read)) }
+        })
+        .buffered(CONCURRENT_READS)
+        .try_collect::<Vec<_>>()
+        .await?;
+    // One series per (cluster, member, labels) after the function.
+    let mut computed: Vec<Computed> = Vec::new();
+    for (cluster, read) in reads {
+        computed.extend(apply(inventory, &cluster, scope, q, read));
     }
     // Points are stamped with the start of their step, so the step holding
     // `from` starts at or before it.
@@ -370,6 +342,58 @@ pub async fn run(
         points.retain(|(t, _)| *t >= first);
     }
     Ok(group(inventory, q, computed))
+}
+
+/// `q.function` on the series of one cluster that are in `scope`.
+fn apply(
+    inventory: &BTreeMap<(String, String), MemberInfo>,
+    cluster: &str,
+    scope: &Scope,
+    q: &Query,
+    read: Vec<SeriesPoints>,
+) -> Vec<Computed> {
+    let mut computed = Vec::new();
+    let mut histograms: BTreeMap<(String, String), Buckets> = BTreeMap::new();
+    for s in read {
+        let info = inventory.get(&(cluster.to_owned(), s.member.clone()));
+        if !in_scope(scope, info, &s.member) {
+            continue;
+        }
+        let key = |member, labels| (cluster.to_owned(), member, labels);
+        match q.function {
+            Function::Value => computed.push((key(s.member, s.labels), s.points)),
+            Function::Rate => {
+                let p = eval::rate(&s.points, q.window_ms);
+                computed.push((key(s.member, s.labels), p));
+            }
+            Function::Increase => {
+                let p = eval::increase(&s.points, q.window_ms);
+                computed.push((key(s.member, s.labels), p));
+            }
+            Function::Quantile(_) => {
+                let Some(le) = le_of(&s.labels) else { continue };
+                let mut rest = without_le(&s.labels);
+                if q.labels.as_ref().is_some_and(|l| *l != rest) {
+                    continue;
+                }
+                if q.merge_labels {
+                    rest.clear();
+                }
+                histograms
+                    .entry((s.member, rest))
+                    .or_default()
+                    .push((le, s.points));
+            }
+        }
+    }
+    if let Function::Quantile(quant) = q.function {
+        for ((member, labels), mut buckets) in histograms {
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let p = eval::quantile_over(quant, &buckets, q.window_ms);
+            computed.push(((cluster.to_owned(), member, labels), p));
+        }
+    }
+    computed
 }
 
 /// Groups computed series by `q.by` and aggregates each group.
