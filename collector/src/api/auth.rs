@@ -100,6 +100,18 @@ pub const ENDPOINTS: &[(&str, &str, Access)] = &[
         "/api/v1/clusters/{cluster}/metrics/history",
         Access::At(Role::Viewer),
     ),
+    (
+        "GET",
+        "/api/v1/clusters/{cluster}/metrics/current",
+        Access::At(Role::Viewer),
+    ),
+    (
+        "GET",
+        "/api/v1/clusters/{cluster}/latency",
+        Access::At(Role::Viewer),
+    ),
+    ("GET", "/api/v1/query", Access::At(Role::Viewer)),
+    ("GET", "/api/v1/compare", Access::At(Role::Viewer)),
     ("GET", "/api/v1/alerts", Access::At(Role::Viewer)),
     ("GET", "/api/v1/alerts/history", Access::At(Role::Viewer)),
     (
