@@ -69,8 +69,8 @@ fn up_watches_every_member_and_stops_on_sigterm() {
         "fsync probe did not run for every local member"
     );
 
-    // A browser opening the address gets a page that links the API and the docs.
-    let home = http_get(&api("/"), Duration::from_secs(2)).expect("get /");
+    // A page without script links the API and the docs.
+    let home = http_get(&api("/status"), Duration::from_secs(2)).expect("get /status");
     assert_eq!(home.status, 200);
     assert!(
         home.body.contains("<title>etcd-monitor</title>")

@@ -69,7 +69,10 @@ pub enum Access {
 pub const ENDPOINTS: &[(&str, &str, Access)] = &[
     ("GET", "/healthz", Access::Public),
     ("GET", "/metrics", Access::At(Role::Viewer)),
-    ("GET", "/", Access::At(Role::Viewer)),
+    // The web page's files hold no data; the page asks for a token itself.
+    ("GET", "/", Access::Public),
+    ("GET", "/assets/{file}", Access::Public),
+    ("GET", "/status", Access::At(Role::Viewer)),
     ("GET", "/docs/{name}", Access::At(Role::Viewer)),
     ("GET", "/api/v1/whoami", Access::At(Role::Viewer)),
     ("GET", "/api/v1/clusters", Access::At(Role::Viewer)),

@@ -1,8 +1,8 @@
-//! `GET /`: a small HTML page for whoever opens the collector (or `etcdmon up`)
-//! in a browser, until the web page exists: the clusters seen right now, links
-//! to the API endpoints, `/metrics` and `/healthz`, and the operator docs,
-//! which are compiled in and served at `/docs/{name}` so the links work
-//! without the source tree.
+//! `GET /status`: a small server-rendered HTML page (no script) with the
+//! clusters seen right now, links to the API endpoints, `/metrics` and
+//! `/healthz`, and the operator docs, which are compiled in and served at
+//! `/docs/{name}` so the links work without the source tree. The web page
+//! itself is at `/` ([`super::web`]).
 
 use crate::state::LiveState;
 use axum::extract::{Path, State};
@@ -113,7 +113,7 @@ const ENDPOINTS: &[(&str, &str, Option<&str>, &str)] = &[
 /// `/` and `/docs/{name}`.
 pub fn router(state: LiveState) -> Router {
     Router::new()
-        .route("/", get(home))
+        .route("/status", get(home))
         .route("/docs/{name}", get(doc))
         .with_state(state)
 }

@@ -12,7 +12,8 @@
 //! - `GET /api/v1/whoami`, `GET /api/v1/audit`, and who may call what: see [`auth`].
 //! - `GET/POST /api/v1/maintenance`, `DELETE /api/v1/maintenance/{id}`: see [`maintenance`].
 //! - `GET/POST /api/v1/tokens`, `DELETE /api/v1/tokens/{id}`: see [`tokens`].
-//! - `GET /` and `GET /docs/{name}`: a page for the browser, see [`home`].
+//! - `GET /` and `GET /assets/{file}`: the web page, see [`web`].
+//! - `GET /status` and `GET /docs/{name}`: a page without script, see [`home`].
 
 pub mod alerting;
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod maintenance;
 pub mod query;
 pub mod stream;
 pub mod tokens;
+pub mod web;
 
 use crate::now_ms;
 use crate::state::LiveState;
@@ -72,6 +74,7 @@ pub fn router(
         .merge(auth::router(audit))
         .merge(tokens)
         .merge(home::router(state))
+        .merge(web::router())
 }
 
 /// `routes` (the API merged with `/metrics` and `/healthz`) behind the Host,
