@@ -194,8 +194,17 @@ impl ClickHouseServer {
     /// A non-200 answer is an error carrying the server's message, such as
     /// `Code: 60, e.displayText() = DB::Exception: Table default.x doesn't exist`.
     pub fn query(&self, sql: &str) -> Result<String> {
-        let url = format!("{}/", self.http_url());
-        let response = http_post(&url, sql.as_bytes(), QUERY_TIMEOUT)
+        self.query_at(&format!("{}/", self.http_url()), sql)
+    }
+
+    /// [`query`](Self::query) with `database` as the default database, as a
+    /// client (Grafana's datasource) that names one runs unqualified SQL.
+    pub fn query_in(&self, database: &str, sql: &str) -> Result<String> {
+        self.query_at(&format!("{}/?database={database}", self.http_url()), sql)
+    }
+
+    fn query_at(&self, url: &str, sql: &str) -> Result<String> {
+        let response = http_post(url, sql.as_bytes(), QUERY_TIMEOUT)
             .with_context(|| format!("ClickHouse query {:?}", abbreviate(sql)))?;
         if response.status != 200 {
             bail!(

@@ -42,6 +42,7 @@ pub mod bins;
 pub mod clickhouse;
 pub mod etcd;
 pub mod faults;
+pub mod grafana;
 pub mod http;
 pub mod http_sink;
 pub mod nats;

@@ -242,7 +242,7 @@ async fn events(
         .chain(alerts.into_iter().map(alert_event))
         .collect();
     // Newest first; at one instant, cluster events before the alerts they caused.
-    events.sort_by(|a, b| b.ts_ms.cmp(&a.ts_ms));
+    events.sort_by_key(|e| std::cmp::Reverse(e.ts_ms));
     events.truncate(limit);
     Ok(Json(EventsResponse {
         cluster: name,
