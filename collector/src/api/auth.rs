@@ -471,6 +471,7 @@ const AUDIT_LIMIT: (usize, usize) = (500, 10_000);
 const AUDIT_WINDOW_MS: i64 = 7 * 86_400_000;
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct AuditParams {
     from: Option<String>,
     to: Option<String>,

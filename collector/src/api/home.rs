@@ -60,6 +60,11 @@ const DOCS: &[(&str, &str, &str)] = &[
         "Security: threat model and guarantees",
         include_str!("../../../docs/security.md"),
     ),
+    (
+        "openapi.json",
+        "OpenAPI 3 description of the API",
+        include_str!("../../../docs/openapi.json"),
+    ),
 ];
 
 /// The endpoints listed on the page: (method, path, link target if a GET without
@@ -124,8 +129,15 @@ async fn home(State(state): State<LiveState>) -> Html<String> {
 
 async fn doc(Path(name): Path<String>) -> Response {
     match DOCS.iter().find(|(file, _, _)| *file == name) {
-        Some((_, _, text)) => (
-            [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
+        Some((file, _, text)) => (
+            [(
+                header::CONTENT_TYPE,
+                if file.ends_with(".json") {
+                    "application/json"
+                } else {
+                    "text/markdown; charset=utf-8"
+                },
+            )],
             *text,
         )
             .into_response(),
