@@ -68,9 +68,35 @@ pub fn http_delete(url: &str, timeout: Duration) -> Result<HttpResponse> {
     request("DELETE", url, None, timeout)
 }
 
+/// Sends `POST` with a JSON `body` and `Authorization: Bearer <token>`.
+pub fn http_post_json_as(
+    url: &str,
+    body: &str,
+    token: &str,
+    timeout: Duration,
+) -> Result<HttpResponse> {
+    request_with(
+        "POST",
+        url,
+        &[("Authorization", &format!("Bearer {token}"))],
+        Some(("application/json", body.as_bytes())),
+        timeout,
+    )
+}
+
 fn request(
     method: &str,
     url: &str,
+    body: Option<(&str, &[u8])>,
+    timeout: Duration,
+) -> Result<HttpResponse> {
+    request_with(method, url, &[], body, timeout)
+}
+
+fn request_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
     body: Option<(&str, &[u8])>,
     timeout: Duration,
 ) -> Result<HttpResponse> {
@@ -95,6 +121,9 @@ fn request(
         "{method} {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: etcdmon-testkit\r\nAccept: */*\r\n"
     )
     .into_bytes();
+    for (name, value) in headers {
+        request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
     if let Some((content_type, body)) = body {
         request.extend_from_slice(
             format!(

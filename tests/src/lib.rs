@@ -39,6 +39,7 @@
 //! ```
 
 pub mod bins;
+pub mod browser;
 pub mod clickhouse;
 pub mod etcd;
 pub mod faults;
@@ -57,7 +58,10 @@ pub use bins::workspace_bin;
 pub use clickhouse::ClickHouseServer;
 pub use etcd::{EtcdCluster, EtcdClusterBuilder, EtcdMember, EtcdVersion};
 pub use faults::{SlowSyscalls, Tmpfs};
-pub use http::{http_delete, http_get, http_post, http_post_json, http_put_json, HttpResponse};
+pub use http::{
+    http_delete, http_get, http_post, http_post_json, http_post_json_as, http_put_json,
+    HttpResponse,
+};
 pub use http_sink::{HttpSink, SinkAnswer, SinkRequest};
 pub use nats::{NatsSecurity, NatsServer};
 pub use peer_net::PeerNet;

@@ -61,6 +61,21 @@ const DOCS: &[(&str, &str, &str)] = &[
         include_str!("../../../docs/security.md"),
     ),
     (
+        "web.md",
+        "The web page",
+        include_str!("../../../docs/web.md"),
+    ),
+    (
+        "grafana.md",
+        "Grafana dashboards",
+        include_str!("../../../docs/grafana.md"),
+    ),
+    (
+        "deploy.md",
+        "Deploying: Kubernetes, VMs, compose",
+        include_str!("../../../docs/deploy.md"),
+    ),
+    (
         "openapi.json",
         "OpenAPI 3 description of the API",
         include_str!("../../../docs/openapi.json"),
