@@ -32,12 +32,15 @@ impl Feeders {
 pub async fn start(url: &str, fleet: &Fleet) -> anyhow::Result<Feeders> {
     let stop = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    // A connection per cluster, its members' streams multiplexed on it: the
+    // collector takes at most 64 connections from one address (one NAT
+    // address of real agents) and a few streams per connection.
     for c in 0..fleet.clusters {
+        let client = IngestServiceClient::connect(url.to_owned())
+            .await
+            .context("connect to the collector")?;
         for m in 0..MEMBERS {
-            let client = IngestServiceClient::connect(url.to_owned())
-                .await
-                .context("connect to the collector")?;
-            tasks.spawn(member(client, c, m, stop.clone()));
+            tasks.spawn(member(client.clone(), c, m, stop.clone()));
         }
     }
     Ok(Feeders { stop, tasks })
