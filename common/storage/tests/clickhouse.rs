@@ -206,7 +206,7 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
         .unwrap();
     assert_eq!(
         tables,
-        "alert_acks\nalert_deliveries\nalert_transitions\napi_tokens\naudit_log\nbatch_marks\ncluster_registrations\nevents\nrollup_1h\n\
+        "alert_acks\nalert_deliveries\nalert_transitions\napi_tokens\naudit_log\nbatch_marks\ncluster_registrations\nevents\nmember_info\nrollup_1h\n\
          rollup_1h_mv\nrollup_1m\nrollup_1m_mv\nsamples\nschema_migrations\nseries\n\
          silences\n"
     );
@@ -215,7 +215,7 @@ async fn migrate_is_idempotent_and_safe_to_run_concurrently() {
             "SELECT DISTINCT version FROM {DB}.schema_migrations ORDER BY version"
         ))
         .unwrap();
-    assert_eq!(versions, "1\n2\n3\n4\n5\n6\n7\n8\n");
+    assert_eq!(versions, "1\n2\n3\n4\n5\n6\n7\n8\n9\n");
 
     // Two "processes" (separate storages, separate connection pools) migrating a fresh
     // database at the same moment, twice over.

@@ -225,33 +225,43 @@ pub(super) fn points(q: &PointQuery, limit: u64) -> Result<Option<Sql>, StorageE
         _ => inner_buckets(from, to, step),
     };
     sql.push("SELECT member, labels, b, v FROM (");
-    if let Some((inner_start, inner_end)) = inner {
-        rollup_buckets(&mut sql, q, source, step, inner_start, inner_end);
-        sql.push(" UNION ALL ");
+    match inner {
+        Some((inner_start, inner_end)) => {
+            rollup_buckets(&mut sql, q, source, step, inner_start, inner_end);
+            // Raw samples only for the edge buckets around the rollup's part, each
+            // edge its own narrow scan: one scan with `ts_ms < a OR ts_ms >= b`
+            // read every raw sample of the range (18.16 prunes neither partitions
+            // nor the primary key on it), seconds for a week of a fleet.
+            if from < inner_start {
+                sql.push(" UNION ALL ");
+                raw_buckets(&mut sql, q, step, from, inner_start - 1);
+            }
+            if inner_end <= to {
+                sql.push(" UNION ALL ");
+                raw_buckets(&mut sql, q, step, inner_end, to);
+            }
+        }
+        None => raw_buckets(&mut sql, q, step, from, to),
     }
-    // Raw samples: the whole range, or only the edge buckets around the rollup's part.
-    // Duplicates need no GROUP BY on the key here: a resent row has the same time and
-    // value, so it cannot change argMax.
+    sql.push(") ORDER BY member, labels, b LIMIT ").int(limit);
+    Ok(Some(sql))
+}
+
+/// `SELECT member, labels, b, v` of the step buckets of the raw samples in
+/// `[from, to]`. Duplicates need no GROUP BY on the key here: a resent row has
+/// the same time and value, so it cannot change argMax.
+fn raw_buckets(sql: &mut Sql, q: &PointQuery, step: i64, from: i64, to: i64) {
     sql.push("SELECT member, labels, toInt64(intDiv(ts_ms, ")
         .int(step)
         .push(") * ")
         .int(step)
         .push(") AS b, argMax(value, ts_ms) AS v FROM samples WHERE ");
-    series_filter(&mut sql, q, from, to);
+    series_filter(sql, q, from, to);
     sql.push(" AND ts_ms >= ")
         .int(from)
         .push(" AND ts_ms <= ")
-        .int(to);
-    if let Some((inner_start, inner_end)) = inner {
-        sql.push(" AND (ts_ms < ")
-            .int(inner_start)
-            .push(" OR ts_ms >= ")
-            .int(inner_end)
-            .push(")");
-    }
-    sql.push(" GROUP BY member, labels, b) ORDER BY member, labels, b LIMIT ")
-        .int(limit);
-    Ok(Some(sql))
+        .int(to)
+        .push(" GROUP BY member, labels, b");
 }
 
 /// `SELECT member, labels, b, v` of the whole step buckets `[inner_start, inner_end)`
