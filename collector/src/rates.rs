@@ -102,7 +102,7 @@ type Buckets = BTreeMap<OrdF64, f64>;
 
 /// f64 with a total order, for bucket bounds.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct OrdF64(f64);
+pub(crate) struct OrdF64(pub(crate) f64);
 impl Eq for OrdF64 {}
 impl PartialOrd for OrdF64 {
     fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
@@ -123,7 +123,12 @@ fn label<'a>(s: &'a Sample, name: &str) -> Option<&'a str> {
 }
 
 fn le(s: &Sample) -> Option<f64> {
-    match label(s, "le")? {
+    parse_le(label(s, "le")?)
+}
+
+/// A histogram bucket's `le` bound: a number, or `+Inf`.
+pub(crate) fn parse_le(v: &str) -> Option<f64> {
+    match v {
         "+Inf" | "Inf" => Some(f64::INFINITY),
         v => v.parse().ok(),
     }
@@ -185,8 +190,8 @@ fn snapshot(families: &[MetricFamily], ts_ms: i64) -> (Snapshot, Gauges) {
 
 /// Per-second rate of a counter between two scrapes; none when it went down
 /// (etcd restarted).
-fn per_second(prev: f64, cur: f64, secs: f64) -> Option<f64> {
-    (cur >= prev).then(|| (cur - prev) / secs)
+pub(crate) fn per_second(prev: f64, cur: f64, secs: f64) -> Option<f64> {
+    (cur >= prev && secs > 0.0).then(|| (cur - prev) / secs)
 }
 
 /// Sums buckets of the same bound across label sets (e.g. all peers).
@@ -225,8 +230,8 @@ impl Derived {
                 let total = snap.grpc_total - prev.grpc_total;
                 let errors = snap.grpc_errors - prev.grpc_errors;
                 self.grpc_error_ratio = (total > 0.0 && errors >= 0.0).then(|| errors / total);
-                let failed = snap.proposals_failed - prev.proposals_failed;
-                self.proposals_failed_rate = (failed >= 0.0).then(|| failed / secs);
+                self.proposals_failed_rate =
+                    per_second(prev.proposals_failed, snap.proposals_failed, secs);
                 self.wal_fsync_p50 = delta_quantile(0.5, &prev.wal, &snap.wal);
                 self.backend_commit_p50 = delta_quantile(0.5, &prev.commit, &snap.commit);
                 self.grpc_unary_p50 = delta_quantile(0.5, &prev.unary, &snap.unary);

@@ -646,6 +646,13 @@ impl LiveState {
         }
     }
 
+    /// Names of every cluster known (reporting or registered), without
+    /// copying their state.
+    pub fn names(&self) -> Vec<String> {
+        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        g.keys().cloned().collect()
+    }
+
     /// Names of the registered clusters.
     pub fn registered_names(&self) -> Vec<String> {
         let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
@@ -759,13 +766,13 @@ fn record_other(m: &mut MemberState, body: &Body, ts_ms: i64) {
                 let rx = h.interfaces.iter().map(|i| i.rx_bytes).sum::<u64>();
                 let tx = h.interfaces.iter().map(|i| i.tx_bytes).sum::<u64>();
                 // Counters that went down (a reboot, an interface gone) give no rate.
-                let rate = |prev: u64, cur: u64, secs: f64| {
-                    (cur >= prev && secs > 0.0).then(|| (cur - prev) as f64 / secs)
-                };
                 if let Some((t, prev_rx, prev_tx)) = f.net_totals {
                     let secs = (ts_ms - t) as f64 / 1000.0;
-                    f.net_rx_bytes_per_second = rate(prev_rx, rx, secs);
-                    f.net_tx_bytes_per_second = rate(prev_tx, tx, secs);
+                    let rate = |prev: u64, cur: u64| {
+                        crate::rates::per_second(prev as f64, cur as f64, secs)
+                    };
+                    f.net_rx_bytes_per_second = rate(prev_rx, rx);
+                    f.net_tx_bytes_per_second = rate(prev_tx, tx);
                 }
                 f.net_totals = Some((ts_ms, rx, tx));
             }

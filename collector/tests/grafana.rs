@@ -29,7 +29,7 @@ use common::CollectorProc;
 use etcdmon_agent::selfmetrics::AgentMetrics;
 use etcdmon_agent::Agent;
 use etcdmon_core::shutdown::Shutdown;
-use etcdmon_testkit::grafana::*;
+use etcdmon_testkit::grafana::{self, *};
 use etcdmon_testkit::{
     free_port, http_get, http_post, workspace_bin, ChildProcess, ClickHouseServer, EtcdCluster,
     HttpSink, NatsServer,
@@ -337,16 +337,9 @@ fn resolve(
     range: TimeRange,
     mut choose: impl FnMut(&Variable, &[String]) -> Selected,
 ) -> Settings {
-    let multi: BTreeSet<String> = vars
-        .iter()
-        .filter(|v| v.multi)
-        .map(|v| v.name.clone())
-        .collect();
-    let mut settings = Settings::new();
-    for v in vars {
-        let sql = expand(&v.query, &settings, &multi, range);
+    let options = |v: &Variable, sql: &str, settings: &Settings| {
         let a =
-            run_sql(ch, &sql).unwrap_or_else(|e| panic!("{file}: variable {}: {e}\n{sql}", v.name));
+            run_sql(ch, sql).unwrap_or_else(|e| panic!("{file}: variable {}: {e}\n{sql}", v.name));
         assert!(
             matches!(a.columns.len(), 1 | 2),
             "{file}: variable {} must answer one or two columns: {:?}",
@@ -368,13 +361,19 @@ fn resolve(
             "{file}: variable {} has no values with {settings:?}:\n{sql}",
             v.name
         );
-        let sel = choose(v, &values);
+        Ok::<_, std::convert::Infallible>(values)
+    };
+    let checked_choice = |v: &Variable, values: &[String]| {
+        let sel = choose(v, values);
         if matches!(sel, Selected::All(_)) {
             assert!(v.include_all, "{file}: {} has no All option", v.name);
         }
-        settings.insert(v.name.clone(), sel);
+        sel
+    };
+    match grafana::resolve(vars, range, options, checked_choice) {
+        Ok(settings) => settings,
+        Err(never) => match never {},
     }
-    settings
 }
 
 /// How a run of the panels is judged.
@@ -391,11 +390,7 @@ struct Run<'a> {
 /// Runs every query of dashboard `d` with `run`'s settings; returns failures.
 fn check_panels(ch: &str, d: &Dashboard, run: &Run<'_>, range: TimeRange) -> Vec<String> {
     let vars = variables(&d.json);
-    let multi: BTreeSet<String> = vars
-        .iter()
-        .filter(|v| v.multi)
-        .map(|v| v.name.clone())
-        .collect();
+    let multi = multi_valued(&vars);
     let mut failures = Vec::new();
     for t in targets(&d.json) {
         let what = format!("{} / {} / {}", d.file, run.what, t.title());

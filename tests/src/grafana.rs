@@ -222,6 +222,34 @@ pub struct TimeRange {
     pub interval_ms: i64,
 }
 
+/// The names of the multi-value variables, which [`expand`] quotes as arrays.
+pub fn multi_valued(vars: &[Variable]) -> BTreeSet<String> {
+    vars.iter()
+        .filter(|v| v.multi)
+        .map(|v| v.name.clone())
+        .collect()
+}
+
+/// The settings of a dashboard's variables, resolved in order as Grafana does:
+/// each variable's query is expanded with the settings of the ones before it,
+/// `options` runs it and returns its values, and `choose` picks the setting.
+pub fn resolve<E>(
+    vars: &[Variable],
+    range: TimeRange,
+    mut options: impl FnMut(&Variable, &str, &Settings) -> Result<Vec<String>, E>,
+    mut choose: impl FnMut(&Variable, &[String]) -> Selected,
+) -> Result<Settings, E> {
+    let multi = multi_valued(vars);
+    let mut settings = Settings::new();
+    for v in vars {
+        let sql = expand(&v.query, &settings, &multi, range);
+        let values = options(v, &sql, &settings)?;
+        let sel = choose(v, &values);
+        settings.insert(v.name.clone(), sel);
+    }
+    Ok(settings)
+}
+
 /// The SQL ClickHouse receives for `sql`, in the order Grafana works:
 /// 1. the plugin's frontend (`applyTemplateVariables` in `src/data/CHDatasource.ts`
 ///    of <https://github.com/grafana/clickhouse-datasource>): `$__conditionalAll`,

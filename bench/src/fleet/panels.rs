@@ -4,9 +4,8 @@
 //! (`etcdmon_testkit::grafana`, which `collector/tests/grafana.rs` checks
 //! against the plugin).
 
-use etcdmon_testkit::grafana::{self, Selected, Settings, TimeRange};
+use etcdmon_testkit::grafana::{self, Selected, TimeRange};
 use etcdmon_testkit::ClickHouseServer;
-use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Grafana's interval for 24 h on a panel about 1,400 px wide: one minute.
@@ -27,21 +26,19 @@ pub fn queries(
     let mut out = Vec::new();
     for d in grafana::dashboards(dir) {
         let vars = grafana::variables(&d.json);
-        let multi: BTreeSet<String> = vars
-            .iter()
-            .filter(|v| v.multi)
-            .map(|v| v.name.clone())
-            .collect();
-        let mut settings = Settings::new();
-        for v in &vars {
-            let sql = grafana::expand(&v.query, &settings, &multi, range);
-            let values: Vec<String> = server
-                .query_in("etcdmon", &sql)?
-                .lines()
-                .map(|l| l.split('\t').next().unwrap_or_default().to_owned())
-                .collect();
-            settings.insert(v.name.clone(), Selected::All(values));
-        }
+        let settings = grafana::resolve(
+            &vars,
+            range,
+            |_, sql, _| -> anyhow::Result<Vec<String>> {
+                Ok(server
+                    .query_in("etcdmon", sql)?
+                    .lines()
+                    .map(|l| l.split('\t').next().unwrap_or_default().to_owned())
+                    .collect())
+            },
+            |_, values| Selected::All(values.to_vec()),
+        )?;
+        let multi = grafana::multi_valued(&vars);
         let title = d
             .json
             .get("title")

@@ -127,15 +127,7 @@ fn plan(p: QueryParams, compare: bool) -> Result<(Query, Scope, String), ApiErro
         )));
     }
     // A rate wants a few scrapes in its window: half a minute, or the step.
-    let window_ms = match &p.window {
-        Some(w) => {
-            super::parse_step(w).map_err(|_| bad(format!("`window`: bad duration {w:?}")))?
-        }
-        None => step_ms.max(30_000),
-    };
-    if window_ms > MAX_WINDOW_MS {
-        return Err(bad("`window` may be at most 1d"));
-    }
+    let window_ms = parse_window(p.window.as_deref(), step_ms.max(30_000))?;
     let aggregate = match &p.agg {
         Some(a) => Aggregate::parse(a).ok_or_else(|| {
             bad(format!(
@@ -190,6 +182,20 @@ fn plan(p: QueryParams, compare: bool) -> Result<(Query, Scope, String), ApiErro
         member: p.member,
     };
     Ok((query, scope, by_name))
+}
+
+/// The `window` parameter in ms (`default_ms` without one), at most a day.
+fn parse_window(window: Option<&str>, default_ms: i64) -> Result<i64, ApiError> {
+    let ms = match window {
+        Some(w) => {
+            super::parse_step(w).map_err(|_| bad(format!("`window`: bad duration {w:?}")))?
+        }
+        None => default_ms,
+    };
+    if ms > MAX_WINDOW_MS {
+        return Err(bad("`window` may be at most 1d"));
+    }
+    Ok(ms)
 }
 
 async fn answer(
@@ -470,16 +476,10 @@ async fn view(
     default_window_ms: i64,
 ) -> Result<Json<ViewResponse>, ApiError> {
     let Params(p) = p.map_err(|e| bad(e.body_text()))?;
-    let window_ms = match &p.window {
-        Some(w) => super::parse_step(w)?,
-        None => default_window_ms,
-    };
-    if window_ms > MAX_WINDOW_MS {
-        return Err(bad("`window` may be at most 1d"));
-    }
+    let window_ms = parse_window(p.window.as_deref(), default_window_ms)?;
     let inventory =
         fleet_query::inventory(api.storage.as_ref(), &api.state, Some(&cluster)).await?;
-    let known = api.state.snapshot().iter().any(|c| c.name == cluster);
+    let known = api.state.names().contains(&cluster);
     if !known && inventory.is_empty() {
         return Err(ApiError(
             StatusCode::NOT_FOUND,

@@ -9,6 +9,7 @@
 //! `increase`/`rate` count a counter that went down as reset to zero, and
 //! `quantile` is `histogram_quantile(q, sum by (group, le) (increase(X_bucket[w])))`.
 
+use crate::rates::OrdF64;
 use std::collections::BTreeMap;
 
 /// A counter's increase over `window_ms` ending at each point, for points
@@ -67,10 +68,10 @@ pub fn quantile_over(
     window_ms: i64,
 ) -> Vec<(i64, f64)> {
     // time -> le -> observations in the window.
-    let mut at: BTreeMap<i64, BTreeMap<Bound, f64>> = BTreeMap::new();
+    let mut at: BTreeMap<i64, BTreeMap<OrdF64, f64>> = BTreeMap::new();
     for (le, points) in buckets {
         for (t, v) in increase(points, window_ms) {
-            *at.entry(t).or_default().entry(Bound(*le)).or_default() += v;
+            *at.entry(t).or_default().entry(OrdF64(*le)).or_default() += v;
         }
     }
     at.into_iter()
@@ -91,21 +92,6 @@ fn monotone(mut buckets: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
         *n = highest;
     }
     buckets
-}
-
-/// An `le` bound with a total order.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Bound(f64);
-impl Eq for Bound {}
-impl PartialOrd for Bound {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Bound {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&o.0)
-    }
 }
 
 /// How several series of a group become one.

@@ -191,10 +191,12 @@ pub async fn inventory(
         .into_iter()
         .map(|m| ((m.cluster.clone(), m.member.clone()), m))
         .collect();
-    for c in state.snapshot() {
-        if cluster.is_some_and(|name| name != c.name) {
-            continue;
-        }
+    // One cluster's copy when one is asked for, not the whole fleet's.
+    let live = match cluster {
+        Some(name) => state.cluster(name).into_iter().collect(),
+        None => state.snapshot(),
+    };
+    for c in live {
         let region = c.registration.as_ref().map(|r| r.region.clone());
         for m in c.members.values() {
             let e = out
@@ -258,10 +260,7 @@ fn without_le(labels: &str) -> String {
 /// The `le` bound of a bucket's labels.
 fn le_of(labels: &str) -> Option<f64> {
     let (_, v) = parse_labels(labels).into_iter().find(|(k, _)| *k == "le")?;
-    match v {
-        "+Inf" | "Inf" => Some(f64::INFINITY),
-        v => v.parse().ok(),
-    }
+    crate::rates::parse_le(v)
 }
 
 /// Whether a member is in `scope` (its cluster was already chosen).
@@ -291,7 +290,7 @@ pub fn clusters_of(
         return scope.clusters.clone();
     }
     let mut all: BTreeSet<String> = inventory.keys().map(|(c, _)| c.clone()).collect();
-    all.extend(state.snapshot().into_iter().map(|c| c.name));
+    all.extend(state.names());
     all.into_iter().collect()
 }
 

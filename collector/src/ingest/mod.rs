@@ -671,12 +671,21 @@ impl Session {
         }
         // The agent's identity completes over time (member id and name are
         // learned from etcd); keep the latest for the disconnect event.
-        if let Some(id) = batch.reports.iter().rev().find_map(|r| r.identity.as_ref()) {
-            if !id.member_name.is_empty() || id.member_id != 0 {
-                self.identity = id.clone();
-            }
+        let learned = batch
+            .reports
+            .iter()
+            .rev()
+            .find_map(|r| r.identity.as_ref())
+            .filter(|id| !id.member_name.is_empty() || id.member_id != 0)
+            .filter(|id| **id != self.identity);
+        if let Some(id) = learned {
+            self.identity = id.clone();
         }
-        self.describe_member();
+        // Every report repeats the identity: where the member runs is looked at
+        // again only when it changed (or was never stored).
+        if learned.is_some() || self.described.is_none() {
+            self.describe_member();
+        }
         let (set, oldest_ms, new_series) =
             self.svc
                 .rows(&self.seen, &self.identity, &self.agent_id, &batch);
