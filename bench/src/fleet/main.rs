@@ -57,6 +57,14 @@ struct Args {
     /// Requests per endpoint (the slowest endpoints get a tenth, at least 5).
     #[arg(long, default_value_t = 200)]
     requests: usize,
+    /// Only the requests whose label contains this text (`web`, `Grafana`,
+    /// `7-day`, ...); every request when not given.
+    #[arg(long)]
+    only: Option<String>,
+    /// After measuring, keep the store and the collector up until Enter is
+    /// pressed, printing where they listen, to try queries by hand.
+    #[arg(long)]
+    hold: bool,
 }
 
 #[global_allocator]
@@ -183,7 +191,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
     ];
     println!("\n| request | n | p50 ms | p99 ms | max ms | target | met |");
     println!("|---|---|---|---|---|---|---|");
+    let wanted = |label: &str| {
+        args.only
+            .as_ref()
+            .is_none_or(|o| label.contains(o.as_str()))
+    };
     for (label, path, n, target) in endpoints {
+        if !wanted(label) {
+            continue;
+        }
         let t = time(n, || {
             let r = http_get(&format!("{base}{path}"), Duration::from_secs(30))?;
             anyhow::ensure!(r.status == 200, "{path}: HTTP {}: {}", r.status, r.body);
@@ -191,8 +207,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         })?;
         print_row(label, n, &t, target);
     }
-    render(&base, fleet.clusters)?;
-    if let Some(server) = &clickhouse {
+    if wanted("web page") {
+        render(&base, fleet.clusters)?;
+    }
+    if let Some(server) = clickhouse.as_ref().filter(|_| wanted("Grafana panel")) {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../grafana/dashboards");
         let mut slowest = Vec::new();
         for (label, sql) in panels::queries(server, &dir, now_ms())? {
@@ -215,6 +233,18 @@ fn run(args: &Args) -> anyhow::Result<()> {
         for (ms, label) in slowest.iter().take(5) {
             eprintln!("  {ms:.0} ms  {label}");
         }
+    }
+    if args.hold {
+        if let Some(server) = &clickhouse {
+            eprintln!(
+                "fleet-query: ClickHouse on 127.0.0.1, HTTP port {}, native port {}, database etcdmon",
+                server.http_port(),
+                server.tcp_port()
+            );
+        }
+        eprintln!("fleet-query: the collector's API on {base}; press Enter to stop");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
     }
     rt.block_on(async {
         feeders.stop().await;

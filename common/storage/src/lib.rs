@@ -74,6 +74,24 @@ pub(crate) fn check_range(from_ms: i64, to_ms: i64) -> Result<()> {
     Ok(())
 }
 
+/// Queries [`Storage::query_many`] runs at once by default.
+const CONCURRENT_QUERIES: usize = 4;
+
+/// [`Storage::query_many`] as one [`Storage::query`] per query, a few at a time.
+pub(crate) async fn query_each<S: Storage + ?Sized>(
+    storage: &S,
+    queries: &[PointQuery],
+) -> Result<Vec<Vec<SeriesPoints>>> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    // Owned queries: a stream of borrowed ones trips the compiler's
+    // higher-ranked `Send` check inside `async_trait`.
+    futures::stream::iter(queries.iter().cloned())
+        .map(|q| async move { storage.query(&q).await })
+        .buffered(CONCURRENT_QUERIES)
+        .try_collect()
+        .await
+}
+
 /// The storage every etcdmon service writes to and reads from.
 #[async_trait::async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -101,6 +119,14 @@ pub trait Storage: Send + Sync + 'static {
     /// deduplicated on (series, timestamp); with a step, the last value of
     /// each step-aligned bucket.
     async fn query(&self, query: &PointQuery) -> Result<Vec<SeriesPoints>>;
+
+    /// [`Storage::query`] for each of `queries`, answers in the same order.
+    /// Fleet reads ask the same question of many clusters; a store that can
+    /// answer those in one statement overrides this, the default asks a few
+    /// at a time.
+    async fn query_many(&self, queries: &[PointQuery]) -> Result<Vec<Vec<SeriesPoints>>> {
+        query_each(self, queries).await
+    }
 
     /// Stored samples per (agent-visible) member and metric in a time range;
     /// used by tests and the API to verify completeness. Deduplicated like

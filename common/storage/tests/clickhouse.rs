@@ -450,6 +450,63 @@ async fn write_then_query_raw_and_stepped() {
 }
 
 #[tokio::test]
+async fn one_statement_answers_the_same_query_of_many_clusters() {
+    let (_server, storage) = setup().await;
+    // c1 as in `three_hours`, c2 the same shifted by a million, c3 nothing.
+    let c1 = three_hours();
+    let mut c2 = c1.clone();
+    for s in &mut c2.samples {
+        s.cluster = "c2".into();
+        s.value += 1e6;
+    }
+    for s in &mut c2.series {
+        s.cluster = "c2".into();
+    }
+    c2.events.clear();
+    c2.marks.clear();
+    storage.write(&c1).await.expect("write c1");
+    storage.write(&c2).await.expect("write c2");
+
+    let of = |cluster: &str, q: &PointQuery| PointQuery {
+        cluster: cluster.into(),
+        ..q.clone()
+    };
+    for step in [0, 7 * SECOND, MINUTE, HOUR] {
+        let q = query("etcd_db_size", T0 + 37 * SECOND, T0 + 2 * HOUR + 7, step);
+        let one_by_one = [
+            storage.query(&of("c1", &q)).await.unwrap(),
+            storage.query(&of("c2", &q)).await.unwrap(),
+        ];
+        assert_ne!(one_by_one[0], one_by_one[1], "step {step}");
+        assert_eq!(one_by_one[1].len(), 2, "step {step}");
+        // In the order asked, a cluster asked twice answered twice, an unknown
+        // one empty.
+        let batch = [of("c2", &q), of("c3", &q), of("c1", &q), of("c2", &q)];
+        let many = storage.query_many(&batch).await.unwrap();
+        assert_eq!(
+            many,
+            vec![
+                one_by_one[1].clone(),
+                Vec::new(),
+                one_by_one[0].clone(),
+                one_by_one[1].clone()
+            ],
+            "step {step}"
+        );
+    }
+    // Different questions in one batch are answered one by one, in order.
+    let a = query("etcd_db_size", T0, T0 + HOUR, MINUTE);
+    let b = query("no_such_metric", T0, T0 + HOUR, MINUTE);
+    let many = storage
+        .query_many(&[of("c2", &a), b.clone()])
+        .await
+        .unwrap();
+    assert_eq!(many[0], storage.query(&of("c2", &a)).await.unwrap());
+    assert!(many[1].is_empty());
+    assert!(storage.query_many(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn writing_the_same_set_again_changes_no_answer() {
     let (server, storage) = setup().await;
     // Keep the copies apart until the end, so the reads below must deduplicate

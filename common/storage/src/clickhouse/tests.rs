@@ -195,13 +195,16 @@ fn inner_buckets_lie_inside_the_range() {
 fn raw_query_deduplicates_with_group_by() {
     let mut q = point_query(0, 1_000, 2_000);
     q.member = Some("m1".into());
-    let sql = query::points(&q, 11).unwrap().unwrap();
+    let sql = query::points(&[q.cluster.as_str()], &q, 11)
+        .unwrap()
+        .unwrap();
     assert_eq!(
         sql.text,
-        "SELECT member, labels, ts_ms, any(value) AS v FROM samples WHERE cluster = ? \
-         AND name = ? AND member = ? AND date >= toDate(?) AND date <= toDate(?) \
-         AND ts_ms >= ? AND ts_ms <= ? GROUP BY member, labels, ts_ms \
-         ORDER BY member, labels, ts_ms LIMIT ?"
+        "SELECT cluster, member, labels, ts_ms, any(value) AS v FROM samples WHERE \
+         cluster = ? AND name = ? AND member = ? AND date >= toDate(?) \
+         AND date <= toDate(?) AND ts_ms >= ? AND ts_ms <= ? \
+         GROUP BY cluster, member, labels, ts_ms \
+         ORDER BY cluster, member, labels, ts_ms LIMIT ?"
     );
     assert_eq!(
         sql.args,
@@ -219,8 +222,42 @@ fn raw_query_deduplicates_with_group_by() {
 }
 
 #[test]
+fn one_statement_reads_many_clusters() {
+    let q = point_query(HOUR_MS, 0, 10 * HOUR_MS);
+    let sql = query::points(&["a", "b"], &q, 5).unwrap().unwrap();
+    // Every part of the statement (the rollup's series ids, their names, the
+    // raw edge at 10 h) selects the clusters, and keeps them apart.
+    assert_eq!(
+        sql.text.matches("cluster IN (?, ?) AND name = ?").count(),
+        3,
+        "{}",
+        sql.text
+    );
+    assert!(!sql.text.contains("cluster = ?"), "{}", sql.text);
+    assert!(
+        sql.text.contains("ORDER BY cluster, member, labels, b"),
+        "{}",
+        sql.text
+    );
+    assert!(
+        sql.text.contains("GROUP BY cluster, member, labels, b"),
+        "{}",
+        sql.text
+    );
+    // No cluster, or an empty name, is a mistake, not a read of everything.
+    assert!(matches!(
+        query::points(&[], &q, 5),
+        Err(StorageError::InvalidQuery(_))
+    ));
+    assert!(matches!(
+        query::points(&["a", ""], &q, 5),
+        Err(StorageError::InvalidQuery(_))
+    ));
+}
+
+#[test]
 fn stepped_queries_pick_tables_and_split_edges() {
-    let raw = query::points(&point_query(1_000, 0, 10_000), 5)
+    let raw = query::points(&["prod"], &point_query(1_000, 0, 10_000), 5)
         .unwrap()
         .unwrap();
     assert!(!raw.text.contains("rollup_"), "{}", raw.text);
@@ -229,7 +266,9 @@ fn stepped_queries_pick_tables_and_split_edges() {
     // 1-minute step over [30 s, 5 min 30 s]: minutes 1..5 from the rollup, the cut
     // minutes 0 and 5 from raw samples.
     let q = point_query(MINUTE_MS, 30_000, 330_000);
-    let sql = query::points(&q, 5).unwrap().unwrap();
+    let sql = query::points(&[q.cluster.as_str()], &q, 5)
+        .unwrap()
+        .unwrap();
     assert!(sql.text.contains("FROM rollup_1m WHERE"), "{}", sql.text);
     // The rollup knows series by id only: they come from `series`.
     assert!(
@@ -260,13 +299,13 @@ fn stepped_queries_pick_tables_and_split_edges() {
         ]
     );
 
-    let sql = query::points(&point_query(2 * HOUR_MS, 0, 10 * HOUR_MS), 5)
+    let sql = query::points(&["prod"], &point_query(2 * HOUR_MS, 0, 10 * HOUR_MS), 5)
         .unwrap()
         .unwrap();
     assert!(sql.text.contains("FROM rollup_1h WHERE"), "{}", sql.text);
 
     // A range inside one bucket has no whole bucket: raw only.
-    let sql = query::points(&point_query(HOUR_MS, 1_000, 2_000), 5)
+    let sql = query::points(&["prod"], &point_query(HOUR_MS, 1_000, 2_000), 5)
         .unwrap()
         .unwrap();
     assert!(!sql.text.contains("rollup_1h"), "{}", sql.text);
@@ -275,21 +314,24 @@ fn stepped_queries_pick_tables_and_split_edges() {
 #[test]
 fn invalid_queries_are_refused_before_any_sql() {
     assert!(matches!(
-        query::points(&point_query(0, 10, 5), 1),
+        query::points(&["prod"], &point_query(0, 10, 5), 1),
         Err(StorageError::InvalidQuery(_))
     ));
     assert!(matches!(
-        query::points(&point_query(-1, 0, 5), 1),
+        query::points(&["prod"], &point_query(-1, 0, 5), 1),
         Err(StorageError::InvalidQuery(_))
     ));
     let mut q = point_query(0, 0, 5);
     q.metric.clear();
     assert!(matches!(
-        query::points(&q, 1),
+        query::points(&[q.cluster.as_str()], &q, 1),
         Err(StorageError::InvalidQuery(_))
     ));
     // Nothing can be stored before the epoch.
-    assert_eq!(query::points(&point_query(0, -10, -5), 1).unwrap(), None);
+    assert_eq!(
+        query::points(&["prod"], &point_query(0, -10, -5), 1).unwrap(),
+        None
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 use super::*;
 use crate::{BatchMark, EventRow, SeriesRow};
+use std::collections::BTreeMap;
 
 fn sample(member: &str, name: &str, labels: &str, ts_ms: i64, value: f64) -> SampleRow {
     SampleRow {
@@ -128,6 +129,59 @@ async fn raw_and_stepped_queries() {
 
     let err = s.query(&q("g", 10, 5, 0)).await.expect_err("bad range");
     assert!(matches!(err, StorageError::InvalidQuery(_)));
+}
+
+#[tokio::test]
+async fn stepped_answers_are_the_last_point_of_each_bucket_and_batches_match() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = store(&dir).await;
+    // Irregular times (every 7 s, then every 3 s), two clusters apart.
+    let mut rows = Vec::new();
+    for (cluster, offset) in [("c1", 0.0), ("c2", 1e6)] {
+        let mut ts = 0;
+        for i in 0..400 {
+            ts += if i < 200 { 7_000 } else { 3_000 };
+            for member in ["m1", "m2"] {
+                let mut row = sample(member, "g", "", ts, offset + i as f64);
+                row.cluster = cluster.into();
+                rows.push(row);
+            }
+        }
+    }
+    s.write(&set("a", 1, rows)).await.expect("write");
+    for (from, to) in [(0, 3_000_000), (12_345, 1_234_567), (61_000, 61_500)] {
+        let raw = s.query(&q("g", from, to, 0)).await.expect("raw");
+        for step in [1_000, 60_000, 7 * 60_000, 3_600_000] {
+            let stepped = s.query(&q("g", from, to, step)).await.expect("stepped");
+            let want: Vec<SeriesPoints> = raw
+                .iter()
+                .map(|series| {
+                    let mut last: BTreeMap<i64, f64> = BTreeMap::new();
+                    for &(ts, v) in &series.points {
+                        last.insert(ts / step * step, v);
+                    }
+                    SeriesPoints {
+                        points: last.into_iter().collect(),
+                        ..series.clone()
+                    }
+                })
+                .collect();
+            assert_eq!(stepped, want, "[{from}, {to}] step {step}");
+        }
+    }
+    // A batch answers as its queries one by one, in order.
+    let mut other = q("g", 0, 3_000_000, 60_000);
+    other.cluster = "c2".into();
+    let batch = [
+        other.clone(),
+        q("g", 0, 3_000_000, 60_000),
+        q("none", 0, 10, 0),
+    ];
+    let many = s.query_many(&batch).await.expect("batch");
+    for (query, answer) in batch.iter().zip(&many) {
+        assert_eq!(*answer, s.query(query).await.expect("one"));
+    }
+    assert_ne!(many[0], many[1]);
 }
 
 #[tokio::test]
