@@ -416,7 +416,7 @@ mod tests {
         assert_eq!(c.host.interval, Duration::from_secs(5));
         assert_eq!(c.fsync.interval, Duration::from_secs(10));
         assert_eq!(c.fsync.block_size, 2300);
-        assert_eq!(c.peers.interval, Duration::from_secs(5));
+        assert_eq!(c.peers.interval, Duration::from_secs(1));
         assert_eq!(c.certs.interval, Duration::from_secs(3600));
         assert_eq!(
             c.etcd.effective_metrics_url(),

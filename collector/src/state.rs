@@ -6,7 +6,7 @@
 //! down/up, leader changed, alarm raised/cleared, member added/removed);
 //! the ingest path stores them with the report's samples.
 
-use etcdmon_proto::v1::{report::Body, ErrorKind, EtcdStatus, Identity, Report};
+use etcdmon_proto::v1::{report::Body, ErrorKind, EtcdStatus, Identity, PeerRtt, Report};
 use etcdmon_storage::EventRow;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -229,6 +229,16 @@ pub struct MemberState {
     /// The other members whose peer port this member's agent could not
     /// connect to in its last peer probe round, by name.
     pub peers_unreachable: Vec<String>,
+    /// Those it could connect to in that round.
+    pub peers_reachable: Vec<String>,
+    /// Since when (the collector's clock) each member in `peers_unreachable`
+    /// has been so, without a round in between that reached it.
+    #[serde(skip)]
+    pub peers_unreachable_since: BTreeMap<String, i64>,
+    /// When its own agent last found it reachable after it was not (or
+    /// first), by the collector's clock; 0 while it is not reachable.
+    #[serde(skip)]
+    pub reachable_since_ms: i64,
     /// Quantiles and rates from etcd's own metrics, between scrapes.
     pub derived: crate::rates::Derived,
 }
@@ -452,6 +462,12 @@ impl LiveState {
             }
             let s = match &report.body {
                 Some(Body::Status(s)) => s,
+                Some(Body::PeerRtt(p)) => {
+                    // A peer port that stops or starts answering may decide
+                    // `member_isolated` at once.
+                    judge_now = record_peers(m, p, received_ms);
+                    return;
+                }
                 Some(other) => {
                     record_other(m, other, ts);
                     return;
@@ -469,6 +485,11 @@ impl LiveState {
             }
             let was = m.reachable;
             m.reachable = Some(s.reachable);
+            if !s.reachable {
+                m.reachable_since_ms = 0;
+            } else if was != Some(true) || m.reachable_since_ms == 0 {
+                m.reachable_since_ms = received_ms;
+            }
             match (was, s.reachable) {
                 (Some(true) | None, false) => {
                     let why = status_error(s);
@@ -727,6 +748,30 @@ impl LiveState {
 }
 
 /// Keeps what the rules need from reports other than status.
+/// Records one peer probe round of `m`'s agent, received at `received_ms`;
+/// whether the set of peers it cannot reach changed.
+fn record_peers(m: &mut MemberState, p: &PeerRtt, received_ms: i64) -> bool {
+    let named = || p.peers.iter().filter(|r| !r.member_name.is_empty());
+    let unreachable: Vec<String> = named()
+        .filter(|r| r.failure.is_some())
+        .map(|r| r.member_name.clone())
+        .collect();
+    m.peers_reachable = named()
+        .filter(|r| r.failure.is_none())
+        .map(|r| r.member_name.clone())
+        .collect();
+    m.peers_unreachable_since
+        .retain(|name, _| unreachable.contains(name));
+    for name in &unreachable {
+        m.peers_unreachable_since
+            .entry(name.clone())
+            .or_insert(received_ms);
+    }
+    let changed = m.peers_unreachable != unreachable;
+    m.peers_unreachable = unreachable;
+    changed
+}
+
 fn record_other(m: &mut MemberState, body: &Body, ts_ms: i64) {
     match body {
         Body::Metrics(mx) => {
@@ -792,15 +837,8 @@ fn record_other(m: &mut MemberState, body: &Body, ts_ms: i64) {
                 })
                 .collect();
         }
-        Body::PeerRtt(p) => {
-            m.peers_unreachable = p
-                .peers
-                .iter()
-                .filter(|r| r.failure.is_some())
-                .map(|r| r.member_name.clone())
-                .collect();
-        }
-        Body::Status(_) => {}
+        // Handled by the caller.
+        Body::Status(_) | Body::PeerRtt(_) => {}
     }
 }
 

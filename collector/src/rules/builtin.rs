@@ -196,6 +196,7 @@ fn member_obs(
         value,
         summary,
         description,
+        conclusive: false,
     }
 }
 
@@ -212,6 +213,7 @@ fn cluster_obs(
         value,
         summary,
         description,
+        conclusive: false,
     }
 }
 
@@ -501,11 +503,18 @@ fn members_disagree(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
     )]
 }
 
-/// A member cut off from its peers while its agent still reaches it: it
-/// follows no leader (or another one) while a majority of the voting members
-/// follow the same leader. The other members' agents' peer probes say whether
-/// they can reach its peer port. Without such a majority (no leader anywhere,
-/// a split into minorities) nobody can be named: `no_leader` speaks.
+/// A member cut off from its peers while its agent still reaches it. Two
+/// kinds of evidence name it:
+/// * The peers' probes: every other available voter's agent has failed to
+///   connect to its peer port since it last came up, and they are a majority
+///   that reach one another. That is conclusive, and it fires at once: before
+///   etcd itself notices (its election timeout, 1 to 2 s by default).
+/// * Its own view: it follows no leader (or another one) while a majority of
+///   the voting members follow the same leader. An election makes views
+///   differ for a moment, so this waits for the rule's `for`.
+///
+/// Without a majority on the other side (no leader anywhere, a split into
+/// minorities) nobody can be named: `no_leader` and `quorum_lost` speak.
 fn member_isolated(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
     let Some((_, n, _)) = quorum(c) else {
         return Vec::new();
@@ -528,41 +537,15 @@ fn member_isolated(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
     voters
         .iter()
         .map(|m| {
-            // Without a majority's leader no member can be named: an isolation
-            // that grew into a lost majority ends here, and `no_leader` speaks.
-            let Some((&leader, names)) = majority_leader else {
-                return member_obs(
-                    c,
-                    m,
-                    Some(false),
-                    0.0,
-                    format!(
-                        "no majority of {} follows one leader: no single member is cut off",
-                        c.name
-                    ),
-                    "See no_leader: no leader is followed by a majority.".into(),
-                );
-            };
-            let isolated = m.leader_id != leader;
-            let blind: Vec<&str> = voters
+            let others: Vec<&MemberState> = voters
                 .iter()
-                .filter(|o| o.peers_unreachable.contains(&m.name))
-                .map(|o| o.name.as_str())
+                .filter(|o| o.name != m.name)
+                .copied()
                 .collect();
-            let follows = if m.leader_id.is_empty() {
-                "follows no leader".to_owned()
-            } else {
-                format!("follows leader {}", m.leader_id)
-            };
-            let probes = if blind.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " The agents of {} cannot connect to its peer port.",
-                    blind.join(", ")
-                )
-            };
-            member_obs(
+            let by_probes = cut_off_by_probes(m, &others, n);
+            let by_view = majority_leader.is_some_and(|(&leader, _)| m.leader_id != leader);
+            let isolated = by_probes || by_view;
+            let mut obs = member_obs(
                 c,
                 m,
                 Some(isolated),
@@ -572,18 +555,76 @@ fn member_isolated(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
                         "etcd member {} is cut off from its peers (its agent still reaches it)",
                         m.name
                     )
+                } else if majority_leader.is_none() {
+                    format!(
+                        "no majority of {} follows one leader: no single member is cut off",
+                        c.name
+                    )
                 } else {
                     format!("etcd member {} is connected to its peers again", m.name)
                 },
-                format!(
-                    "{} {follows} at term {}, while {} follow leader {leader}.{probes}",
-                    m.name,
-                    m.raft_term,
-                    names.join(", ")
-                ),
-            )
+                isolation_detail(m, &others, majority_leader),
+            );
+            obs.conclusive = by_probes;
+            obs
         })
         .collect()
+}
+
+/// Whether every one of `others` (the other available voters) has failed to
+/// connect to `m`'s peer port since `m` last came up, while they are a
+/// majority of the `n` voting members and reach one another. Failures from
+/// before `m` came up (a restart) do not count: the next round clears them.
+fn cut_off_by_probes(m: &MemberState, others: &[&MemberState], n: usize) -> bool {
+    let blind = |o: &&MemberState| {
+        o.peers_unreachable_since
+            .get(&m.name)
+            .is_some_and(|&since| since > m.reachable_since_ms)
+    };
+    let connected = |o: &&MemberState| {
+        others
+            .iter()
+            .all(|p| p.name == o.name || o.peers_reachable.contains(&p.name))
+    };
+    others.len() > n / 2 && others.iter().all(blind) && others.iter().all(connected)
+}
+
+/// The views and probes behind `member_isolated`, for people.
+fn isolation_detail(
+    m: &MemberState,
+    others: &[&MemberState],
+    majority_leader: Option<(&&str, &Vec<&str>)>,
+) -> String {
+    let follows = if m.leader_id.is_empty() {
+        "follows no leader".to_owned()
+    } else {
+        format!("follows leader {}", m.leader_id)
+    };
+    let view = match majority_leader {
+        Some((leader, names)) => format!(
+            "{} {follows} at term {}, while {} follow leader {leader}.",
+            m.name,
+            m.raft_term,
+            names.join(", ")
+        ),
+        None => format!(
+            "{} {follows} at term {}; no leader is followed by a majority (see no_leader).",
+            m.name, m.raft_term
+        ),
+    };
+    let blind: Vec<&str> = others
+        .iter()
+        .filter(|o| o.peers_unreachable.contains(&m.name))
+        .map(|o| o.name.as_str())
+        .collect();
+    if blind.is_empty() {
+        view
+    } else {
+        format!(
+            "{view} The agents of {} cannot connect to its peer port.",
+            blind.join(", ")
+        )
+    }
 }
 
 /// Raft indexes drift apart: a member falls behind or diverges.
@@ -781,6 +822,7 @@ fn alarm_active(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
                 } else {
                     format!("No member reports {alarm} any more; the cluster accepts writes again.")
                 },
+                conclusive: false,
             }
         })
         .collect()
@@ -979,6 +1021,7 @@ fn cert_expiring(c: &ClusterState, s: &RuleSettings) -> Vec<Observation> {
                         "Renew it; fires below {} days, clears above {}.",
                         s.fire, s.clear
                     ),
+                    conclusive: false,
                 }
             })
         })

@@ -36,6 +36,11 @@ pub struct Observation {
     pub summary: String,
     /// Detail with the measured value and thresholds.
     pub description: String,
+    /// The evidence is conclusive on its own: fire at once, without the
+    /// rule's `for`. A `for` waits out views that are briefly wrong (an
+    /// election in progress); some evidence cannot be (every peer's probe
+    /// failing to reach a member that still answers its own agent).
+    pub conclusive: bool,
 }
 
 /// A state change to publish.
@@ -120,18 +125,20 @@ impl Engine {
                             hold_until_ms: 0,
                         },
                     );
-                    // A `for` of zero fires in the same evaluation.
-                    if for_ms == 0 {
+                    // A `for` of zero, or conclusive evidence, fires in the same
+                    // evaluation.
+                    if for_ms == 0 || obs.conclusive {
                         out.extend(self.fire(&fp, rule, severity, now_ms, now_ms));
                     }
                 }
                 (None, _) => {}
                 (Some(e), Some(true)) => {
+                    let conclusive = obs.conclusive;
                     if let Some(entry) = self.entries.get_mut(&fp) {
                         entry.last = obs;
                     }
                     if let Phase::Pending { since_ms, .. } = e.phase {
-                        if now_ms - since_ms >= for_ms {
+                        if now_ms - since_ms >= for_ms || conclusive {
                             out.extend(self.fire(&fp, rule, severity, since_ms, now_ms));
                         }
                     }
@@ -303,6 +310,7 @@ mod tests {
             value: 1.0,
             summary: format!("{member} bad"),
             description: String::new(),
+            conclusive: false,
         }
     }
 

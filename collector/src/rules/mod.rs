@@ -137,6 +137,7 @@ impl Rules {
                 value: row.value,
                 summary: text("summary"),
                 description: text("description"),
+                conclusive: false,
             };
             self.engine.restore_firing(
                 &row.fingerprint,

@@ -1100,3 +1100,103 @@ async fn the_first_statuses_of_a_starting_cluster_are_not_judged_one_by_one() {
         "a member that lost its leader is"
     );
 }
+
+/// One peer probe round of member `n`'s agent: `refused` peers could not be
+/// connected to, the other two members could.
+fn probes(st: &LiveState, ts: i64, n: u64, refused: &[u64]) {
+    use etcdmon_proto::v1::{PeerRtt, PeerRttResult};
+    let peers = (1..=3)
+        .filter(|&p| p != n)
+        .map(|p| PeerRttResult {
+            member_id: p,
+            member_name: format!("m{p}"),
+            rtt_seconds: 0.001,
+            failure: refused
+                .contains(&p)
+                .then(|| Failure::new("connect", ErrorKind::Refused, "refused")),
+            ..Default::default()
+        })
+        .collect();
+    st.apply(
+        &id(&format!("m{n}"), n),
+        &report(ts, Body::PeerRtt(PeerRtt { peers })),
+    );
+}
+
+/// Every other agent failing to connect to m3's peer port, while they reach
+/// each other and m3 answers its own agent, names m3 at once: before its
+/// election timeout changes any view, and without the rule's `for`. It
+/// resolves on the first rounds that reach it again.
+#[test]
+fn the_peers_probes_name_a_cut_off_member_at_once() {
+    let (st, mut r) = (LiveState::default(), rules());
+    step_full(&st, &mut r, T0, healthy(2));
+    for n in 1..=3 {
+        probes(&st, T0 + 100, n, &[]);
+    }
+    assert!(step_full(&st, &mut r, T0 + 200, healthy(2)).is_empty());
+
+    // m1's round alone is a broken link, not an isolation.
+    probes(&st, T0 + 1_100, 1, &[3]);
+    let t = step_full(&st, &mut r, T0 + 1_150, healthy(2));
+    assert!(!t.iter().any(|x| x.0 == "member_isolated"), "{t:?}");
+    probes(&st, T0 + 1_300, 2, &[3]);
+    let t = step_full(&st, &mut r, T0 + 1_350, healthy(2));
+    let isolated: Vec<_> = t.iter().filter(|x| x.0 == "member_isolated").collect();
+    assert_eq!(isolated.len(), 1, "{t:?}");
+    let (_, member, firing, summary, description) = isolated[0];
+    assert_eq!((member.as_str(), *firing), ("m3", true));
+    assert!(summary.contains("m3 is cut off"), "{summary}");
+    assert!(
+        description.contains("The agents of m1, m2 cannot connect to its peer port"),
+        "{description}"
+    );
+
+    // Healed: a round that reaches it again.
+    probes(&st, T0 + 2_100, 1, &[]);
+    let t = step_full(&st, &mut r, T0 + 2_150, healthy(2));
+    assert!(
+        t.iter()
+            .any(|x| x.0 == "member_isolated" && x.1 == "m3" && !x.2),
+        "{t:?}"
+    );
+}
+
+/// A restart closes a member's peer port too: the failures its peers saw
+/// while it was down do not name it when it is back, nor do agents that
+/// cannot reach one another (a three-way split), nor a minority.
+#[test]
+fn probes_from_before_a_restart_or_without_a_connected_majority_name_nobody() {
+    let (st, mut r) = (LiveState::default(), rules());
+    step_full(&st, &mut r, T0, healthy(2));
+    for n in 1..=3 {
+        probes(&st, T0 + 100, n, &[]);
+    }
+    step_full(&st, &mut r, T0 + 200, healthy(2));
+    // m3 stops; the others' rounds find its port closed; it comes back.
+    let t = step_full(
+        &st,
+        &mut r,
+        T0 + 1_000,
+        [Some(up(1, 1, 2, 11)), Some(up(2, 1, 2, 11)), Some(down())],
+    );
+    assert!(t.iter().any(|x| x.0 == "member_unreachable" && x.2), "{t:?}");
+    probes(&st, T0 + 1_100, 1, &[3]);
+    probes(&st, T0 + 1_200, 2, &[3]);
+    let mut all = step_full(&st, &mut r, T0 + 3_000, healthy(2));
+    all.extend(step_full(&st, &mut r, T0 + 3_500, healthy(2)));
+    assert!(!all.iter().any(|x| x.0 == "member_isolated"), "{all:?}");
+    // The next rounds reach it: still nothing.
+    probes(&st, T0 + 4_100, 1, &[]);
+    probes(&st, T0 + 4_200, 2, &[]);
+    let t = step_full(&st, &mut r, T0 + 4_300, healthy(2));
+    assert!(!t.iter().any(|x| x.0 == "member_isolated"), "{t:?}");
+
+    // Nobody reaches anybody: no connected majority to name one member from.
+    for n in 1..=3 {
+        let others: Vec<u64> = (1..=3).filter(|&p| p != n).collect();
+        probes(&st, T0 + 5_000, n, &others);
+    }
+    let t = step_full(&st, &mut r, T0 + 5_100, healthy(2));
+    assert!(!t.iter().any(|x| x.0 == "member_isolated"), "{t:?}");
+}
