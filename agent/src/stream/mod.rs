@@ -300,6 +300,7 @@ async fn batcher(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_status: Option<StatusKey> = None;
+    let mut last_peers: Option<Vec<u64>> = None;
     loop {
         tokio::select! {
             r = reports.recv() => match r {
@@ -312,12 +313,18 @@ async fn batcher(
                     }
                     size += len;
                     // A member that went down or up, a new leader, an alarm raised or
-                    // cleared, or a consistency-check answer is news the collector's
-                    // rules must see now, not at the next batch tick.
+                    // cleared, a consistency-check answer, or a peer port that stopped
+                    // or started answering is news the collector's rules must see
+                    // now, not at the next batch tick.
                     let key = status_key(&r);
-                    let urgent = key.is_some() && key != last_status;
+                    let peers = peers_key(&r);
+                    let urgent = (key.is_some() && key != last_status)
+                        || (peers.is_some() && peers != last_peers);
                     if key.is_some() {
                         last_status = key;
+                    }
+                    if peers.is_some() {
+                        last_peers = peers;
                     }
                     current.push(r);
                     if urgent {
@@ -357,6 +364,21 @@ fn status_key(r: &Report) -> Option<StatusKey> {
                 .collect(),
             s.kv_hash.as_ref().map(|h| h.revision),
         )),
+        _ => None,
+    }
+}
+
+/// The members whose peer port a peer probe round could not connect to: when
+/// that changes, the collector may name a member cut off from its peers.
+fn peers_key(r: &Report) -> Option<Vec<u64>> {
+    match &r.body {
+        Some(etcdmon_proto::v1::report::Body::PeerRtt(p)) => Some(
+            p.peers
+                .iter()
+                .filter(|x| x.failure.is_some())
+                .map(|x| x.member_id)
+                .collect(),
+        ),
         _ => None,
     }
 }
@@ -621,5 +643,30 @@ mod tests {
         assert_ne!(quiet, status_key(&status(2, &[])));
         assert_ne!(quiet, status_key(&status(1, &["NOSPACE"])));
         assert_eq!(status_key(&Report::default()), None);
+    }
+
+    #[test]
+    fn a_peer_that_stops_or_starts_answering_changes_the_peers_key() {
+        use etcdmon_proto::v1::{ErrorKind, Failure, PeerRtt, PeerRttResult};
+        let round = |refused: &[u64]| Report {
+            body: Some(Body::PeerRtt(PeerRtt {
+                peers: [2, 3]
+                    .iter()
+                    .map(|&id| PeerRttResult {
+                        member_id: id,
+                        rtt_seconds: 0.001,
+                        failure: refused
+                            .contains(&id)
+                            .then(|| Failure::new("connect", ErrorKind::Refused, "refused")),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })),
+            ..Default::default()
+        };
+        assert_eq!(peers_key(&round(&[])), peers_key(&round(&[])));
+        assert_ne!(peers_key(&round(&[])), peers_key(&round(&[3])));
+        assert_eq!(peers_key(&round(&[3])), Some(vec![3]));
+        assert_eq!(peers_key(&status(1, &[])), None);
     }
 }
