@@ -563,7 +563,7 @@ fn member_isolated(c: &ClusterState, _: &RuleSettings) -> Vec<Observation> {
                 } else {
                     format!("etcd member {} is connected to its peers again", m.name)
                 },
-                isolation_detail(m, &others, majority_leader),
+                isolation_detail(m, &others, majority_leader, by_probes),
             );
             obs.conclusive = by_probes;
             obs
@@ -594,22 +594,28 @@ fn isolation_detail(
     m: &MemberState,
     others: &[&MemberState],
     majority_leader: Option<(&&str, &Vec<&str>)>,
+    by_probes: bool,
 ) -> String {
-    let follows = if m.leader_id.is_empty() {
-        "follows no leader".to_owned()
-    } else {
-        format!("follows leader {}", m.leader_id)
-    };
     let view = match majority_leader {
-        Some((leader, names)) => format!(
-            "{} {follows} at term {}, while {} follow leader {leader}.",
+        Some((&leader, names)) if m.leader_id == leader => format!(
+            "{} still follows leader {leader} at term {}, as {} do: etcd notices a cut only \
+             after its election timeout.",
             m.name,
             m.raft_term,
             names.join(", ")
         ),
+        Some((leader, names)) => format!(
+            "{} {} at term {}, while {} follow leader {leader}.",
+            m.name,
+            follows(m),
+            m.raft_term,
+            names.join(", ")
+        ),
         None => format!(
-            "{} {follows} at term {}; no leader is followed by a majority (see no_leader).",
-            m.name, m.raft_term
+            "{} {} at term {}; no leader is followed by a majority.",
+            m.name,
+            follows(m),
+            m.raft_term
         ),
     };
     let blind: Vec<&str> = others
@@ -617,13 +623,28 @@ fn isolation_detail(
         .filter(|o| o.peers_unreachable.contains(&m.name))
         .map(|o| o.name.as_str())
         .collect();
-    if blind.is_empty() {
+    if by_probes {
+        format!(
+            "The agents of {} cannot connect to its peer port, while they reach one \
+             another. {view}",
+            blind.join(", ")
+        )
+    } else if blind.is_empty() {
         view
     } else {
         format!(
             "{view} The agents of {} cannot connect to its peer port.",
             blind.join(", ")
         )
+    }
+}
+
+/// "follows no leader" or "follows leader X".
+fn follows(m: &MemberState) -> String {
+    if m.leader_id.is_empty() {
+        "follows no leader".to_owned()
+    } else {
+        format!("follows leader {}", m.leader_id)
     }
 }
 
