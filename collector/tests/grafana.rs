@@ -716,6 +716,12 @@ async fn every_panel_query_answers_from_a_real_cluster() {
             .await
             .expect("panel checks");
     failures.extend(check_values(&ch, range, &victim));
+    let ch2 = ch.clone();
+    failures.extend(
+        tokio::task::spawn_blocking(move || check_rollups(&ch2, range))
+            .await
+            .expect("rollup checks"),
+    );
     eprintln!(
         "data for {:.1?}, all panels checked after {:.1?}",
         data_done,
@@ -763,6 +769,89 @@ fn check_values(ch: &str, range: TimeRange, victim: &str) -> Vec<String> {
         }
     }
     failures
+}
+
+/// The condition of the raw-sample branch of a panel that can also read
+/// `rollup_1m`, and of the rollup branch: exactly one holds for an interval.
+const RAW_BRANCH: &str = "($__interval_s < 60 OR $__interval_s % 60 != 0)";
+const ROLLUP_BRANCH: &str = "$__interval_s >= 60 AND $__interval_s % 60 = 0";
+
+/// Panels that read `rollup_1m` at whole-minute intervals answer as they
+/// would from raw samples: each query at a 1-minute interval, and again with
+/// its branches swapped so that raw samples answer, every variable on All.
+fn check_rollups(ch: &str, range: TimeRange) -> Vec<String> {
+    // Increases need two minutes, and the rollup holds whole minutes: end the
+    // range where the second minute of the data ends (the agents still
+    // report), so that raw samples and rollup cover the same samples.
+    let first = scalar(
+        ch,
+        &format!(
+            "SELECT intDiv(min(ts_ms), 60000) FROM samples WHERE ts_ms >= {}",
+            range.from_s * 1000
+        ),
+    );
+    let end_ms = (first + 2) * 60_000;
+    while now_ms() < end_ms + 2_000 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let minute = TimeRange {
+        interval_ms: 60_000,
+        to_s: end_ms / 1000 - 1,
+        ..range
+    };
+    let mut failures = Vec::new();
+    let mut compared = 0;
+    for d in dashboards(&repo_root().join("grafana/dashboards")) {
+        let vars = variables(&d.json);
+        let multi = multi_valued(&vars);
+        let all = resolve(ch, &d.file, &vars, range, |_, v| Selected::All(v.to_vec()));
+        for t in targets(&d.json) {
+            let sql = t.sql();
+            if !sql.contains("FROM rollup_1m") {
+                continue;
+            }
+            let what = format!("{} / {} (1-minute interval)", d.file, t.title());
+            if !sql.contains(RAW_BRANCH) || !sql.contains(ROLLUP_BRANCH) {
+                failures.push(format!("{what}: reads rollup_1m without both branches"));
+                continue;
+            }
+            let from_rollup = expand(sql, &all, &multi, minute);
+            let forced_raw = sql.replace(RAW_BRANCH, "1").replace(ROLLUP_BRANCH, "0");
+            let from_raw = expand(&forced_raw, &all, &multi, minute);
+            match (run_sql(ch, &from_rollup), run_sql(ch, &from_raw)) {
+                (Ok(a), Ok(b)) => {
+                    if let Err(e) = same_answer(&a, &b) {
+                        failures.push(format!("{what}: rollup and raw differ: {e}"));
+                    }
+                    compared += usize::from(!a.rows.is_empty());
+                }
+                (Err(e), _) | (_, Err(e)) => failures.push(format!("{what}: {e}")),
+            }
+        }
+    }
+    // Two minutes of data: the increases between them are not all empty.
+    if compared == 0 {
+        failures.push("no rollup-reading panel answered rows at a 1-minute interval".into());
+    }
+    failures
+}
+
+/// Equal rows in the same order, numbers within a relative 1e-9.
+fn same_answer(a: &Answer, b: &Answer) -> Result<(), String> {
+    if a.rows.len() != b.rows.len() {
+        return Err(format!("{} rows against {}", a.rows.len(), b.rows.len()));
+    }
+    for (x, y) in a.rows.iter().zip(&b.rows) {
+        let close = x.len() == y.len()
+            && x.iter().zip(y).all(|(u, v)| match (u.as_f64(), v.as_f64()) {
+                (Some(u), Some(v)) => (u - v).abs() <= 1e-9 * u.abs().max(v.abs()).max(1.0),
+                _ => u == v,
+            });
+        if !close {
+            return Err(format!("{x:?} against {y:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// The answer of panel `title`'s first query with every variable on All.
