@@ -7,12 +7,17 @@ that the Dockerfiles build and ship exactly the binaries the workspace
 builds, and that the compose file only refers to things that exist.
 
     deploy/check/policy.py kubernetes [DIR]        # default deploy/kubernetes
+    deploy/check/policy.py rendered FILE           # e.g. `helm template` output; - is stdin
     deploy/check/policy.py dockerfiles [DIR]       # default deploy/docker
     deploy/check/policy.py compose [FILE] [--base DIR]
     deploy/check/policy.py all
 
 Exit status 0 when every rule holds, 1 with one line per violation
 ("policy: FILE: OBJECT: what is wrong") otherwise, 2 on bad usage.
+`rendered` checks one multi-document file of objects, such as the Helm
+chart's (deploy/helm) rendered by `helm template`, with the rules of
+`kubernetes` but for the kustomization's, and Secrets are allowed in it (a
+chart makes them from values).
 Run by tests/tests/deploy.rs, which also feeds it broken copies to prove
 each rule can fail. Needs PyYAML (scripts/setup puts it in
 .tools/kubernetes-validate/ with kubernetes-validate) and Python 3.11+.
@@ -149,6 +154,8 @@ def quantity(kind, value):
 
 def load_yaml_docs(path, report):
     try:
+        if path == "-":
+            return [d for d in yaml.safe_load_all(sys.stdin) if d is not None]
         with open(path) as f:
             return [d for d in yaml.safe_load_all(f) if d is not None]
     except yaml.YAMLError as e:
@@ -247,6 +254,10 @@ def check_container(report, where, doc, pod, c, exception, annotations):
 
     mounts = {m.get("name"): m for m in c.get("volumeMounts") or []}
     volumes = {v.get("name"): v for v in pod.get("volumes") or []}
+    # A StatefulSet's claims are volumes of its pods too.
+    if doc.get("kind") == "StatefulSet":
+        for claim in (doc.get("spec") or {}).get("volumeClaimTemplates") or []:
+            volumes[(claim.get("metadata") or {}).get("name")] = {}
     for name, m in mounts.items():
         v = volumes.get(name)
         if v is None:
@@ -284,7 +295,8 @@ def check_workload(report, path, doc, names):
         if cm and cm not in names["ConfigMap"]:
             report.error(where, f"ConfigMap {cm} is not defined")
         secret = (v.get("secret") or {}).get("secretName")
-        if secret and secret not in names["documented_secrets"]:
+        # None: Secrets are not documented here (a rendered chart names existing ones).
+        if secret and names["documented_secrets"] is not None and secret not in names["documented_secrets"]:
             report.error(where, f"Secret {secret} is not documented in secrets.example.yaml")
     labels = meta.get("labels") or {}
     for k in ("app.kubernetes.io/name", "app.kubernetes.io/component"):
@@ -334,13 +346,30 @@ def check_kubernetes(directory, report):
         path = os.path.join(directory, f)
         for d in load_yaml_docs(path, report):
             docs.append((path, f, d))
+    check_objects(directory, docs, report)
 
-    names = {"ServiceAccount": set(), "ConfigMap": set(), "documented_secrets": set()}
+
+def check_rendered(path, report):
+    """One multi-document file (`helm template` output): the rules of check_kubernetes
+    but the kustomization's. Secrets may be in it (made from the chart's values), and
+    the Secrets pods mount are not checked against secrets.example.yaml (a chart
+    mounts the existing Secrets its values name)."""
+    docs = [(path, os.path.basename(path), d) for d in load_yaml_docs(path, report)]
+    if not docs and not report.errors:
+        report.error(path, "no objects")
+    check_objects(path, docs, report, rendered=True)
+
+
+def check_objects(directory, docs, report, rendered=False):
+    """The rules for the objects: docs is (path, file name, object) each."""
+    version = report.version
+    names = {"ServiceAccount": set(), "ConfigMap": set(),
+             "documented_secrets": None if rendered else set()}
     workloads = []
     for path, f, d in docs:
         kind = d.get("kind")
         name = d.get("metadata", {}).get("name")
-        if ".example." in f:
+        if ".example." in f and not rendered:
             if kind == "Secret":
                 names["documented_secrets"].add(name)
             continue
@@ -351,7 +380,7 @@ def check_kubernetes(directory, report):
 
     default_deny = False
     for path, f, d in docs:
-        if ".example." in f:
+        if ".example." in f and not rendered:
             continue
         report.checked += 1
         where = f"{path}: {obj_name(d)}"
@@ -369,7 +398,7 @@ def check_kubernetes(directory, report):
                                     f"not the workspace version {version}")
         if kind != "Namespace" and meta.get("namespace") != NAMESPACE:
             report.error(where, f"must be in the namespace {NAMESPACE}")
-        if kind == "Secret":
+        if kind == "Secret" and not rendered:
             report.error(where, "Secrets are never applied from here (only secrets.example.yaml documents them)")
         if kind in ("ClusterRole", "ClusterRoleBinding"):
             report.error(where, "no component needs cluster-wide rights")
@@ -672,12 +701,20 @@ def check_compose(path, base, report):
 
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["kubernetes", "dockerfiles", "compose", "all"])
-    parser.add_argument("path", nargs="?", help="the directory (kubernetes, dockerfiles) or file (compose)")
+    parser.add_argument("what", choices=["kubernetes", "rendered", "dockerfiles", "compose", "all"])
+    parser.add_argument("path", nargs="?",
+                        help="the directory (kubernetes, dockerfiles) or file (rendered, compose; - is stdin)")
     parser.add_argument("--base", help="compose: resolve relative paths from here (default: the file's directory)")
     args = parser.parse_args(argv)
+    if args.what == "rendered" and not args.path:
+        parser.error("rendered needs the FILE of objects (- for stdin)")
     version, _ = workspace(ROOT)
     status = 0
+    if args.what == "rendered":
+        report = Report()
+        report.version = version
+        check_rendered(args.path, report)
+        status |= report.finish("Kubernetes objects")
     if args.what in ("kubernetes", "all"):
         report = Report()
         report.version = version

