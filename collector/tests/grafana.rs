@@ -843,10 +843,12 @@ fn same_answer(a: &Answer, b: &Answer) -> Result<(), String> {
     }
     for (x, y) in a.rows.iter().zip(&b.rows) {
         let close = x.len() == y.len()
-            && x.iter().zip(y).all(|(u, v)| match (u.as_f64(), v.as_f64()) {
-                (Some(u), Some(v)) => (u - v).abs() <= 1e-9 * u.abs().max(v.abs()).max(1.0),
-                _ => u == v,
-            });
+            && x.iter()
+                .zip(y)
+                .all(|(u, v)| match (u.as_f64(), v.as_f64()) {
+                    (Some(u), Some(v)) => (u - v).abs() <= 1e-9 * u.abs().max(v.abs()).max(1.0),
+                    _ => u == v,
+                });
         if !close {
             return Err(format!("{x:?} against {y:?}"));
         }

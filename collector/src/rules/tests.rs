@@ -1182,7 +1182,10 @@ fn probes_from_before_a_restart_or_without_a_connected_majority_name_nobody() {
         T0 + 1_000,
         [Some(up(1, 1, 2, 11)), Some(up(2, 1, 2, 11)), Some(down())],
     );
-    assert!(t.iter().any(|x| x.0 == "member_unreachable" && x.2), "{t:?}");
+    assert!(
+        t.iter().any(|x| x.0 == "member_unreachable" && x.2),
+        "{t:?}"
+    );
     probes(&st, T0 + 1_100, 1, &[3]);
     probes(&st, T0 + 1_200, 2, &[3]);
     let mut all = step_full(&st, &mut r, T0 + 3_000, healthy(2));
