@@ -21,15 +21,11 @@ use etcd_client::Client;
 use etcdmon_core::retry::RetryPolicy;
 use tokio::sync::Notify;
 
-/// Waits before trying to open the watch again: 100 ms every time, without
-/// jitter or growth, as the agent is its member's only watcher of this kind.
-/// The return of a member is then an event too, seen within 100 ms of its
-/// gRPC port answering (a growing wait, up to 1 s, made the resolved notice
-/// of a restart wait up to a second). The attempts are made only while the
-/// member is down: a refused connect each, which costs nobody anything; a
-/// healthy member keeps its one watch open.
+/// Waits before trying to open the watch again: without jitter, as the agent is
+/// its member's only watcher of this kind and a prompt retry finds a restarted
+/// member sooner.
 const RETRY: RetryPolicy =
-    RetryPolicy::new(Duration::from_millis(100), Duration::from_millis(100)).without_jitter();
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1)).without_jitter();
 /// Longest wait for the one re-open attempt made before waking the status round.
 const REOPEN_WAIT: Duration = Duration::from_millis(200);
 
