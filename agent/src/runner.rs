@@ -200,6 +200,9 @@ async fn run_loop(
         if let Gate::Opens(tx) = &gate {
             tx.send_replace(true);
         }
+        if !report.body.as_ref().is_none_or(|b| c.worth_sending(b)) {
+            continue;
+        }
         match sink.try_send(report) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {

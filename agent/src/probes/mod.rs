@@ -38,6 +38,12 @@ pub trait Probe: Send {
     fn wake(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
         None
     }
+    /// Whether a round's result goes to the collector. A probe that runs
+    /// often to notice a change sooner may send only the changes and a
+    /// regular summary; every round is sent by default.
+    fn worth_sending(&mut self, _body: &Body) -> bool {
+        true
+    }
 }
 
 /// What every probe is given besides its own section: the member it watches.

@@ -13,11 +13,20 @@ mod config;
 
 pub use config::PeersConfig;
 
+/// Rounds whose unreachable peers are the same as the last sent one's are
+/// sent only this often: the probe runs every second to notice a cut-off
+/// member quickly, but the round trip times are kept at the cadence they
+/// always had, and a repeated round would cost encoding, stream and storage.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
 /// Collects [`PeerRtt`].
 pub struct PeersProbe {
     interval: Duration,
     timeout: Duration,
     shared: MemberView,
+    /// When the last round went to the collector, and the peers it could not
+    /// reach.
+    last_sent: Option<(Instant, Vec<u64>)>,
 }
 
 impl PeersProbe {
@@ -27,6 +36,7 @@ impl PeersProbe {
             interval: cfg.interval,
             timeout: cfg.timeout,
             shared: target.view.clone(),
+            last_sent: None,
         })
     }
 }
@@ -37,6 +47,20 @@ impl Probe for PeersProbe {
     }
     fn interval(&self) -> Duration {
         self.interval
+    }
+    fn worth_sending(&mut self, body: &Body) -> bool {
+        let Body::PeerRtt(p) = body else {
+            return true;
+        };
+        let unreachable = unreachable(p);
+        let now = Instant::now();
+        let send = self.last_sent.as_ref().is_none_or(|(at, last)| {
+            *last != unreachable || now.duration_since(*at) >= REPORT_EVERY
+        });
+        if send {
+            self.last_sent = Some((now, unreachable));
+        }
+        send
     }
     fn collect(&mut self) -> BoxFuture<'_, Body> {
         Box::pin(async move {
@@ -62,6 +86,15 @@ impl Probe for PeersProbe {
             Body::PeerRtt(PeerRtt { peers })
         })
     }
+}
+
+/// The members a round could not connect to.
+fn unreachable(p: &PeerRtt) -> Vec<u64> {
+    p.peers
+        .iter()
+        .filter(|r| r.failure.is_some())
+        .map(|r| r.member_id)
+        .collect()
 }
 
 async fn probe(member_id: u64, member_name: String, url: String, t: Duration) -> PeerRttResult {
@@ -110,6 +143,40 @@ fn host_port(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_rounds_are_sent_every_five_seconds_and_changes_at_once() {
+        let mut p = PeersProbe {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            shared: MemberView::default(),
+            last_sent: None,
+        };
+        let round = |refused: &[u64]| {
+            Body::PeerRtt(PeerRtt {
+                peers: [2, 3]
+                    .iter()
+                    .map(|&id| PeerRttResult {
+                        member_id: id,
+                        failure: refused
+                            .contains(&id)
+                            .then(|| Failure::new("connect", ErrorKind::Refused, "refused")),
+                        ..Default::default()
+                    })
+                    .collect(),
+            })
+        };
+        assert!(p.worth_sending(&round(&[])), "the first round");
+        assert!(!p.worth_sending(&round(&[])), "a repeat within 5 s");
+        assert!(p.worth_sending(&round(&[3])), "a peer stopped answering");
+        assert!(!p.worth_sending(&round(&[3])));
+        assert!(p.worth_sending(&round(&[])), "it answers again");
+        // A repeat is sent once REPORT_EVERY has passed since the last one.
+        if let Some((at, _)) = p.last_sent.as_mut() {
+            *at -= REPORT_EVERY;
+        }
+        assert!(p.worth_sending(&round(&[])));
+    }
 
     #[test]
     fn host_port_handles_ipv6_and_names() {
