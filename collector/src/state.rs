@@ -747,7 +747,6 @@ impl LiveState {
     }
 }
 
-/// Keeps what the rules need from reports other than status.
 /// Records one peer probe round of `m`'s agent, received at `received_ms`;
 /// whether the set of peers it cannot reach changed.
 fn record_peers(m: &mut MemberState, p: &PeerRtt, received_ms: i64) -> bool {
@@ -772,6 +771,7 @@ fn record_peers(m: &mut MemberState, p: &PeerRtt, received_ms: i64) -> bool {
     changed
 }
 
+/// Keeps what the rules need from reports other than status and peer rounds.
 fn record_other(m: &mut MemberState, body: &Body, ts_ms: i64) {
     match body {
         Body::Metrics(mx) => {

@@ -372,13 +372,9 @@ fn status_key(r: &Report) -> Option<StatusKey> {
 /// that changes, the collector may name a member cut off from its peers.
 fn peers_key(r: &Report) -> Option<Vec<u64>> {
     match &r.body {
-        Some(etcdmon_proto::v1::report::Body::PeerRtt(p)) => Some(
-            p.peers
-                .iter()
-                .filter(|x| x.failure.is_some())
-                .map(|x| x.member_id)
-                .collect(),
-        ),
+        Some(etcdmon_proto::v1::report::Body::PeerRtt(p)) => {
+            Some(crate::probes::peers::unreachable(p))
+        }
         _ => None,
     }
 }

@@ -74,6 +74,13 @@ pub(crate) fn check_range(from_ms: i64, to_ms: i64) -> Result<()> {
     Ok(())
 }
 
+/// The error of a query that matches more than `max` points, on every backend.
+pub(crate) fn too_many_points(max: usize) -> StorageError {
+    StorageError::InvalidQuery(format!(
+        "the query matches more than {max} points; narrow the range or use a larger step"
+    ))
+}
+
 /// Queries [`Storage::query_many`] runs at once by default.
 const CONCURRENT_QUERIES: usize = 4;
 

@@ -88,8 +88,8 @@ impl Probe for PeersProbe {
     }
 }
 
-/// The members a round could not connect to.
-fn unreachable(p: &PeerRtt) -> Vec<u64> {
+/// The members a round could not connect to, by id.
+pub(crate) fn unreachable(p: &PeerRtt) -> Vec<u64> {
     p.peers
         .iter()
         .filter(|r| r.failure.is_some())

@@ -289,10 +289,7 @@ impl ClickHouseStorage {
             )
             .await?;
         if rows.len() > max {
-            return Err(StorageError::InvalidQuery(format!(
-                "the query matches more than {max} points; narrow the range or use a \
-                 larger step"
-            )));
+            return Err(crate::too_many_points(max));
         }
         // Rows come ordered by cluster, series and time.
         let mut out: HashMap<String, Vec<SeriesPoints>> = HashMap::new();

@@ -529,10 +529,7 @@ fn query_points(c: &Connection, q: &PointQuery, max: usize) -> Result<Vec<Series
                 _ => {
                     total += 1;
                     if total > max {
-                        return Err(StorageError::InvalidQuery(format!(
-                            "the query matches more than {max} points; narrow the range or \
-                             use a larger step"
-                        )));
+                        return Err(crate::too_many_points(max));
                     }
                     points.push((ts, v));
                 }
