@@ -1123,18 +1123,25 @@ fn probes(st: &LiveState, ts: i64, n: u64, refused: &[u64]) {
     );
 }
 
-/// Every other agent failing to connect to m3's peer port, while they reach
-/// each other and m3 answers its own agent, names m3 at once: before its
-/// election timeout changes any view, and without the rule's `for`. It
-/// resolves on the first rounds that reach it again.
-#[test]
-fn the_peers_probes_name_a_cut_off_member_at_once() {
+/// A healthy cluster whose three agents each reached both peers, with nothing
+/// firing at T0 + 200 ms.
+fn healthy_and_probed() -> (LiveState, Rules) {
     let (st, mut r) = (LiveState::default(), rules());
     step_full(&st, &mut r, T0, healthy(2));
     for n in 1..=3 {
         probes(&st, T0 + 100, n, &[]);
     }
     assert!(step_full(&st, &mut r, T0 + 200, healthy(2)).is_empty());
+    (st, r)
+}
+
+/// Every other agent failing to connect to m3's peer port, while they reach
+/// each other and m3 answers its own agent, names m3 at once: before its
+/// election timeout changes any view, and without the rule's `for`. It
+/// resolves on the first rounds that reach it again.
+#[test]
+fn the_peers_probes_name_a_cut_off_member_at_once() {
+    let (st, mut r) = healthy_and_probed();
 
     // m1's round alone is a broken link, not an isolation.
     probes(&st, T0 + 1_100, 1, &[3]);
@@ -1169,12 +1176,7 @@ fn the_peers_probes_name_a_cut_off_member_at_once() {
 /// cannot reach one another (a three-way split), nor a minority.
 #[test]
 fn probes_from_before_a_restart_or_without_a_connected_majority_name_nobody() {
-    let (st, mut r) = (LiveState::default(), rules());
-    step_full(&st, &mut r, T0, healthy(2));
-    for n in 1..=3 {
-        probes(&st, T0 + 100, n, &[]);
-    }
-    step_full(&st, &mut r, T0 + 200, healthy(2));
+    let (st, mut r) = healthy_and_probed();
     // m3 stops; the others' rounds find its port closed; it comes back.
     let t = step_full(
         &st,
