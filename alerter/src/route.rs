@@ -84,8 +84,9 @@ pub struct Route {
 /// product's promise is seconds to the phone (Alertmanager's 30 s would be most of the
 /// delay); alerts of one rule evaluation still arrive together and are grouped.
 pub const DEFAULT_GROUP_WAIT: Duration = Duration::ZERO;
-/// Default `group_interval`: short, so that a recovery is told within seconds (the
-/// resolved notification waits for it); a storm is still batched per second.
+/// Default `group_interval`: short, so that a partial recovery is told within seconds
+/// (a resolution while other alerts of the group still fire waits for it; the
+/// all-clear does not); a storm is still batched per second.
 pub const DEFAULT_GROUP_INTERVAL: Duration = Duration::from_secs(1);
 /// Default `repeat_interval`.
 pub const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(4 * 3600);

@@ -109,13 +109,6 @@ impl Engine {
     fn notify_audience(&mut self, key: &str, a: Audience, now_ms: i64) -> Option<Notification> {
         let group = &self.groups[key];
         let timing = group.timing.get(&a.receiver).copied().unwrap_or_default();
-        let allowed = match timing.last_notified_ms {
-            None => now_ms >= group.created_ms + group.route.group_wait_ms,
-            Some(last) => now_ms >= last + group.route.group_interval_ms,
-        };
-        if !allowed {
-            return None;
-        }
         let told = |alert: &Alert| self.told(&a.receiver, &alert.fingerprint);
         let firing: Vec<&Alert> = a
             .alerts
@@ -133,6 +126,19 @@ impl Engine {
                     && matches!(told(x), Some(Told::Firing(e) | Told::Acknowledged(e)) if e < x.episode)
             })
             .collect();
+        // group_interval batches the changes of an incident that is still going
+        // on. Once everything this receiver sees of the group has resolved there is
+        // nothing left to batch: the all-clear goes out at once, as fast as the
+        // firing notice did (a flapping alert is held back by flap detection, not
+        // by this timer).
+        let all_clear = firing.is_empty() && !new_resolved.is_empty();
+        let allowed = match timing.last_notified_ms {
+            None => now_ms >= group.created_ms + group.route.group_wait_ms,
+            Some(last) => all_clear || now_ms >= last + group.route.group_interval_ms,
+        };
+        if !allowed {
+            return None;
+        }
         let newly_acked: Vec<&Alert> = if self.config.ack_receivers.contains(&a.receiver) {
             firing
                 .iter()

@@ -33,7 +33,8 @@
 //! Silences and inhibition (the alert is left out), flapping (left out until stable,
 //! reported once), acknowledgement (no repeats, no escalation), and the group timers
 //! `group_wait` (a new group's first notification) and `group_interval` (between two
-//! notifications of a group to one receiver).
+//! notifications of a group to one receiver, except the all-clear: once every alert a
+//! receiver sees of a group has resolved, it is told at once).
 
 mod flush;
 #[cfg(test)]

@@ -169,6 +169,42 @@ fn group_wait_and_group_interval_batch_alerts_of_a_group() {
 }
 
 #[test]
+fn the_all_clear_skips_group_interval_but_a_partial_recovery_waits() {
+    let mut e = engine(
+        r#"receiver = "hook"
+           group_by = ["cluster"]
+           group_interval = "10s""#,
+    );
+    e.on_candidate(&firing("member_unreachable", "m1", 1), 0);
+    e.on_candidate(&firing("member_unreachable", "m2", 1), 0);
+    assert_eq!(e.due(0).len(), 1);
+    // One of two recovers: the group still fires, so the change waits.
+    e.on_candidate(&resolved("member_unreachable", "m1", 2), S);
+    assert!(
+        e.due(S).is_empty(),
+        "a partial recovery waits for group_interval"
+    );
+    // The last one recovers: the all-clear goes out at once, with both.
+    e.on_candidate(&resolved("member_unreachable", "m2", 2), 2 * S);
+    let ns = e.due(2 * S);
+    assert_eq!(
+        summary(&ns),
+        [(
+            "hook".to_string(),
+            Reason::New,
+            vec![
+                ("member_unreachable/m1".into(), AlertState::Resolved),
+                ("member_unreachable/m2".into(), AlertState::Resolved),
+            ]
+        )]
+    );
+    // It fires again at once: that waits for group_interval after the all-clear.
+    e.on_candidate(&firing("member_unreachable", "m2", 3), 3 * S);
+    assert!(e.due(11 * S).is_empty());
+    assert_eq!(e.due(12 * S).len(), 1);
+}
+
+#[test]
 fn repeats_stop_when_acknowledged_and_pagerduty_is_told_once() {
     let mut e = engine(
         r#"receiver = "pd"
