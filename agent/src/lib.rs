@@ -18,6 +18,7 @@
 //!
 //! [`Report`]: etcdmon_proto::v1::Report
 
+pub mod allocator;
 pub mod cli;
 pub mod config;
 pub mod error_kind;

@@ -14,6 +14,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    etcdmon_agent::allocator::tune();
     let cli = Cli::parse();
     let cfg = match cli::load_config(&cli) {
         Ok(c) => c,
