@@ -4,6 +4,8 @@
 //! start:  store ──latest transitions, recent history, successful deliveries──> engine.restore
 //! loop:   subscriber.next ──> engine.on_candidate ──> store.record_transitions (retried)
 //!                                                 ──> delivery.ack ──> engine.due ──> sender
+//!         (a heartbeat goes to the watchdog instead, whose own candidates take the
+//!          same way into the engine)
 //!         every 200 ms: engine.due (timers), and when an inhibition hold ends
 //!         every refresh_interval: silences, acks
 //! ```
@@ -16,7 +18,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcdmon_alert::{AlertState, Silence};
+use etcdmon_alert::{AlertCandidate, AlertState, Silence};
 use etcdmon_bus::{BusError, Delivery, Subscriber};
 use etcdmon_core::ops::FailingSince;
 use etcdmon_core::retry::RetryPolicy;
@@ -26,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{Applied, Engine, Told};
 use crate::metrics::AlerterMetrics;
 use crate::sender::{now_ms, Sender};
+use crate::watchdog::Watchdog;
 
 /// How far back state is restored at start-up (resolved alerts and deliveries older
 /// than this no longer matter; firing alerts are restored whatever their age).
@@ -44,6 +47,7 @@ const RECORD_RETRY: RetryPolicy =
 /// The alerter's loop over the candidates.
 pub struct AlertLoop {
     engine: Engine,
+    watchdog: Watchdog,
     store: Arc<dyn AlertStore>,
     sender: Sender,
     metrics: AlerterMetrics,
@@ -55,6 +59,7 @@ impl AlertLoop {
     /// A service over a configured engine, store and sender.
     pub fn new(
         engine: Engine,
+        watchdog: Watchdog,
         store: Arc<dyn AlertStore>,
         sender: Sender,
         metrics: AlerterMetrics,
@@ -62,6 +67,7 @@ impl AlertLoop {
     ) -> Self {
         Self {
             engine,
+            watchdog,
             store,
             sender,
             metrics,
@@ -140,6 +146,15 @@ impl AlertLoop {
             "alert state restored"
         );
         self.engine.restore(&latest, &history, told, now);
+        let firing: Vec<(String, u64)> = self
+            .engine
+            .alerts()
+            .iter()
+            .filter(|a| a.status == AlertState::Firing)
+            .map(|a| (a.fingerprint.clone(), a.transition))
+            .collect();
+        self.watchdog
+            .restore(|fp| firing.iter().find_map(|(f, t)| (f == fp).then_some(*t)));
         self.refresh().await;
         Ok(())
     }
@@ -194,6 +209,7 @@ impl AlertLoop {
         if !self.restore(&shutdown).await {
             return;
         }
+        self.watchdog.listening_since(now_ms());
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut refresh = tokio::time::interval(self.refresh_interval);
@@ -223,15 +239,56 @@ impl AlertLoop {
                 _ = tick.tick() => {}
                 _ = refresh.tick() => self.refresh().await,
             }
+            if !self.heartbeats(&shutdown).await {
+                break;
+            }
             self.dispatch();
         }
     }
 
     /// Applies one candidate: persist, then ack. False when shutdown interrupted it
-    /// (the candidate stays unacknowledged and is delivered again).
+    /// (the candidate stays unacknowledged and is delivered again). A heartbeat is
+    /// only noted.
     async fn apply(&mut self, delivery: Delivery, shutdown: &CancellationToken) -> bool {
+        if delivery.candidate.is_heartbeat() {
+            let now = now_ms();
+            self.watchdog.on_heartbeat(&delivery.candidate, now);
+            self.metrics
+                .candidates
+                .with_label_values(&["heartbeat"])
+                .inc();
+            self.metrics.last_heartbeat.set(now / 1000);
+        } else if !self.record(&delivery.candidate, shutdown).await {
+            return false;
+        }
+        if let Err(e) = delivery.ack().await {
+            // Redelivered later and then recognised as unchanged.
+            tracing::debug!(error = %e, "ack alert candidate");
+        }
+        true
+    }
+
+    /// Feeds the watchdog's own candidates (see [`crate::watchdog`]) to the engine.
+    /// False when shutdown interrupted recording one.
+    async fn heartbeats(&mut self, shutdown: &CancellationToken) -> bool {
+        for candidate in self.watchdog.poll(now_ms()) {
+            tracing::info!(
+                rule = %candidate.labels.get("rule").map_or("", String::as_str),
+                state = %candidate.state,
+                "heartbeat watchdog"
+            );
+            if !self.record(&candidate, shutdown).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Applies `candidate` to the engine and stores the transition it makes, retrying
+    /// until the store takes it. False when shutdown interrupted that.
+    async fn record(&mut self, candidate: &AlertCandidate, shutdown: &CancellationToken) -> bool {
         let now = now_ms();
-        match self.engine.on_candidate(&delivery.candidate, now) {
+        match self.engine.on_candidate(candidate, now) {
             Applied::Transition(row) => {
                 self.metrics
                     .candidates
@@ -262,10 +319,6 @@ impl AlertLoop {
             Applied::Stale => {
                 self.metrics.candidates.with_label_values(&["stale"]).inc();
             }
-        }
-        if let Err(e) = delivery.ack().await {
-            // Redelivered later and then recognised as unchanged.
-            tracing::debug!(error = %e, "ack alert candidate");
         }
         true
     }

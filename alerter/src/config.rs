@@ -19,6 +19,7 @@ use crate::notification::Notifier;
 use crate::receivers::{EmailConfig, PagerDutyConfig, SlackConfig, WebhookConfig};
 use crate::route::{Route, RouteConfig};
 use crate::template::Templates;
+use crate::watchdog::WatchdogConfig;
 
 /// Environment prefix: `ETCDMON_ALERTER_NATS__URL` sets `nats.url`.
 pub const ENV_PREFIX: &str = "ETCDMON_ALERTER_";
@@ -54,6 +55,9 @@ pub struct AlerterConfig {
     /// How often silences and acknowledgements are re-read from the store.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
+    /// The collectors' heartbeats: the watchdog alert for a dead-man's switch and
+    /// the `monitoring_pipeline_down` page (`[watchdog]`).
+    pub watchdog: WatchdogConfig,
 }
 
 impl Default for AlerterConfig {
@@ -71,6 +75,7 @@ impl Default for AlerterConfig {
             flapping: FlapConfig::default(),
             delivery: DeliveryConfig::default(),
             refresh_interval: Duration::from_secs(1),
+            watchdog: WatchdogConfig::default(),
         }
     }
 }
@@ -285,7 +290,21 @@ impl AlerterConfig {
                 ));
             }
         }
-        let route = Route::build(&self.route, &|n| notifiers.contains_key(n))
+        if let Some(name) = &self.watchdog.receiver {
+            if !notifiers.contains_key(name) {
+                return Err(FieldError::new(
+                    "watchdog.receiver",
+                    format!("no receiver named {name:?} is configured"),
+                ));
+            }
+        }
+        if self.watchdog.repeat_interval.is_zero() {
+            return Err(FieldError::new(
+                "watchdog.repeat_interval",
+                "must be above 0",
+            ));
+        }
+        let route = Route::build(&self.routes_with_watchdog(), &|n| notifiers.contains_key(n))
             .map_err(|e| FieldError::new("route", e))?;
         Ok((route, Receivers { notifiers }))
     }
@@ -322,6 +341,35 @@ impl AlerterConfig {
             ..only
         };
         Ok(())
+    }
+
+    /// The configured tree with, when `watchdog.receiver` is set, a first child
+    /// that takes the watchdog alert to that receiver alone (no `continue`), sent
+    /// again every `watchdog.repeat_interval`.
+    fn routes_with_watchdog(&self) -> RouteConfig {
+        let mut root = self.route.clone();
+        if let Some(receiver) = &self.watchdog.receiver {
+            let only_the_watchdog = etcdmon_alert::Matcher::new(
+                "rule",
+                etcdmon_alert::MatchOp::Equal,
+                etcdmon_alert::HEARTBEAT_RULE,
+            )
+            .expect("a valid matcher");
+            root.routes.insert(
+                0,
+                RouteConfig {
+                    receiver: Some(receiver.clone()),
+                    matchers: vec![only_the_watchdog],
+                    group_by: Some(vec!["rule".into()]),
+                    group_wait: Some(Duration::ZERO),
+                    repeat_interval: Some(self.watchdog.repeat_interval),
+                    // A dead-man's switch needs no escalation.
+                    escalation: Some(Vec::new()),
+                    ..RouteConfig::default()
+                },
+            );
+        }
+        root
     }
 
     /// The inhibition rules in force.

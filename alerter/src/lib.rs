@@ -26,5 +26,6 @@ pub mod route;
 pub mod sender;
 pub mod serve;
 pub mod template;
+pub mod watchdog;
 
 pub use serve::{Alerter, Candidates, Running, Setup};

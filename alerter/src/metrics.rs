@@ -8,7 +8,7 @@ use prometheus::{
 #[derive(Clone)]
 pub struct AlerterMetrics {
     registry: Registry,
-    /// Candidates received, by result (`transition`, `unchanged`, `stale`).
+    /// Candidates received, by result (`transition`, `unchanged`, `stale`, `heartbeat`).
     pub candidates: IntCounterVec,
     /// Notification attempts by receiver and outcome (`ok`, `retry`, `failed`, `dropped`).
     pub notifications: IntCounterVec,
@@ -20,6 +20,8 @@ pub struct AlerterMetrics {
     pub alerts_firing: IntGauge,
     /// Store calls that failed (transitions, silences, acknowledgements).
     pub store_errors: IntCounter,
+    /// When the latest collector heartbeat arrived (Unix seconds; 0: none yet).
+    pub last_heartbeat: IntGauge,
 }
 
 impl AlerterMetrics {
@@ -58,8 +60,14 @@ impl AlerterMetrics {
             IntGauge::new("alerts_firing", "Alerts currently firing.").expect("valid metric");
         let store_errors =
             IntCounter::new("store_errors_total", "Failed store calls.").expect("valid metric");
+        let last_heartbeat = IntGauge::new(
+            "last_heartbeat_timestamp_seconds",
+            "When the latest collector heartbeat arrived (Unix seconds; 0: none yet).",
+        )
+        .expect("valid metric");
         for m in [
             Box::new(candidates.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(last_heartbeat.clone()),
             Box::new(notifications.clone()),
             Box::new(delivery_seconds.clone()),
             Box::new(record_failures.clone()),
@@ -76,6 +84,7 @@ impl AlerterMetrics {
             record_failures,
             alerts_firing,
             store_errors,
+            last_heartbeat,
         }
     }
 

@@ -34,6 +34,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::metrics::AlerterMetrics;
 use crate::route::{Route, RouteConfig};
 use crate::sender::Sender;
+use crate::watchdog::Watchdog;
 
 /// Waits while NATS cannot be reached (the alerter may start before it).
 const CONNECT_RETRY: RetryPolicy =
@@ -134,6 +135,7 @@ impl Alerter {
                 inhibit_timing: config.inhibition,
                 flapping: config.flapping.clone(),
                 ack_receivers,
+                quiet_resolved: config.watchdog.receiver.iter().cloned().collect(),
                 external_url: config.external_url.clone(),
             },
         );
@@ -147,6 +149,7 @@ impl Alerter {
         );
         let alert_loop = AlertLoop::new(
             engine,
+            Watchdog::new(config.watchdog.clone(), crate::sender::now_ms()),
             store,
             sender,
             metrics.clone(),

@@ -5,7 +5,9 @@
 //! What is proven: a killed member reaches every receiver exactly once, its recovery
 //! exactly once, even when the alerter and the collector are both killed and restarted
 //! mid-incident; a frozen leader fires and resolves; a silence created through the API
-//! mutes, and an acknowledgement through the API reaches PagerDuty as `acknowledge`.
+//! mutes, and an acknowledgement through the API reaches PagerDuty as `acknowledge`;
+//! the collectors' heartbeats keep a dead-man's switch pinged, and when the collector
+//! dies the switch stops hearing from us and the alerter pages on its own.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,10 +35,18 @@ struct Stack {
     agents: Vec<ChildProcess>,
     alerter: Option<ChildProcess>,
     alerter_http: u16,
+    /// Appended to the alerter's config.
+    alerter_extra: String,
+    /// Set in the collector's environment.
+    collector_env: Vec<(String, String)>,
 }
 
 impl Stack {
     fn start(cluster: &str) -> Self {
+        Self::start_with(cluster, "", &[])
+    }
+
+    fn start_with(cluster: &str, alerter_extra: &str, collector_env: &[(&str, &str)]) -> Self {
         let etcd = EtcdCluster::start(3).expect("etcd");
         let nats = NatsServer::start().expect("nats");
         let nats_url = nats.url();
@@ -55,6 +65,11 @@ impl Stack {
             agents: Vec::new(),
             alerter: None,
             alerter_http: free_port(),
+            alerter_extra: alerter_extra.to_owned(),
+            collector_env: collector_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         std::fs::write(s.dir.path().join("alerter.toml"), s.alerter_toml()).expect("config");
         s.spawn_collector();
@@ -133,7 +148,8 @@ name = "mail"
 email = {{ host = "127.0.0.1", port = {smtp}, tls = "none", from = "etcdmon@example.com", to = ["oncall@example.com"] }}
 [route]
 receiver = "hook"
-{routes}"#,
+{routes}
+{extra}"#,
             api = self.api(""),
             nats = self.nats_url,
             db = self.db(),
@@ -142,6 +158,7 @@ receiver = "hook"
             pd = self.sink.url("/pd/v2/enqueue"),
             smtp = self.smtp.port(),
             routes = [route("hook"), route("pd"), route("mail")].concat(),
+            extra = self.alerter_extra,
         )
     }
 
@@ -158,6 +175,7 @@ receiver = "hook"
         .args(["--storage", &self.db()])
         .args(["--nats", &self.nats_url])
         .args(["--allow-plaintext", "--anonymous", "admin"])
+        .envs(self.collector_env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", "info");
         let log = self.dir.path().join("collector.log");
         self.collector = Some(ChildProcess::spawn("collector", cmd, &log).expect("collector"));
@@ -560,4 +578,103 @@ fn a_silence_from_the_api_mutes_and_an_acknowledgement_reaches_pagerduty() {
     assert_eq!(listed["alerts"][0]["acknowledged"]["by"], "alice");
     let (code, _) = s.post("/api/v1/alerts/nope/ack", r#"{"by": "alice"}"#);
     assert_eq!(code, 404);
+}
+
+/// `status` of every alert of `rule` in webhook bodies, in order.
+fn webhook_rule_states(requests: &[SinkRequest], rule: &str) -> Vec<String> {
+    requests
+        .iter()
+        .flat_map(|r| r.json()["alerts"].as_array().cloned().unwrap_or_default())
+        .filter(|a| a["labels"]["rule"] == rule)
+        .map(|a| a["status"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// The collector's heartbeats reach the dead-man's-switch receiver as the
+/// watchdog alert, repeated, and no other receiver. When the collector is killed
+/// the pings stop (the switch would page) and the alerter's own receivers get
+/// `monitoring_pipeline_down`; when it is back, both recover.
+#[test]
+fn heartbeats_ping_the_dead_mans_switch_and_a_dead_collector_pages() {
+    let sink = HttpSink::start().expect("dms sink");
+    let extra = format!(
+        r#"[[receivers]]
+name = "dms"
+webhook = {{ url = "{}" }}
+[watchdog]
+receiver = "dms"
+repeat_interval = "1s"
+pipeline_down_after = "4s"
+"#,
+        sink.url("/dms")
+    );
+    let mut s = Stack::start_with(
+        "sys-watchdog",
+        &extra,
+        &[("ETCDMON_COLLECTOR_ALERTING__HEARTBEAT_INTERVAL", "500ms")],
+    );
+    let pings = |n: usize| move |r: &[SinkRequest]| webhook_rule_states(r, "watchdog").len() >= n;
+    let dms = sink.wait_for("/dms", Duration::from_secs(20), pings(3));
+    assert!(
+        webhook_rule_states(&dms, "watchdog")
+            .iter()
+            .all(|st| st == "firing"),
+        "the switch hears the watchdog firing, repeated\n{}",
+        s.logs()
+    );
+    assert!(
+        webhook_rule_states(&s.sink.requests("/hook"), "watchdog").is_empty()
+            && s.sink.requests("/pd").is_empty(),
+        "the watchdog goes to the switch alone"
+    );
+
+    s.collector
+        .take()
+        .expect("collector")
+        .kill()
+        .expect("kill -9 the collector");
+    let down = |r: &[SinkRequest]| {
+        webhook_rule_states(r, "monitoring_pipeline_down").contains(&"firing".to_owned())
+    };
+    s.sink.wait_for("/hook", Duration::from_secs(20), down);
+    let pd = s.sink.wait_for("/pd", Duration::from_secs(10), |r| {
+        pagerduty_actions(r, "monitoring_pipeline_down", "").contains(&"trigger".to_owned())
+    });
+    assert!(
+        pagerduty_actions(&pd, "monitoring_pipeline_down", "").contains(&"trigger".to_owned()),
+        "PagerDuty is paged too\n{}",
+        s.logs()
+    );
+    // The switch hears nothing more (three repeat intervals), not even a
+    // resolved notice, which it would take for a ping.
+    let after_down = sink.requests("/dms");
+    std::thread::sleep(Duration::from_secs(3));
+    let quiet = sink.requests("/dms");
+    assert_eq!(
+        quiet.len(),
+        after_down.len(),
+        "no ping while the pipeline is down\n{}",
+        s.logs()
+    );
+    assert!(!webhook_rule_states(&quiet, "watchdog").contains(&"resolved".to_owned()));
+
+    s.spawn_collector();
+    let up = |r: &[SinkRequest]| {
+        webhook_rule_states(r, "monitoring_pipeline_down").contains(&"resolved".to_owned())
+    };
+    let hook = s.sink.wait_for("/hook", Duration::from_secs(20), up);
+    assert_eq!(
+        webhook_rule_states(&hook, "monitoring_pipeline_down"),
+        ["firing", "resolved"],
+        "paged once, resolved once\n{}",
+        s.logs()
+    );
+    let back = sink.wait_for("/dms", Duration::from_secs(10), |r| {
+        webhook_rule_states(&r[quiet.len()..], "watchdog").contains(&"firing".to_owned())
+    });
+    assert!(
+        back.len() > quiet.len(),
+        "the switch is pinged again\n{}",
+        s.logs()
+    );
 }

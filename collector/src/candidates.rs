@@ -19,7 +19,7 @@ use crate::rules::engine::Transition;
 use etcdmon_alert::AlertCandidate;
 use etcdmon_bus::jetstream::{JetStreamBus, JetStreamConfig, JetStreamPublisher};
 use etcdmon_bus::outbox::{OutboxSender, OutboxStats};
-use etcdmon_bus::{BusError, Publisher};
+use etcdmon_bus::{BusError, ConsumerLag, Publisher};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +38,13 @@ pub struct AlertingConfig {
     pub outbox_bytes: usize,
     /// Prefix of each candidate's runbook link; the rule name is appended.
     pub runbook_url_prefix: String,
+    /// How often a heartbeat goes to the alerter on the same path as the alerts
+    /// (its watchdog, and its "monitoring pipeline down" page when heartbeats
+    /// stop); 0 turns heartbeats off.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// This collector's name in its heartbeats; the host name when empty.
+    pub instance: String,
 }
 
 impl Default for AlertingConfig {
@@ -46,8 +53,42 @@ impl Default for AlertingConfig {
             jetstream: None,
             outbox_bytes: 16 * 1024 * 1024,
             runbook_url_prefix: "https://etcd-monitor.invalid/docs/alerts.md#".into(),
+            heartbeat_interval: Duration::from_secs(10),
+            instance: String::new(),
         }
     }
+}
+
+impl AlertingConfig {
+    /// The heartbeat settings, `None` when heartbeats are off.
+    pub fn heartbeat(&self) -> Option<Heartbeat> {
+        (!self.heartbeat_interval.is_zero()).then(|| Heartbeat {
+            interval: self.heartbeat_interval,
+            instance: if self.instance.is_empty() {
+                host_name()
+            } else {
+                self.instance.clone()
+            },
+        })
+    }
+}
+
+/// What [`run`] needs to send heartbeats.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    /// Between two heartbeats.
+    pub interval: Duration,
+    /// The collector's name in them.
+    pub instance: String,
+}
+
+/// The kernel's host name, `collector` when it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "collector".into())
 }
 
 /// The candidate for one transition.
@@ -93,19 +134,73 @@ impl LazyJetStream {
     }
 }
 
+impl LazyJetStream {
+    /// The publisher, connecting first if there is none yet.
+    async fn connected(&self) -> Result<JetStreamPublisher, BusError> {
+        let mut guard = self.publisher.lock().await;
+        if let Some(p) = guard.as_ref() {
+            return Ok(p.clone());
+        }
+        let bus = JetStreamBus::connect(self.cfg.clone()).await?;
+        tracing::info!(url = %self.cfg.url, stream = %self.cfg.stream, "connected to NATS JetStream");
+        Ok(guard.insert(bus.publisher()).clone())
+    }
+}
+
 #[async_trait::async_trait]
 impl Publisher for LazyJetStream {
     async fn publish(&self, c: &AlertCandidate) -> Result<(), BusError> {
-        let mut guard = self.publisher.lock().await;
-        let publisher = match guard.as_ref() {
-            Some(p) => p,
-            None => {
-                let bus = JetStreamBus::connect(self.cfg.clone()).await?;
-                tracing::info!(url = %self.cfg.url, stream = %self.cfg.stream, "connected to NATS JetStream");
-                guard.insert(bus.publisher())
+        self.connected().await?.publish(c).await
+    }
+
+    async fn consumer_lag(&self) -> Option<Result<ConsumerLag, BusError>> {
+        Some(match self.connected().await {
+            Ok(p) => p.consumer_lag().await,
+            Err(e) => Err(e),
+        })
+    }
+}
+
+/// How often the alerter's consumer is looked at.
+const CONSUMER_CHECK: Duration = Duration::from_secs(15);
+
+/// Keeps the `alerter_consumer_*` gauges current until `shutdown`: whether the
+/// alerter's durable consumer exists and how far behind it is. An alert about the
+/// alerter cannot travel through the alerter, so this is for Prometheus (and the
+/// dead-man's switch covers an alerter that hears nothing).
+pub async fn watch_consumer(
+    publisher: Arc<dyn Publisher>,
+    metrics: CollectorMetrics,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(CONSUMER_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match publisher.consumer_lag().await {
+            None => break,
+            Some(Ok(ConsumerLag::Missing)) => {
+                metrics.alerter_consumer.set(0);
+                metrics.alerter_consumer_pending.set(0);
+                metrics.alerter_consumer_unacknowledged.set(0);
             }
-        };
-        publisher.publish(c).await
+            Some(Ok(ConsumerLag::Present {
+                pending,
+                unacknowledged,
+            })) => {
+                metrics.alerter_consumer.set(1);
+                metrics.alerter_consumer_pending.set(pending as i64);
+                metrics
+                    .alerter_consumer_unacknowledged
+                    .set(unacknowledged as i64);
+            }
+            // The outbox's own gauges and logs tell about NATS trouble; the
+            // gauges keep the last answer.
+            Some(Err(e)) => tracing::debug!(error = %e, "look at the alerter's consumer"),
+        }
     }
 }
 
@@ -129,11 +224,16 @@ const LATEST_MAX: usize = 100_000;
 /// once the outbox has dropped some and then emptied again (NATS is back), every
 /// one of them is sent again. The alerter takes a candidate it has seen (same
 /// fingerprint and transition) as a repeat and notifies nothing for it.
+///
+/// Every `heartbeat.interval` a heartbeat goes into the outbox too, behind the
+/// alerts before it, so that its arrival proves the whole path works. It is not
+/// kept for restating: a lost heartbeat is replaced by the next.
 pub async fn run(
     mut transitions: mpsc::Receiver<Transition>,
     outbox: OutboxSender,
     outbox_bytes: usize,
     runbook_prefix: String,
+    heartbeat: Option<Heartbeat>,
     metrics: CollectorMetrics,
     shutdown: CancellationToken,
 ) {
@@ -145,6 +245,13 @@ pub async fn run(
     let mut dropped_seen = 0;
     let mut restate = false;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // Never ticks when heartbeats are off.
+    let mut beat = tokio::time::interval(
+        heartbeat
+            .as_ref()
+            .map_or(Duration::from_secs(3600 * 24 * 365), |h| h.interval),
+    );
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             // Transitions first: the rules stop before the drain cancels this task,
@@ -192,6 +299,12 @@ pub async fn run(
                 // Resolved alerts need not be stated again after a day.
                 let day_ago = now_ms() - 24 * 3_600_000;
                 latest.retain(|_, c| c.state.is_firing() || c.active_since_ms > day_ago);
+            },
+            _ = beat.tick(), if heartbeat.is_some() => {
+                if let Some(h) = &heartbeat {
+                    outbox.send(AlertCandidate::heartbeat(&h.instance, now_ms()));
+                    metrics.heartbeats.inc();
+                }
             },
             _ = shutdown.cancelled() => break,
         }
@@ -315,6 +428,10 @@ mod restate_tests {
             sender,
             4096,
             "r#".into(),
+            Some(Heartbeat {
+                interval: Duration::from_millis(200),
+                instance: "c-test".into(),
+            }),
             metrics.clone(),
             stop.clone(),
         ));
@@ -353,5 +470,15 @@ mod restate_tests {
             assert_eq!(last.get(&format!("a{i}")), Some(&want), "a{i}: {taken:?}");
         }
         assert!(metrics.alerts_restated.get() >= 10);
+        // Heartbeats took the same way once NATS was back.
+        let beats = taken.iter().filter(|c| c.is_heartbeat()).count();
+        assert!(
+            beats > 0 && beats as u64 <= metrics.heartbeats.get(),
+            "{beats}"
+        );
+        assert!(taken
+            .iter()
+            .filter(|c| c.is_heartbeat())
+            .all(|c| c.labels["collector"] == "c-test"));
     }
 }

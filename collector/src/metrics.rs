@@ -48,6 +48,14 @@ pub struct CollectorMetrics {
     pub alerts_dropped: IntGauge,
     /// Alert candidates sent again after the outbox dropped some.
     pub alerts_restated: IntCounter,
+    /// Heartbeats handed to the outbox (`alerting.heartbeat_interval`).
+    pub heartbeats: IntCounter,
+    /// 1 when the alerter's durable consumer exists on the alert stream, 0 when not.
+    pub alerter_consumer: IntGauge,
+    /// Candidates in the stream not yet delivered to the alerter.
+    pub alerter_consumer_pending: IntGauge,
+    /// Candidates delivered to the alerter and not yet acknowledged.
+    pub alerter_consumer_unacknowledged: IntGauge,
     /// API requests refused, by reason (`host`, `unauthenticated`, `forbidden`).
     pub api_refused: IntCounterVec,
     /// Audit rows the store did not take (logged with what they recorded).
@@ -84,6 +92,24 @@ impl CollectorMetrics {
         let alerts_restated = c(
             "alerts_restated_total",
             "Alert candidates sent again because the outbox dropped some while NATS was away.",
+        );
+        let heartbeats = c(
+            "heartbeats_total",
+            "Heartbeats handed to the alert outbox for the alerter's watchdog.",
+        );
+        let g = |n: &str, h: &str| IntGauge::new(n, h).expect("valid metric");
+        let alerter_consumer = g(
+            "alerter_consumer",
+            "1 when the alerter's durable consumer exists on the alert stream, 0 when not \
+             (as of the last check, every 15 s).",
+        );
+        let alerter_consumer_pending = g(
+            "alerter_consumer_pending",
+            "Alert candidates in the stream not yet delivered to the alerter.",
+        );
+        let alerter_consumer_unacknowledged = g(
+            "alerter_consumer_unacknowledged",
+            "Alert candidates delivered to the alerter and not yet acknowledged.",
         );
         let write_seconds = Histogram::with_opts(
             HistogramOpts::new("storage_write_seconds", "Duration of one storage write.").buckets(
@@ -187,6 +213,10 @@ impl CollectorMetrics {
             Box::new(alerts_published.clone()),
             Box::new(alerts_dropped.clone()),
             Box::new(alerts_restated.clone()),
+            Box::new(heartbeats.clone()),
+            Box::new(alerter_consumer.clone()),
+            Box::new(alerter_consumer_pending.clone()),
+            Box::new(alerter_consumer_unacknowledged.clone()),
             Box::new(api_refused.clone()),
             Box::new(audit_write_failures.clone()),
             Box::new(audit_suppressed.clone()),
@@ -233,6 +263,10 @@ impl CollectorMetrics {
             alerts_published,
             alerts_dropped,
             alerts_restated,
+            heartbeats,
+            alerter_consumer,
+            alerter_consumer_pending,
+            alerter_consumer_unacknowledged,
             api_refused,
             audit_write_failures,
             audit_suppressed,

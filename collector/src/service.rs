@@ -236,15 +236,21 @@ impl Collector {
                 (None, Vec::new())
             }
             AlertSink::Publish(publisher) => {
-                let (sender, outbox) = Outbox::new(publisher, cfg.alerting.outbox_bytes);
+                let (sender, outbox) = Outbox::new(publisher.clone(), cfg.alerting.outbox_bytes);
                 let (tx, rx) = tokio::sync::mpsc::channel(1024);
                 let tasks = vec![
+                    tokio::spawn(candidates::watch_consumer(
+                        publisher,
+                        metrics.clone(),
+                        serving.clone(),
+                    )),
                     tokio::spawn(outbox.with_shutdown_grace(grace).run(serving.clone())),
                     tokio::spawn(candidates::run(
                         rx,
                         sender,
                         cfg.alerting.outbox_bytes,
                         cfg.alerting.runbook_url_prefix.clone(),
+                        cfg.alerting.heartbeat(),
                         metrics.clone(),
                         serving.clone(),
                     )),

@@ -19,8 +19,8 @@ fn js(nats: &NatsServer) -> JetStreamConfig {
     }
 }
 
-/// Candidates received within `d`, acked.
-async fn receive(sub: &mut impl Subscriber, d: Duration) -> Vec<AlertCandidate> {
+/// Candidates received within `d`, acked, heartbeats included.
+async fn receive_all(sub: &mut impl Subscriber, d: Duration) -> Vec<AlertCandidate> {
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + d;
     while let Ok(Ok(delivery)) = tokio::time::timeout_at(deadline, sub.next()).await {
@@ -28,6 +28,14 @@ async fn receive(sub: &mut impl Subscriber, d: Duration) -> Vec<AlertCandidate> 
         delivery.ack().await.expect("ack");
     }
     out
+}
+
+/// Alert candidates received within `d`, acked: the collector's heartbeats
+/// (every 10 s, for the alerter's watchdog) left out.
+async fn receive(sub: &mut impl Subscriber, d: Duration) -> Vec<AlertCandidate> {
+    let mut got = receive_all(sub, d).await;
+    got.retain(|c| !c.is_heartbeat());
+    got
 }
 
 fn of_rule<'a>(c: &'a [AlertCandidate], rule: &str, member: &str) -> Vec<&'a AlertCandidate> {
@@ -143,7 +151,13 @@ async fn sigterm_with_a_healthy_cluster_publishes_no_alert() {
 
     let bus = JetStreamBus::connect(js(&nats)).await.expect("connect");
     let mut sub = bus.subscriber().await.expect("subscriber");
-    let got = receive(&mut sub, Duration::from_secs(2)).await;
-    assert!(got.is_empty(), "stopping published {got:?}");
+    let got = receive_all(&mut sub, Duration::from_secs(2)).await;
+    let (beats, alerts): (Vec<_>, Vec<_>) = got.into_iter().partition(|c| c.is_heartbeat());
+    assert!(alerts.is_empty(), "stopping published {alerts:?}");
+    // The heartbeat (one at start, every 10 s after) took the same path.
+    assert!(
+        !beats.is_empty() && beats.iter().all(|c| c.labels["rule"] == "watchdog"),
+        "no heartbeat on the stream"
+    );
     drop(agents); // their tasks end with the test's runtime
 }

@@ -107,6 +107,9 @@ impl Engine {
     }
 
     fn notify_audience(&mut self, key: &str, a: Audience, now_ms: i64) -> Option<Notification> {
+        if self.config.quiet_resolved.contains(&a.receiver) {
+            self.resolve_quietly(&a);
+        }
         let group = &self.groups[key];
         let timing = group.timing.get(&a.receiver).copied().unwrap_or_default();
         let told = |alert: &Alert| self.told(&a.receiver, &alert.fingerprint);
@@ -192,6 +195,24 @@ impl Engine {
             timing.last_repeat_ms = now_ms;
         }
         Some(notification)
+    }
+
+    /// Marks the audience's resolved alerts that its receiver was told were
+    /// firing as told, without telling it.
+    fn resolve_quietly(&mut self, a: &Audience) {
+        let resolved: Vec<(String, u64)> = a
+            .alerts
+            .iter()
+            .filter(|x| x.status == AlertState::Resolved)
+            .filter(|x| {
+                matches!(self.told(&a.receiver, &x.fingerprint),
+                    Some(Told::Firing(e) | Told::Acknowledged(e)) if e < x.episode)
+            })
+            .map(|x| (x.fingerprint.clone(), x.episode))
+            .collect();
+        for (fingerprint, episode) in resolved {
+            self.mark_told(&a.receiver, &fingerprint, Told::Resolved(episode));
+        }
     }
 
     /// One notification per receiver for alerts that just started flapping.

@@ -220,6 +220,10 @@ pub struct EngineConfig {
     pub flapping: FlapConfig,
     /// Receivers that are told about acknowledgements (PagerDuty).
     pub ack_receivers: HashSet<String>,
+    /// Receivers never told that an alert resolved: the watchdog's dead-man's
+    /// switch, for which any request is a ping, so a resolved notice would be
+    /// one more sign of life at the moment the pipeline went silent.
+    pub quiet_resolved: HashSet<String>,
     /// Base URL for links in notifications.
     pub external_url: String,
 }

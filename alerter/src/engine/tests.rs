@@ -32,6 +32,7 @@ fn engine(toml_text: &str) -> Engine {
             },
             flapping: FlapConfig::default(),
             ack_receivers: HashSet::from(["pd".to_string()]),
+            quiet_resolved: HashSet::new(),
             external_url: "http://etcdmon.test/".into(),
         },
     )
@@ -202,6 +203,29 @@ fn the_all_clear_skips_group_interval_but_a_partial_recovery_waits() {
     e.on_candidate(&firing("member_unreachable", "m2", 3), 3 * S);
     assert!(e.due(11 * S).is_empty());
     assert_eq!(e.due(12 * S).len(), 1);
+}
+
+#[test]
+fn a_quiet_resolved_receiver_hears_repeats_but_never_the_resolution() {
+    let mut e = Engine::new(
+        route(
+            r#"receiver = "dms"
+               repeat_interval = "1m""#,
+        ),
+        EngineConfig {
+            quiet_resolved: HashSet::from(["dms".to_string()]),
+            ..EngineConfig::default()
+        },
+    );
+    e.on_candidate(&firing("watchdog", "", 1), 0);
+    assert_eq!(e.due(0).len(), 1);
+    assert_eq!(summary(&e.due(60 * S))[0].1, Reason::Repeat);
+    e.on_candidate(&resolved("watchdog", "", 2), 61 * S);
+    assert!(e.due(61 * S).is_empty(), "no resolved notice");
+    assert_eq!(e.told("dms", "watchdog/"), Some(Told::Resolved(2)));
+    assert!(e.due(600 * S).is_empty(), "and no more repeats");
+    e.on_candidate(&firing("watchdog", "", 3), 601 * S);
+    assert_eq!(summary(&e.due(601 * S))[0].1, Reason::New);
 }
 
 #[test]

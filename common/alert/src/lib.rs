@@ -14,12 +14,14 @@
 
 mod candidate;
 mod fingerprint;
+mod heartbeat;
 mod matcher;
 mod silence;
 mod state;
 
 pub use candidate::AlertCandidate;
 pub use fingerprint::fingerprint;
+pub use heartbeat::{COLLECTOR_LABEL, HEARTBEAT_RULE};
 pub use matcher::{all_match, MatchOp, Matcher, MatcherError};
 pub use silence::Silence;
 pub use state::{AlertState, Severity, UnknownName};

@@ -115,6 +115,27 @@ pub trait Publisher: Send + Sync + 'static {
     /// PubAck arrived; a duplicate of an already stored message id counts as stored).
     /// Fails with [`BusError::Unavailable`] within a bounded time when the bus is down.
     async fn publish(&self, candidate: &AlertCandidate) -> Result<(), BusError>;
+
+    /// How far the alerter's consumer is behind, as the bus sees it; `None` for a bus
+    /// that cannot tell (the in-process channel, whose reader is this process).
+    async fn consumer_lag(&self) -> Option<Result<ConsumerLag, BusError>> {
+        None
+    }
+}
+
+/// The alerter's consumer as the bus sees it (see [`Publisher::consumer_lag`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerLag {
+    /// No such consumer: no alerter ever started on this stream, or it was deleted.
+    /// Candidates are kept by the stream, and nobody reads them.
+    Missing,
+    /// The consumer exists.
+    Present {
+        /// Candidates in the stream not yet delivered to any alerter.
+        pending: u64,
+        /// Candidates delivered and not yet acknowledged.
+        unacknowledged: u64,
+    },
 }
 
 /// Receives alert candidates (the alerter's side).

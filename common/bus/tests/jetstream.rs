@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use etcdmon_alert::{AlertCandidate, AlertState};
 use etcdmon_bus::jetstream::{JetStreamBus, JetStreamConfig};
-use etcdmon_bus::{BusError, Delivery, Outbox, Publisher, Subscriber};
+use etcdmon_bus::{BusError, ConsumerLag, Delivery, Outbox, Publisher, Subscriber};
 use etcdmon_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
@@ -205,6 +205,42 @@ async fn the_same_candidate_published_twice_is_delivered_once() {
     assert!(next_within(&mut subscriber, Duration::from_millis(1500))
         .await
         .is_none());
+}
+
+/// What the collector's `alerter_consumer_*` gauges show: no consumer before the
+/// first alerter, then what it has not taken or not acknowledged.
+#[tokio::test]
+async fn the_publisher_sees_whether_the_alerter_consumer_exists_and_how_far_behind_it_is() {
+    let server = start();
+    let bus = JetStreamBus::connect(config(&server)).await.unwrap();
+    let publisher = bus.publisher();
+    for t in 1..=3 {
+        publisher.publish(&candidate("lag", t)).await.unwrap();
+    }
+    assert_eq!(publisher.consumer_lag().await, Ok(ConsumerLag::Missing));
+    let mut subscriber = bus.subscriber().await.unwrap();
+    assert_eq!(
+        publisher.consumer_lag().await,
+        Ok(ConsumerLag::Present {
+            pending: 3,
+            unacknowledged: 0
+        })
+    );
+    expect_next(&mut subscriber).await.ack().await.unwrap();
+    // The subscriber may have fetched the other two already: they are then
+    // delivered but not acknowledged.
+    match publisher.consumer_lag().await {
+        Ok(ConsumerLag::Present {
+            pending,
+            unacknowledged,
+        }) => assert_eq!(pending + unacknowledged, 2),
+        other => panic!("{other:?}"),
+    }
+    drop(server);
+    assert!(matches!(
+        publisher.consumer_lag().await,
+        Err(BusError::Unavailable(_))
+    ));
 }
 
 #[tokio::test]

@@ -53,7 +53,7 @@ use async_nats::jetstream::context::{CreateStreamErrorKind, PublishErrorKind};
 use async_nats::jetstream::{self as js, stream, AckKind};
 use futures::StreamExt as _;
 
-use crate::{Acker, AlertCandidate, BusError, Delivery, Publisher, Subscriber};
+use crate::{Acker, AlertCandidate, BusError, ConsumerLag, Delivery, Publisher, Subscriber};
 use config::{redact_url, Login};
 
 /// Messages requested per pull. Pulled messages wait in the client until `next` takes
@@ -245,6 +245,41 @@ impl Publisher for JetStreamPublisher {
 }
 
 impl JetStreamPublisher {
+    /// The alerter's durable consumer as the server sees it, within `request_timeout`.
+    pub async fn consumer_lag(&self) -> Result<ConsumerLag, BusError> {
+        use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
+        let ask = async {
+            let stream = self
+                .context
+                .get_stream_no_info(&self.config.stream)
+                .await
+                .map_err(|e| {
+                    BusError::Unavailable(format!("stream {}: {e}", self.config.stream))
+                })?;
+            match stream.consumer_info(&self.config.consumer).await {
+                Ok(info) => Ok(ConsumerLag::Present {
+                    pending: info.num_pending,
+                    unacknowledged: info.num_ack_pending as u64,
+                }),
+                Err(e) if matches!(e.kind(), Kind::NotFound | Kind::StreamNotFound) => {
+                    Ok(ConsumerLag::Missing)
+                }
+                Err(e) => Err(BusError::Unavailable(format!(
+                    "consumer {} on {}: {e}",
+                    self.config.consumer, self.config.stream
+                ))),
+            }
+        };
+        tokio::time::timeout(self.config.request_timeout, ask)
+            .await
+            .map_err(|_| {
+                BusError::Unavailable(format!(
+                    "consumer {}: no answer within {:?}",
+                    self.config.consumer, self.config.request_timeout
+                ))
+            })?
+    }
+
     async fn send(
         &self,
         subject: &str,
