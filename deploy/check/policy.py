@@ -79,6 +79,15 @@ class Report:
 # ---- the workspace ------------------------------------------------------------
 
 
+def release_profiles(root):
+    """`release` and the workspace's profiles that inherit it (the agent's size-optimised one)."""
+    with open(os.path.join(root, "Cargo.toml"), "rb") as f:
+        top = tomllib.load(f)
+    return {"release"} | {
+        name for name, p in top.get("profile", {}).items() if p.get("inherits") == "release"
+    }
+
+
 def workspace(root):
     """The workspace version and, per package, its binaries' names."""
     with open(os.path.join(root, "Cargo.toml"), "rb") as f:
@@ -511,9 +520,14 @@ def check_dockerfile(path, report, version, packages, ports):
                 continue
             m = re.search(r"cargo build(.*?)(?:&&|;|$)", rest)
             flags = m.group(1).split() if m else []
-            for needed in ("--release", "--locked"):
-                if needed not in flags:
-                    report.error(f"{path}:{line}", f"cargo build without {needed}")
+            if "--locked" not in flags:
+                report.error(f"{path}:{line}", "cargo build without --locked")
+            profile = next((flags[i + 1] for i, f in enumerate(flags[:-1]) if f == "--profile"), None)
+            if profile is not None:
+                if profile not in release_profiles(ROOT):
+                    report.error(f"{path}:{line}", f"cargo build --profile {profile}: not a profile that inherits release")
+            elif "--release" not in flags:
+                report.error(f"{path}:{line}", "cargo build without --release (or --profile of an optimised profile)")
             for i, flag in enumerate(flags):
                 if flag in ("-p", "--package") and i + 1 < len(flags):
                     pkg = flags[i + 1]
@@ -522,7 +536,7 @@ def check_dockerfile(path, report, version, packages, ports):
                     else:
                         built[pkg] = stage["alias"]
     if not built:
-        report.error(path, "no build stage runs `cargo build --release --locked -p PACKAGE`")
+        report.error(path, "no build stage runs `cargo build --release --locked -p PACKAGE` (or --profile)")
 
     final = stages[-1]
     items = final["items"]

@@ -1076,6 +1076,18 @@ fn the_policy_refuses_each_kind_of_broken_dockerfile() {
             "without --locked",
         ),
         breaks(
+            "etcdmon-agent.Dockerfile",
+            "cargo build --profile agent --locked",
+            "cargo build --profile dev --locked",
+            "not a profile that inherits release",
+        ),
+        breaks(
+            "etcdmon-agent.Dockerfile",
+            "cargo build --profile agent --locked",
+            "cargo build --locked",
+            "without --release",
+        ),
+        breaks(
             C,
             "FROM debian:bookworm-slim\n",
             "",
