@@ -20,6 +20,9 @@ enum Command {
     Up(etcdmon::up::UpArgs),
     /// Open, list and end maintenance windows (planned work pages nobody).
     Maintenance(etcdmon::maintenance::MaintenanceArgs),
+    /// Test a disk for etcd: fdatasync latency (the fio recipe), sequential
+    /// write throughput, random read IOPS, and a verdict.
+    Disk(etcdmon::disk::DiskArgs),
 }
 
 /// mimalloc rather than glibc's malloc: `etcdmon up` runs the collector,
@@ -48,6 +51,10 @@ fn main() -> ExitCode {
                 etcdmon::up::run(args, shutdown).await
             }
             Command::Maintenance(args) => etcdmon::maintenance::run(args).await,
+            // Blocking file I/O from start to end: off the runtime's threads.
+            Command::Disk(args) => tokio::task::spawn_blocking(move || etcdmon::disk::run(&args))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("disk test: {e}"))),
         }
     });
     match result {

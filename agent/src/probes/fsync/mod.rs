@@ -90,14 +90,30 @@ impl Probe for FsyncProbe {
 /// Writes and syncs `writes` blocks; returns each write+fdatasync latency in
 /// seconds. The file is removed whatever happens.
 pub fn probe(path: &Path, writes: u32, block_size: u32) -> std::io::Result<Vec<f64>> {
-    let result = write_blocks(path, writes, block_size);
+    probe_with_progress(path, writes, block_size, &mut |_| {})
+}
+
+/// [`probe`], calling `progress` with the number of writes done after each
+/// (`etcdmon disk` draws its progress from it).
+pub fn probe_with_progress(
+    path: &Path,
+    writes: u32,
+    block_size: u32,
+    progress: &mut dyn FnMut(u32),
+) -> std::io::Result<Vec<f64>> {
+    let result = write_blocks(path, writes, block_size, progress);
     let removed = std::fs::remove_file(path);
     let lat = result?;
     removed?;
     Ok(lat)
 }
 
-fn write_blocks(path: &Path, writes: u32, block_size: u32) -> std::io::Result<Vec<f64>> {
+fn write_blocks(
+    path: &Path,
+    writes: u32,
+    block_size: u32,
+    progress: &mut dyn FnMut(u32),
+) -> std::io::Result<Vec<f64>> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -106,11 +122,12 @@ fn write_blocks(path: &Path, writes: u32, block_size: u32) -> std::io::Result<Ve
     // Non-zero content so compressing or deduplicating storage cannot skip it.
     let block: Vec<u8> = (0..block_size).map(|i| (i % 251) as u8 + 1).collect();
     let mut lat = Vec::with_capacity(writes as usize);
-    for _ in 0..writes {
+    for done in 1..=writes {
         let started = Instant::now();
         f.write_all(&block)?;
         f.sync_data()?;
         lat.push(started.elapsed().as_secs_f64());
+        progress(done);
     }
     Ok(lat)
 }
