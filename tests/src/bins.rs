@@ -2,8 +2,14 @@
 //!
 //! Cargo hands a test only its own package's binaries (`CARGO_BIN_EXE_*`). A test that
 //! runs the collector, the agent and the alerter together asks for the others here:
-//! [`workspace_bin`] runs `cargo build` for the binary (a no-op when it is fresh; under
-//! `cargo test --workspace` it was built before the tests started) and returns its path.
+//! [`workspace_bin`] runs `cargo build` for the binary (a no-op when it is fresh) and
+//! returns its path.
+//!
+//! `cargo test --workspace` builds every package's binaries before any test starts, but
+//! with the features its whole unit graph (dev-dependencies included) turns on, so a
+//! `cargo build -p` of one package can find them stale and build dependencies again:
+//! in a clean clone that cost the first such test a minute or two. `scripts/test` sets
+//! `ETCDMON_TEST_BINS_BUILT=1`, and then an existing binary is taken as it is.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -33,6 +39,10 @@ pub fn workspace_bin(package: &str, bin: &str) -> Result<PathBuf> {
         .file_name()
         .and_then(|n| n.to_str())
         .context("profile dir name")?;
+    let built = profile_dir.join(bin);
+    if std::env::var_os("ETCDMON_TEST_BINS_BUILT").is_some_and(|v| v == "1") && built.exists() {
+        return Ok(built);
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "--quiet", "-p", package, "--bin", bin])
