@@ -1,6 +1,6 @@
 //! The fsync probe: sequential writes of `block_size` bytes (2300 by
-//! default), each followed by fdatasync, into a probe file in the etcd data
-//! dir. This is the pattern of etcd's WAL and what the well-known fio recipe
+//! default), each followed by fdatasync, into a preallocated probe file in the
+//! etcd data dir. This is the pattern of etcd's WAL and what the well-known fio recipe
 //! (`--rw=write --ioengine=sync --fdatasync=1 --bs=2300`) measures, so its
 //! p99 is directly comparable with etcd's guidance (under 10 ms).
 //!
@@ -119,6 +119,15 @@ fn write_blocks(
         .write(true)
         .truncate(true)
         .open(path)?;
+    // Allocated first, as etcd preallocates its WAL segments (and fio lays out
+    // its file): the writes then do not grow the file, so each fdatasync syncs
+    // what etcd's would, not a new file size too. A filesystem that cannot
+    // (EOPNOTSUPP) gets growing writes instead.
+    let len = i64::from(writes) * i64::from(block_size);
+    match nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, len) {
+        Ok(()) | Err(nix::errno::Errno::EOPNOTSUPP) => {}
+        Err(e) => return Err(e.into()),
+    }
     // Non-zero content so compressing or deduplicating storage cannot skip it.
     let block: Vec<u8> = (0..block_size).map(|i| (i % 251) as u8 + 1).collect();
     let mut lat = Vec::with_capacity(writes as usize);
