@@ -338,8 +338,7 @@ impl Latency {
             if values.is_empty() {
                 return 0.0;
             }
-            let rank = (q * values.len() as f64).ceil() as usize;
-            values[rank.clamp(1, values.len()) - 1]
+            etcdmon_agent::probes::fsync::quantile(values, q)
         };
         Self {
             min: q(0.0),

@@ -153,8 +153,8 @@ fn fill_stats(out: &mut FsyncRound, lat: &mut [f64]) {
     out.mean_seconds = lat.iter().sum::<f64>() / lat.len() as f64;
 }
 
-/// Nearest-rank quantile of sorted values.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+/// Nearest-rank quantile of sorted values (not empty); `etcdmon disk` uses it too.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     let rank = (q * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
