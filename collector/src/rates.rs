@@ -28,6 +28,13 @@ const STREAM_METHODS: &[&str] = &["Watch", "LeaseKeepAlive"];
 const GROWTH_WINDOW_MS: i64 = 3_600_000;
 /// Most points kept for the trend (bounds memory whatever the interval).
 const GROWTH_POINTS: usize = 720;
+/// etcd observes each peer's smoothed round-trip time only every 30 s
+/// (rafthttp's `statusMonitoringInterval`), so most scrape intervals hold no
+/// new round trip. Reading "nothing observed" as "no longer slow" made
+/// `peer_rtt_high` fire for one scrape and resolve at the next, every 30 s,
+/// and never last its `for`. The last figure stands until a new one arrives
+/// or this long has passed: two missed observations and a scrape.
+const PEER_RTT_HOLD_MS: i64 = 75_000;
 
 /// What the rules read.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -36,7 +43,8 @@ pub struct Derived {
     pub wal_fsync_p99: Option<f64>,
     /// Backend commit p99 over the last interval, seconds.
     pub backend_commit_p99: Option<f64>,
-    /// Peer round-trip p99 over the last interval (all peers), seconds.
+    /// Peer round-trip p99 over the last interval with a round trip in it
+    /// (all peers; at most [`PEER_RTT_HOLD_MS`] old), seconds.
     pub peer_rtt_p99: Option<f64>,
     /// Unary gRPC handling p99 without Defragment (needs
     /// `--metrics=extensive`), seconds.
@@ -74,6 +82,9 @@ pub struct Derived {
     pub watch_streams: Option<f64>,
     #[serde(skip)]
     prev: Option<Snapshot>,
+    /// When `peer_rtt_p99` was last computed from new round trips, ms.
+    #[serde(skip)]
+    peer_rtt_at_ms: i64,
     #[serde(skip)]
     db_sizes: VecDeque<(i64, f64)>,
 }
@@ -225,7 +236,7 @@ impl Derived {
             if secs > 0.0 {
                 self.wal_fsync_p99 = delta_quantile(0.99, &prev.wal, &snap.wal);
                 self.backend_commit_p99 = delta_quantile(0.99, &prev.commit, &snap.commit);
-                self.peer_rtt_p99 = delta_quantile(0.99, &prev.peer, &snap.peer);
+                self.update_peer_rtt(&prev.peer, &snap.peer, snap.ts_ms);
                 self.grpc_unary_p99 = delta_quantile(0.99, &prev.unary, &snap.unary);
                 let total = snap.grpc_total - prev.grpc_total;
                 let errors = snap.grpc_errors - prev.grpc_errors;
@@ -248,6 +259,24 @@ impl Derived {
         }
         self.prev = Some(snap);
     }
+
+    /// See [`PEER_RTT_HOLD_MS`]: a new figure replaces the held one; an
+    /// interval without round trips keeps it while it is fresh; a restart
+    /// (counts went down) clears it.
+    fn update_peer_rtt(&mut self, prev: &Buckets, cur: &Buckets, ts_ms: i64) {
+        if let Some(p99) = delta_quantile(0.99, prev, cur) {
+            self.peer_rtt_p99 = Some(p99);
+            self.peer_rtt_at_ms = ts_ms;
+        } else if went_down(prev, cur) || ts_ms - self.peer_rtt_at_ms > PEER_RTT_HOLD_MS {
+            self.peer_rtt_p99 = None;
+        }
+    }
+}
+
+/// Whether a cumulative bucket count decreased (etcd restarted).
+fn went_down(prev: &Buckets, cur: &Buckets) -> bool {
+    cur.iter()
+        .any(|(le, c)| prev.get(le).is_some_and(|p| c < p))
 }
 
 /// `histogram_quantile` over the increase between two cumulative
@@ -383,6 +412,45 @@ mod tests {
         // etcd restarted: counts went down, no figure for that interval.
         d.update(&fam(wal([1.0, 1.0, 1.0, 1.0])), 10_000);
         assert_eq!(d.wal_fsync_p99, None);
+    }
+
+    fn peer(counts: [f64; 3]) -> Vec<Sample> {
+        let n = "etcd_network_peer_round_trip_time_seconds_bucket";
+        vec![
+            s(n, &[("le", "0.0512")], counts[0]),
+            s(n, &[("le", "0.1024")], counts[1]),
+            s(n, &[("le", "+Inf")], counts[2]),
+        ]
+    }
+
+    /// etcd observes peer round trips every 30 s; scrapes every 5 s.
+    #[test]
+    fn peer_rtt_p99_holds_between_etcds_observations_and_expires() {
+        let mut d = Derived::default();
+        d.update(&fam(peer([10.0, 10.0, 10.0])), 0);
+        // One slow round trip in (51.2, 102.4] ms.
+        d.update(&fam(peer([10.0, 11.0, 11.0])), 5_000);
+        let slow = d.peer_rtt_p99.expect("p99");
+        assert!(slow > 0.0512 && slow <= 0.1024, "{slow}");
+        // Five scrapes without a new round trip: the figure stands.
+        for t in [10_000, 15_000, 20_000, 25_000, 30_000] {
+            d.update(&fam(peer([10.0, 11.0, 11.0])), t);
+            assert_eq!(d.peer_rtt_p99, Some(slow), "at {t} ms");
+        }
+        // The next observation is fast: it replaces the slow one.
+        d.update(&fam(peer([11.0, 12.0, 12.0])), 35_000);
+        let fast = d.peer_rtt_p99.expect("p99");
+        assert!(fast <= 0.0512, "{fast}");
+        // No round trip for longer than the hold: unknown, not "fast".
+        d.update(&fam(peer([11.0, 12.0, 12.0])), 35_000 + PEER_RTT_HOLD_MS);
+        assert_eq!(d.peer_rtt_p99, Some(fast));
+        d.update(&fam(peer([11.0, 12.0, 12.0])), 40_000 + PEER_RTT_HOLD_MS);
+        assert_eq!(d.peer_rtt_p99, None);
+        // A restart clears a held figure at once.
+        d.update(&fam(peer([11.0, 13.0, 13.0])), 45_000 + PEER_RTT_HOLD_MS);
+        assert!(d.peer_rtt_p99.is_some());
+        d.update(&fam(peer([0.0, 0.0, 0.0])), 50_000 + PEER_RTT_HOLD_MS);
+        assert_eq!(d.peer_rtt_p99, None);
     }
 
     #[test]
