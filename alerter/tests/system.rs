@@ -7,7 +7,9 @@
 //! mid-incident; a frozen leader fires and resolves; a silence created through the API
 //! mutes, and an acknowledgement through the API reaches PagerDuty as `acknowledge`;
 //! the collectors' heartbeats keep a dead-man's switch pinged, and when the collector
-//! dies the switch stops hearing from us and the alerter pages on its own.
+//! dies the switch stops hearing from us and the alerter pages on its own; on three
+//! clustered nats-servers, killing the one leading the alert stream mid-incident
+//! loses and duplicates no notification.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,14 +18,37 @@ use std::time::{Duration, Instant};
 use etcdmon_testkit::smtp::{ReceivedMail, SmtpSink};
 use etcdmon_testkit::{
     free_port, http_delete, http_get, http_post_json, workspace_bin, ChildProcess, EtcdCluster,
-    HttpSink, NatsServer, SinkRequest,
+    HttpSink, NatsCluster, NatsServer, SinkRequest,
 };
 use serde_json::Value as Json;
+
+/// The NATS a scenario runs on.
+enum Nats {
+    Single(Box<NatsServer>),
+    Cluster(NatsCluster),
+}
+
+impl Nats {
+    fn url(&self) -> String {
+        match self {
+            Nats::Single(server) => server.url(),
+            Nats::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// Replicas of the alert stream: one per server, up to 3.
+    fn replicas(&self) -> usize {
+        match self {
+            Nats::Single(_) => 1,
+            Nats::Cluster(cluster) => cluster.len().min(3),
+        }
+    }
+}
 
 /// Everything one scenario runs.
 struct Stack {
     etcd: EtcdCluster,
-    _nats: NatsServer,
+    nats: Nats,
     nats_url: String,
     dir: tempfile::TempDir,
     sink: HttpSink,
@@ -47,12 +72,26 @@ impl Stack {
     }
 
     fn start_with(cluster: &str, alerter_extra: &str, collector_env: &[(&str, &str)]) -> Self {
+        let nats = Nats::Single(Box::new(NatsServer::start().expect("nats")));
+        Self::start_on(cluster, nats, alerter_extra, collector_env)
+    }
+
+    fn start_on(
+        cluster: &str,
+        nats: Nats,
+        alerter_extra: &str,
+        collector_env: &[(&str, &str)],
+    ) -> Self {
         let etcd = EtcdCluster::start(3).expect("etcd");
-        let nats = NatsServer::start().expect("nats");
         let nats_url = nats.url();
+        let replicas = nats.replicas().to_string();
+        let collector_env = collector_env.iter().copied().chain([(
+            "ETCDMON_COLLECTOR_ALERTING__JETSTREAM__REPLICAS",
+            replicas.as_str(),
+        )]);
         let mut s = Self {
             etcd,
-            _nats: nats,
+            nats,
             nats_url,
             dir: tempfile::tempdir().expect("tmp"),
             sink: HttpSink::start().expect("http sink"),
@@ -67,8 +106,7 @@ impl Stack {
             alerter_http: free_port(),
             alerter_extra: alerter_extra.to_owned(),
             collector_env: collector_env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
         };
         std::fs::write(s.dir.path().join("alerter.toml"), s.alerter_toml()).expect("config");
@@ -131,6 +169,7 @@ impl Stack {
 refresh_interval = "200ms"
 [nats]
 url = "{nats}"
+replicas = {replicas}
 [storage]
 url = "{db}"
 [http]
@@ -152,6 +191,7 @@ receiver = "hook"
 {extra}"#,
             api = self.api(""),
             nats = self.nats_url,
+            replicas = self.nats.replicas(),
             db = self.db(),
             http = self.alerter_http,
             hook = self.sink.url("/hook"),
@@ -294,6 +334,46 @@ fn email_states(mails: &[ReceivedMail], rule: &str, member: &str) -> Vec<String>
         .collect()
 }
 
+/// Waits for `member_unreachable` of `victim` to resolve on every receiver, then
+/// (after 3 s more for late repeats or duplicates) asserts that each was told
+/// exactly one firing and one resolution.
+fn assert_told_once(s: &Stack, victim: &str) {
+    let resolved = |r: &[SinkRequest]| {
+        webhook_alerts(r, "member_unreachable", victim).contains(&"resolved".to_owned())
+    };
+    s.sink.wait_for("/hook", Duration::from_secs(60), resolved);
+    let pd_done = |r: &[SinkRequest]| {
+        pagerduty_actions(r, "member_unreachable", victim).contains(&"resolve".to_owned())
+    };
+    s.sink.wait_for("/pd", Duration::from_secs(10), pd_done);
+    let mails = s
+        .smtp
+        .wait_for_messages(2, Duration::from_secs(10))
+        .unwrap_or_default();
+    std::thread::sleep(Duration::from_secs(3));
+    let hook = s.sink.requests("/hook");
+    let pd = s.sink.requests("/pd");
+    let mails = s.smtp.messages().unwrap_or(mails);
+    assert_eq!(
+        webhook_alerts(&hook, "member_unreachable", victim),
+        ["firing", "resolved"],
+        "webhook: exactly one firing and one resolved\n{}",
+        s.logs()
+    );
+    assert_eq!(
+        pagerduty_actions(&pd, "member_unreachable", victim),
+        ["trigger", "resolve"],
+        "pagerduty\n{}",
+        s.logs()
+    );
+    assert_eq!(
+        email_states(&mails, "member_unreachable", victim),
+        ["firing", "resolved"],
+        "email\n{}",
+        s.logs()
+    );
+}
+
 #[test]
 fn a_killed_member_reaches_every_receiver_once_across_alerter_and_collector_restarts() {
     let mut s = Stack::start("sys-kill");
@@ -370,43 +450,7 @@ fn a_killed_member_reaches_every_receiver_once_across_alerter_and_collector_rest
     std::thread::sleep(Duration::from_secs(6));
 
     s.etcd.restart(1).expect("restart member");
-    let resolved = |r: &[SinkRequest]| {
-        webhook_alerts(r, "member_unreachable", &victim).contains(&"resolved".to_owned())
-    };
-    let hook = s.sink.wait_for("/hook", Duration::from_secs(30), resolved);
-    let pd_done = |r: &[SinkRequest]| {
-        pagerduty_actions(r, "member_unreachable", &victim).contains(&"resolve".to_owned())
-    };
-    s.sink.wait_for("/pd", Duration::from_secs(10), pd_done);
-    let mails = s
-        .smtp
-        .wait_for_messages(2, Duration::from_secs(10))
-        .unwrap_or_default();
-    // Nothing more arrives later (repeats or duplicates).
-    std::thread::sleep(Duration::from_secs(3));
-    drop(hook);
-    let hook = s.sink.requests("/hook");
-    let pd = s.sink.requests("/pd");
-    let mails = s.smtp.messages().unwrap_or(mails);
-
-    assert_eq!(
-        webhook_alerts(&hook, "member_unreachable", &victim),
-        ["firing", "resolved"],
-        "webhook: exactly one firing and one resolved\n{}",
-        s.logs()
-    );
-    assert_eq!(
-        pagerduty_actions(&pd, "member_unreachable", &victim),
-        ["trigger", "resolve"],
-        "pagerduty\n{}",
-        s.logs()
-    );
-    assert_eq!(
-        email_states(&mails, "member_unreachable", &victim),
-        ["firing", "resolved"],
-        "email\n{}",
-        s.logs()
-    );
+    assert_told_once(&s, &victim);
 
     // The API shows the alert resolved, with its transitions and successful deliveries.
     let current = s.get("/api/v1/alerts?state=all");
@@ -677,4 +721,38 @@ pipeline_down_after = "4s"
         "the switch is pinged again\n{}",
         s.logs()
     );
+}
+
+/// The alert stream on three nats-servers at 3 replicas. The server leading the
+/// stream is SIGKILLed mid-incident, with the collector and the alerter perhaps
+/// connected to it: they move to the other two, and the recovery still reaches
+/// every receiver exactly once.
+#[test]
+fn a_killed_nats_server_of_three_loses_and_duplicates_no_notification() {
+    let nats = Nats::Cluster(NatsCluster::start(3).expect("nats cluster"));
+    let mut s = Stack::start_on("sys-nats", nats, "", &[]);
+    let victim = s.etcd.member(1).name.clone();
+    s.etcd.kill(1).expect("kill -9");
+    let firing = |r: &[SinkRequest]| {
+        webhook_alerts(r, "member_unreachable", &victim).contains(&"firing".to_owned())
+    };
+    assert!(
+        firing(&s.sink.wait_for("/hook", Duration::from_secs(20), firing)),
+        "{}",
+        s.logs()
+    );
+
+    let Nats::Cluster(cluster) = &mut s.nats else {
+        unreachable!("started on a cluster")
+    };
+    let info = cluster.stream_info("ETCDMON_ALERTS").expect("stream info");
+    assert_eq!(info["config"]["num_replicas"], 3, "{info}");
+    let leader = cluster
+        .stream_leader("ETCDMON_ALERTS")
+        .expect("stream info")
+        .expect("the stream has a leader");
+    cluster.kill(leader).expect("kill the stream's leader");
+
+    s.etcd.restart(1).expect("restart member");
+    assert_told_once(&s, &victim);
 }

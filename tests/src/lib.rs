@@ -16,7 +16,8 @@
 //!   generated config; it can be stopped and started again on the same ports and data.
 //! * [`NatsServer`] ([`nats`]) runs Debian's `nats-server` 2.9 with JetStream; it can be
 //!   stopped and started again on the same port and store, and answers raw requests
-//!   (JetStream's JSON API) without a client library.
+//!   (JetStream's JSON API) without a client library. [`NatsCluster`] ([`nats_cluster`])
+//!   routes three or more of them into one JetStream cluster, to kill a member.
 //! * [`PeerNet`] ([`peer_net`]) puts a proxy before each member's peer port to delay
 //!   or cut its traffic with the other members.
 //! * [`SlowSyscalls`] and [`Tmpfs`] ([`faults`]) make a process's disk slow (strace
@@ -47,6 +48,7 @@ pub mod grafana;
 pub mod http;
 pub mod http_sink;
 pub mod nats;
+pub mod nats_cluster;
 pub mod peer_net;
 pub mod ports;
 pub mod process;
@@ -64,6 +66,7 @@ pub use http::{
 };
 pub use http_sink::{HttpSink, SinkAnswer, SinkRequest};
 pub use nats::{NatsSecurity, NatsServer};
+pub use nats_cluster::NatsCluster;
 pub use peer_net::PeerNet;
 pub use ports::free_port;
 pub use process::{require_binary, ChildProcess};

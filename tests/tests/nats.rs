@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use etcdmon_testkit::{http_get, NatsServer};
+use etcdmon_testkit::{http_get, NatsCluster, NatsServer};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -94,5 +94,64 @@ fn drop_kills_the_server_and_removes_the_temp_dir() -> Result<()> {
     drop(server);
     assert!(!pid_exists(pid), "nats-server {pid} survived drop");
     assert!(!dir.exists(), "{} survived drop", dir.display());
+    Ok(())
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, for at most `secs`.
+fn wait_some<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_three_server_cluster_keeps_a_replicated_stream_through_a_killed_leader() -> Result<()> {
+    let mut nats = NatsCluster::start(3)?;
+    assert_eq!(nats.url().split(',').count(), 3);
+    let config = r#"{"name":"R3","subjects":["R3.>"],"storage":"file","num_replicas":3}"#;
+    let created = nats
+        .server(0)
+        .request("$JS.API.STREAM.CREATE.R3", config.as_bytes(), TIMEOUT)?;
+    ensure!(!created.contains("\"error\""), "{created}");
+    let leader = wait_some(20, || nats.stream_leader("R3").ok().flatten())
+        .context("the stream never got a leader")?;
+    let ack = nats.server(0).request("R3.a", b"one", TIMEOUT)?;
+    assert!(ack.contains("\"seq\":1"), "{ack}");
+
+    nats.kill(leader)?;
+    let next = wait_some(30, || {
+        nats.stream_leader("R3")
+            .ok()
+            .flatten()
+            .filter(|&l| l != leader)
+    })
+    .context("no new stream leader after the old one was killed")?;
+    assert_ne!(next, leader);
+    let alive = (leader + 1) % nats.len();
+    let ack = wait_some(10, || {
+        nats.server(alive)
+            .request("R3.a", b"two", TIMEOUT)
+            .ok()
+            .filter(|a| a.contains("\"seq\":2"))
+    })
+    .context("no PubAck from the two remaining servers")?;
+    assert!(ack.contains("\"stream\":\"R3\""), "{ack}");
+
+    // The killed server comes back as the same member and catches up.
+    nats.start_again(leader)?;
+    let caught_up = wait_some(30, || {
+        let info = nats.stream_info("R3").ok()?;
+        let replicas = info["cluster"]["replicas"].as_array()?.clone();
+        (replicas.len() == 2 && replicas.iter().all(|r| r["current"] == true)).then_some(info)
+    })
+    .context("the restarted server did not catch up")?;
+    assert_eq!(caught_up["state"]["messages"], 2, "{caught_up}");
     Ok(())
 }
