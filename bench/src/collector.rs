@@ -22,8 +22,11 @@ pub struct RunningCollector {
 pub fn config(clickhouse_http_port: u16) -> anyhow::Result<CollectorConfig> {
     let mut cfg = CollectorConfig::default();
     cfg.storage.url = format!("clickhouse://127.0.0.1:{clickhouse_http_port}/etcdmon");
-    // The load generator plays the agents over loopback.
+    // The load generator plays the agents over loopback, all from 127.0.0.1:
+    // as many connections from it as a fleet's hosts would make.
     cfg.grpc.allow_plaintext = true;
+    cfg.grpc.max_connections_per_address =
+        etcdmon_collector::ingest::incoming::MAX_AGENT_CONNECTIONS;
     cfg.http.auth.anonymous = Some(etcdmon_collector::config::Role::Admin);
     cfg.validate().context("collector config")?;
     Ok(cfg)

@@ -90,6 +90,27 @@ impl CpuSample {
 
 /// Busy ticks of all CPUs: the first line of `/proc/stat` without idle and
 /// iowait.
+/// This process's resident set size now (`VmRSS`), MiB.
+pub fn rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_rss_kib(&status).map(|kib| kib as f64 / 1024.0)
+}
+
+/// This process's highest resident set size so far (`VmHWM`), MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_kib(&status, "VmHWM:").map(|kib| kib as f64 / 1024.0)
+}
+
+fn parse_rss_kib(status: &str) -> Option<u64> {
+    parse_kib(status, "VmRSS:")
+}
+
+fn parse_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn machine_busy() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     parse_machine(stat.lines().next()?)
@@ -123,6 +144,15 @@ fn parse_stat(stat: &str) -> Option<(&str, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rss_parses_from_proc_status() {
+        let status = "Name:\tingest-load\nVmHWM:\t  9000 kB\nVmRSS:\t  8192 kB\n";
+        assert_eq!(parse_rss_kib(status), Some(8192));
+        assert_eq!(parse_rss_kib("Name:\tx\n"), None);
+        assert_eq!(parse_kib(status, "VmHWM:"), Some(9000));
+        assert!(rss_mib().is_some_and(|m| m > 0.0));
+    }
 
     #[test]
     fn stat_lines_parse() {

@@ -81,6 +81,14 @@ struct Args {
     /// --quick: 10].
     #[arg(long)]
     latency_seconds: Option<u64>,
+    /// Agents of the soak run after the 80% run: a fixed load held for
+    /// --soak-seconds, beyond the maximum if it is higher (then latency grows
+    /// under backpressure); 0 skips it. Issue 17's case: 500 for 600 s.
+    #[arg(long, default_value_t = 0)]
+    soak_agents: usize,
+    /// Measured seconds of the soak run.
+    #[arg(long, default_value_t = 600)]
+    soak_seconds: u64,
     /// Rows of the ClickHouse native insert [default: 3000000; --quick:
     /// 200000].
     #[arg(long)]
@@ -114,6 +122,8 @@ struct Settings {
     max_agents: usize,
     bisect: usize,
     latency: Duration,
+    soak_agents: usize,
+    soak: Duration,
     native_rows: u64,
     native_runs: usize,
     flush_rows: Option<usize>,
@@ -135,6 +145,8 @@ impl Args {
             max_agents: pick_n(self.max_agents, 640, 10).max(1),
             bisect: pick_n(self.bisect, 3, 0),
             latency: Duration::from_secs(pick(self.latency_seconds, 60, 10).max(1)),
+            soak_agents: self.soak_agents,
+            soak: Duration::from_secs(self.soak_seconds.max(1)),
             native_rows: pick(self.native_rows, 3_000_000, 200_000).max(1),
             native_runs: pick_n(self.native_runs, 2, 1).max(1),
             flush_rows: self.flush_rows,
@@ -237,7 +249,7 @@ fn run(s: &Settings) -> anyhow::Result<()> {
         warmup: s.warmup,
         measure: s.step,
     };
-    let (steps, at_80) = loadgen_rt.block_on(async {
+    let (steps, at_80, soak) = loadgen_rt.block_on(async {
         let steps = ramp
             .search(s.start_agents, s.max_agents, s.bisect, timing)
             .await;
@@ -259,11 +271,21 @@ fn run(s: &Settings) -> anyhow::Result<()> {
             }
             None => None,
         };
-        (steps, at_80)
+        let soak = if s.soak_agents > 0 {
+            let timing = ramp::StepTiming {
+                warmup: s.warmup,
+                measure: s.soak,
+            };
+            Some(ramp.step("soak", s.soak_agents, timing).await)
+        } else {
+            None
+        };
+        (steps, at_80, soak)
     });
     let max = best(&steps).cloned();
 
     let stored = native::distinct_rows(&server, payload::CLUSTER)?;
+    let footprint = native::stored_footprint(&server)?;
     let summary = report::Summary {
         collector_settings: format!(
             "ingest.flush_rows = {}, ingest.flush_interval = {:?}, ingest.max_write_rows = {}, \
@@ -284,6 +306,9 @@ fn run(s: &Settings) -> anyhow::Result<()> {
         native,
         max,
         at_80,
+        soak,
+        footprint,
+        rss_peak_mib: cpu::peak_rss_mib().unwrap_or(0.0),
         verified: ramp.verified.take(),
         stored_vs_acked: (stored, ramp.total_acked_samples()),
     };

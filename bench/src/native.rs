@@ -244,6 +244,38 @@ pub fn measure(
     Ok(out)
 }
 
+/// Rows and compressed bytes of one table's active parts.
+#[derive(Debug, Clone)]
+pub struct TableFootprint {
+    pub table: String,
+    pub rows: u64,
+    pub compressed_bytes: u64,
+}
+
+/// What the etcdmon tables hold on disk at the end of the run (compressed
+/// column data of the active parts), for bytes per stored sample.
+pub fn stored_footprint(server: &ClickHouseServer) -> anyhow::Result<Vec<TableFootprint>> {
+    let answer = server.query(
+        "SELECT table, sum(rows), sum(data_compressed_bytes) FROM system.parts \
+         WHERE database = 'etcdmon' AND active GROUP BY table ORDER BY table FORMAT TSV",
+    )?;
+    answer
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let mut f = line.split('\t');
+            let (Some(table), Some(rows), Some(bytes)) = (f.next(), f.next(), f.next()) else {
+                anyhow::bail!("unexpected system.parts line {line:?}");
+            };
+            Ok(TableFootprint {
+                table: table.to_owned(),
+                rows: rows.parse().context("rows")?,
+                compressed_bytes: bytes.parse().context("bytes")?,
+            })
+        })
+        .collect()
+}
+
 /// Waits (two minutes at most) until ClickHouse runs no merge, so that one
 /// measurement does not pay for the parts of the previous one.
 pub fn wait_for_merges(server: &ClickHouseServer) -> anyhow::Result<()> {

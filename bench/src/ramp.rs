@@ -93,6 +93,9 @@ pub struct StepResult {
     pub writer: WriterUsage,
     /// Batches still unacknowledged when the drain gave up.
     pub unacked_at_end: u64,
+    /// Highest resident set size of this process (collector and load
+    /// generator) read during the window, MiB.
+    pub rss_peak_mib: f64,
     /// Verdict, see the module docs.
     pub kept_up: bool,
 }
@@ -239,6 +242,7 @@ impl Ramp {
         let window_end = Instant::now() + timing.measure;
         let mut next_progress = Instant::now() + PROGRESS_EVERY;
         let mut readings = tokio::time::interval(SAMPLE_EVERY);
+        let mut rss_peak_mib: f64 = 0.0;
         loop {
             readings.tick().await;
             let now = Instant::now();
@@ -246,11 +250,13 @@ impl Ramp {
                 break;
             }
             self.recorder.sample_backlog();
+            rss_peak_mib = rss_peak_mib.max(cpu::rss_mib().unwrap_or(0.0));
             if now >= next_progress {
                 next_progress += PROGRESS_EVERY;
                 if let Some((secs, acked, backlog)) = self.recorder.peek() {
                     eprintln!(
-                        "ingest-load:   {secs:5.1} s: acked {:.0} samples/s, backlog {backlog} batches",
+                        "ingest-load:   {secs:5.1} s: acked {:.0} samples/s, backlog {backlog} batches, \
+                         RSS {rss_peak_mib:.0} MiB at most",
                         acked as f64 / secs
                     );
                 }
@@ -307,6 +313,7 @@ impl Ramp {
             cpu,
             writer,
             unacked_at_end,
+            rss_peak_mib,
             kept_up: false,
         };
         r.kept_up = failed == 0

@@ -2,7 +2,7 @@
 //! `docs/benchmarks.md`.
 
 use crate::hotpath::HotPath;
-use crate::native::NativeResult;
+use crate::native::{NativeResult, TableFootprint};
 use crate::ramp::StepResult;
 use std::io::Write;
 
@@ -27,6 +27,13 @@ pub struct Summary {
     pub max: Option<StepResult>,
     /// The run at about 80% of the maximum's agents.
     pub at_80: Option<StepResult>,
+    /// The soak run (`--soak-agents`), if any.
+    pub soak: Option<StepResult>,
+    /// The etcdmon tables at the end of the run.
+    pub footprint: Vec<TableFootprint>,
+    /// Highest RSS of this process over the whole run (collector and load
+    /// generator), MiB.
+    pub rss_peak_mib: f64,
     /// What the SELECT right after an ack found.
     pub verified: Option<String>,
     /// (distinct stored rows of cluster `bench`, acknowledged samples).
@@ -45,13 +52,13 @@ pub fn print(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
         out,
         "| phase | agents | offered samples/s | acked samples/s | acked/produced | \
          p50 ms | p99 ms | max ms | lag growth s | inserts/s | rows/insert | writer busy | \
-         CPU ClickHouse | CPU collector | CPU loadgen | CPU other | kept up |"
+         CPU ClickHouse | CPU collector | CPU loadgen | CPU other | RSS MiB | kept up |"
     )?;
     writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     )?;
-    for r in s.steps.iter().chain(s.at_80.iter()) {
+    for r in s.steps.iter().chain(s.at_80.iter()).chain(s.soak.iter()) {
         step_row(out, r)?;
     }
 
@@ -153,6 +160,46 @@ pub fn print(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
             "| ingest latency at 80% | not measured | p99 < {TARGET_P99_MS} ms | no |"
         )?,
     }
+    if let Some(r) = &s.soak {
+        let lossless = r.unacked_at_end == 0 && r.stats.errors == 0;
+        writeln!(
+            out,
+            "| soak ({} agents, offered {} samples/s, {:.0} s) | acked {} samples/s, p50 {} ms, \
+             p99 {} ms, RSS peak {:.0} MiB (whole process), {} batches never acked | no loss, \
+             RSS < 1024 MiB | {} |",
+            r.agents,
+            thousands(r.offered_rate),
+            r.stats.seconds,
+            thousands(r.stats.acked_rate()),
+            r.stats.latency_ms(0.5),
+            r.stats.latency_ms(0.99),
+            r.rss_peak_mib,
+            r.unacked_at_end,
+            yes_no(lossless && r.rss_peak_mib < 1024.0)
+        )?;
+    }
+    writeln!(
+        out,
+        "\nRSS peak of the process (collector and load generator) over the whole run: {:.0} MiB.",
+        s.rss_peak_mib
+    )?;
+    let samples = s.footprint.iter().find(|t| t.table == "samples");
+    for t in &s.footprint {
+        writeln!(
+            out,
+            "Stored `{}`: {} rows, {:.1} MB compressed{}",
+            t.table,
+            thousands(t.rows as f64),
+            t.compressed_bytes as f64 / 1e6,
+            match samples {
+                Some(sm) if sm.rows > 0 => format!(
+                    ", {:.2} bytes per sample row stored",
+                    t.compressed_bytes as f64 / sm.rows as f64
+                ),
+                _ => String::new(),
+            }
+        )?;
+    }
     writeln!(
         out,
         "\nQueryable on ack: {}",
@@ -176,7 +223,7 @@ fn step_row(out: &mut impl Write, r: &StepResult) -> std::io::Result<()> {
     let s = &r.stats;
     writeln!(
         out,
-        "| {} | {} | {} | {} | {:.1}% | {} | {} | {} | {:+.2} | {:.1} | {} | {:.0}% | {:.2} | {:.2} | {:.2} | {:.2} | {}{} |",
+        "| {} | {} | {} | {} | {:.1}% | {} | {} | {} | {:+.2} | {:.1} | {} | {:.0}% | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {}{} |",
         r.phase,
         r.agents,
         thousands(r.offered_rate),
@@ -193,6 +240,7 @@ fn step_row(out: &mut impl Write, r: &StepResult) -> std::io::Result<()> {
         r.cpu.collector,
         r.cpu.loadgen,
         r.cpu.other,
+        r.rss_peak_mib,
         yes_no(r.kept_up),
         notes(r)
     )

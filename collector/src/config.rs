@@ -109,6 +109,10 @@ pub struct GrpcConfig {
     /// credentials: anyone who reaches the port can then write any cluster's
     /// data. For a trusted network or a test; the collector warns at start.
     pub allow_plaintext: bool,
+    /// Connections at once from one IP address, so that one host cannot take
+    /// every slot. Raise it when many agents reach the collector through one
+    /// NAT address.
+    pub max_connections_per_address: usize,
 }
 
 /// TLS of the gRPC listener (PEM files).
@@ -155,6 +159,7 @@ impl Default for GrpcConfig {
             tls: None,
             agents: Vec::new(),
             allow_plaintext: false,
+            max_connections_per_address: crate::ingest::incoming::MAX_CONNECTIONS_PER_ADDRESS,
         }
     }
 }
@@ -163,6 +168,12 @@ impl GrpcConfig {
     /// Agents must authenticate over TLS unless plain text is allowed, and each
     /// grant names one credential and some clusters.
     fn validate(&self) -> Result<(), FieldError> {
+        if self.max_connections_per_address == 0 {
+            return Err(FieldError::new(
+                "grpc.max_connections_per_address",
+                "must be at least 1",
+            ));
+        }
         if !self.allow_plaintext {
             if self.tls.is_none() {
                 return Err(FieldError::new(

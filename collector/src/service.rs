@@ -301,6 +301,7 @@ impl Collector {
                     crate::ingest::incoming::limited(
                         listeners.grpc,
                         crate::ingest::incoming::MAX_AGENT_CONNECTIONS,
+                        cfg.grpc.max_connections_per_address,
                     ),
                     async move { stop.cancelled().await },
                 ),

@@ -31,8 +31,8 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 /// Agent connections served at once: each agent holds one.
 pub const MAX_AGENT_CONNECTIONS: usize = 4096;
 
-/// Connections from one IP address at once (agents behind one NAT address
-/// each hold one).
+/// Default of `grpc.max_connections_per_address`: connections from one IP
+/// address at once (agents behind one NAT address each hold one).
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 
 /// Bytes a new connection must send within [`OPENING_TIMEOUT`]: the length of
@@ -72,16 +72,24 @@ impl Drop for Limited {
     }
 }
 
-/// The connections of `listener`, at most `limit` at once.
-pub fn limited(listener: TcpListener, limit: usize) -> impl Stream<Item = io::Result<Limited>> {
+/// The connections of `listener`, at most `limit` at once and `per_address`
+/// from one IP address.
+pub fn limited(
+    listener: TcpListener,
+    limit: usize,
+    per_address: usize,
+) -> impl Stream<Item = io::Result<Limited>> {
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(TCP_KEEPALIVE));
     let slots = Arc::new(Semaphore::new(limit));
-    let per_address = PerAddress::default();
-    let refusals = RefusalLog::default();
+    let counts = PerAddress::default();
+    let refusals = RefusalLog {
+        limit: per_address,
+        ..RefusalLog::default()
+    };
     futures::stream::unfold(
-        (incoming, slots, per_address, refusals),
+        (incoming, slots, counts, refusals),
         |(mut incoming, slots, per_address, mut refusals)| async move {
             loop {
                 let slot = slots.clone().acquire_owned().await.ok()?;
@@ -99,7 +107,7 @@ pub fn limited(listener: TcpListener, limit: usize) -> impl Stream<Item = io::Re
                         let ip = peer.ip();
                         let mut counts = per_address.lock().unwrap_or_else(|p| p.into_inner());
                         let n = counts.entry(ip).or_insert(0);
-                        if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+                        if *n >= refusals.limit {
                             refusals.refused(peer);
                             continue; // dropping the stream closes it
                         }
@@ -124,6 +132,8 @@ pub fn limited(listener: TcpListener, limit: usize) -> impl Stream<Item = io::Re
 /// second: a flood of connections must not become a flood of log lines.
 #[derive(Default)]
 struct RefusalLog {
+    /// Connections allowed from one address.
+    limit: usize,
     last_warning: Option<std::time::Instant>,
     /// Refused since the last warning.
     unreported: u64,
@@ -138,8 +148,9 @@ impl RefusalLog {
         {
             return;
         }
-        tracing::warn!(%peer, limit = MAX_CONNECTIONS_PER_ADDRESS, refused = self.unreported,
-            "refusing agent connections: too many from one address (refused: since the last warning)");
+        tracing::warn!(%peer, limit = self.limit, refused = self.unreported,
+            "refusing agent connections: too many from one address (refused: since the last warning; \
+             grpc.max_connections_per_address)");
         self.last_warning = Some(std::time::Instant::now());
         self.unreported = 0;
     }
@@ -216,7 +227,7 @@ mod tests {
     async fn a_connection_that_does_not_open_in_time_is_closed() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut incoming = Box::pin(limited(listener, 4));
+        let mut incoming = Box::pin(limited(listener, 4, MAX_CONNECTIONS_PER_ADDRESS));
         let mut buf = [0u8; 64];
 
         let mut opened = TcpStream::connect(addr).await.expect("connect");
@@ -260,7 +271,11 @@ mod tests {
     async fn one_address_cannot_take_every_slot() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut incoming = Box::pin(limited(listener, MAX_CONNECTIONS_PER_ADDRESS + 10));
+        let mut incoming = Box::pin(limited(
+            listener,
+            MAX_CONNECTIONS_PER_ADDRESS + 10,
+            MAX_CONNECTIONS_PER_ADDRESS,
+        ));
         let mut clients = Vec::new();
         let mut accepted = Vec::new();
         for _ in 0..MAX_CONNECTIONS_PER_ADDRESS {
@@ -293,7 +308,7 @@ mod tests {
     async fn a_connection_beyond_the_limit_waits_for_a_closed_one() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut incoming = Box::pin(limited(listener, 1));
+        let mut incoming = Box::pin(limited(listener, 1, MAX_CONNECTIONS_PER_ADDRESS));
         let _first_client = TcpStream::connect(addr).await.expect("connect");
         let first = incoming.next().await.expect("stream").expect("accepted");
         let mut second_client = TcpStream::connect(addr).await.expect("connect");
