@@ -676,6 +676,16 @@ fn expected_objects(values_file: &str) -> (&'static [&'static str], &'static [&'
             &[],
         ),
         "tls-values.yaml" => (&["Deployment/etcdmon-collector"], &["Secret/etcdmon-agent"]),
+        "nats-cluster-values.yaml" => (
+            &[
+                "StatefulSet/etcdmon-nats",
+                "Service/etcdmon-nats",
+                "Service/etcdmon-nats-cluster",
+                "PodDisruptionBudget/etcdmon-nats",
+                "NetworkPolicy/etcdmon-nats",
+            ],
+            &["StatefulSet/etcdmon-clickhouse"],
+        ),
         "agents-only-values.yaml" => (
             &["DaemonSet/etcdmon-agent", "NetworkPolicy/default-deny"],
             &["Deployment/etcdmon-collector", "Deployment/etcdmon-alerter"],
@@ -731,6 +741,88 @@ fn helm_chart_renders_valid_objects_that_follow_the_policy() {
             assert!(problems.is_empty(), "{name}: {problems:#?}");
         }
     }
+}
+
+/// The bundled NATS as a cluster of three: three pods started together under a
+/// PodDisruptionBudget, each routing to all by stable DNS names, the alert stream
+/// at three copies on both sides, and a nats.conf that nats-server itself accepts.
+#[test]
+fn helm_chart_runs_a_three_server_nats_cluster_with_a_replicated_stream() {
+    let Some(helm_bin) = helm_binary() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let rendered = tmp.path().join("nats-cluster.yaml");
+    let values = chart().join("ci/nats-cluster-values.yaml");
+    let out = render(
+        &helm_bin,
+        KUBERNETES_VERSIONS[1],
+        &["-f", values.to_str().expect("UTF-8 path")],
+        &rendered,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let made = objects(&[&rendered], false);
+    let sts = &made["StatefulSet/etcdmon-nats"]["spec"];
+    assert_eq!(sts["replicas"], 3);
+    assert_eq!(sts["podManagementPolicy"], "Parallel");
+    assert_eq!(sts["serviceName"], "etcdmon-nats-cluster");
+    assert_eq!(
+        made["Service/etcdmon-nats-cluster"]["spec"]["clusterIP"], "None",
+        "the routes need the pods' own DNS names"
+    );
+    assert_eq!(
+        made["PodDisruptionBudget/etcdmon-nats"]["spec"]["maxUnavailable"],
+        1
+    );
+    let collector = &made["ConfigMap/etcdmon-collector"]["data"]["collector.toml"];
+    let alerter = &made["ConfigMap/etcdmon-alerter"]["data"]["alerter.toml"];
+    assert_eq!(at(collector, &["alerting", "jetstream", "replicas"]), 3);
+    assert_eq!(at(alerter, &["nats", "replicas"]), 3);
+
+    let conf = made["ConfigMap/etcdmon-nats"]["data"]["nats.conf"]
+        .as_str()
+        .expect("nats.conf");
+    for i in 0..3 {
+        let route = format!("nats://etcdmon-nats-{i}.etcdmon-nats-cluster.etcd-monitor.svc:6222");
+        assert!(conf.contains(&route), "no route to pod {i}:\n{conf}");
+    }
+    // nats-server parses it as a pod would (POD_NAME set, paths made local).
+    let file = tmp.path().join("nats.conf");
+    let store = tmp.path().join("store");
+    fs::write(
+        &file,
+        conf.replace("/data", store.to_str().expect("UTF-8 path")),
+    )
+    .expect("write");
+    let nats = etcdmon_testkit::require_binary("nats-server").expect("nats-server");
+    let out = run(Command::new(nats)
+        .args(["-t", "--config"])
+        .arg(&file)
+        .env("POD_NAME", "etcdmon-nats-1"));
+    assert!(
+        out.status.success(),
+        "nats-server -t: {}\n{conf}",
+        describe(&out)
+    );
+
+    // More stream copies than servers cannot work: refused at render time.
+    let out = render(
+        &helm_bin,
+        KUBERNETES_VERSIONS[1],
+        &[
+            "-f",
+            values.to_str().expect("UTF-8 path"),
+            "--set",
+            "nats.bundled.replicas=1",
+        ],
+        &tmp.path().join("refused.yaml"),
+    );
+    assert!(!out.status.success(), "3 copies on 1 server rendered");
+    assert!(
+        describe(&out).contains("nats.streamReplicas"),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[test]

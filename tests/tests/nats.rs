@@ -115,11 +115,20 @@ fn wait_some<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
 fn a_three_server_cluster_keeps_a_replicated_stream_through_a_killed_leader() -> Result<()> {
     let mut nats = NatsCluster::start(3)?;
     assert_eq!(nats.url().split(',').count(), 3);
-    let config = r#"{"name":"R3","subjects":["R3.>"],"storage":"file","num_replicas":3}"#;
-    let created = nats
-        .server(0)
-        .request("$JS.API.STREAM.CREATE.R3", config.as_bytes(), TIMEOUT)?;
+    // Created with one copy, as on a single server, then raised to three in place:
+    // the upgrade path from one server to a cluster (docs/deploy.md).
+    let config = |replicas: u8| {
+        format!(r#"{{"name":"R3","subjects":["R3.>"],"storage":"file","num_replicas":{replicas}}}"#)
+    };
+    let created =
+        nats.server(0)
+            .request("$JS.API.STREAM.CREATE.R3", config(1).as_bytes(), TIMEOUT)?;
     ensure!(!created.contains("\"error\""), "{created}");
+    let updated =
+        nats.server(0)
+            .request("$JS.API.STREAM.UPDATE.R3", config(3).as_bytes(), TIMEOUT)?;
+    ensure!(!updated.contains("\"error\""), "{updated}");
+    assert_eq!(nats.stream_info("R3")?["config"]["num_replicas"], 3);
     let leader = wait_some(20, || nats.stream_leader("R3").ok().flatten())
         .context("the stream never got a leader")?;
     let ack = nats.server(0).request("R3.a", b"one", TIMEOUT)?;
