@@ -9,12 +9,17 @@
 //! tick and stamped then; if the collector falls behind, the wait in the
 //! backlog counts as ingest latency, as it would for a real agent.
 //!
+//! A batch is encoded only when tonic takes it from the request stream to
+//! send it, not when it enters the window: the load generator then holds a
+//! batch or two per agent rather than a window's worth (32 x 100 KB each),
+//! so that this process's memory stays mostly the collector's.
+//!
 //! The ack of a batch is sent by the collector only after the writer's
 //! INSERT of its rows (and its batch mark) returned, so "report timestamp
 //! -> ack received" is "sample produced -> queryable". [`Verify`] lets the
 //! caller check that claim with a SELECT right after one ack.
 
-use crate::payload::{hello, identity, Payload};
+use crate::payload::{hello, identity, AgentPayload, Payload};
 use crate::stats::Recorder;
 use anyhow::{bail, Context as _};
 use etcdmon_proto::v1::{stream_request, stream_response, StreamRequest, StreamResponse};
@@ -84,7 +89,7 @@ pub struct AgentOutcome {
 
 /// Runs one agent until `stop` (then drains) or a stream error.
 pub async fn run(ctx: Arc<AgentContext>, mut spec: AgentSpec) -> anyhow::Result<AgentOutcome> {
-    let body = ctx.payload.for_agent(&identity(spec.index));
+    let body = Arc::new(ctx.payload.for_agent(&identity(spec.index)));
     let samples = ctx.payload.samples_per_batch() as u64;
     let hello = StreamRequest {
         kind: Some(stream_request::Kind::Hello(hello(
@@ -94,7 +99,7 @@ pub async fn run(ctx: Arc<AgentContext>, mut spec: AgentSpec) -> anyhow::Result<
     }
     .encode_to_vec();
     tokio::time::sleep_until(spec.first_tick).await;
-    let (tx, mut inbound, stored) = open_with_retry(&ctx, hello).await?;
+    let (tx, mut inbound, stored) = open_with_retry(&ctx, hello, &body).await?;
 
     let mut tick = tokio::time::interval_at(spec.first_tick, Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -110,9 +115,9 @@ pub async fn run(ctx: Arc<AgentContext>, mut spec: AgentSpec) -> anyhow::Result<
             let Some((sequence, ts)) = backlog.pop_front() else {
                 break;
             };
-            let mut bytes = Vec::new();
-            body.encode_batch(sequence, ts, &mut bytes);
-            tx.send(bytes).await.context("send batch: stream closed")?;
+            tx.send(Outgoing::Batch { sequence, ts })
+                .await
+                .context("send batch: stream closed")?;
             in_flight.push_back((sequence, ts));
         }
         if stopping && in_flight.is_empty() {
@@ -179,13 +184,25 @@ pub async fn run(ctx: Arc<AgentContext>, mut spec: AgentSpec) -> anyhow::Result<
     Ok(outcome)
 }
 
-type Opened = (mpsc::Sender<Vec<u8>>, Streaming<StreamResponse>, u64);
+/// What the request stream carries: the encoded Hello, then batches that
+/// [`RawEncoder`] encodes when tonic sends them.
+#[derive(Debug)]
+enum Outgoing {
+    Hello(Vec<u8>),
+    Batch { sequence: u64, ts: i64 },
+}
 
-async fn open_with_retry(ctx: &AgentContext, hello: Vec<u8>) -> anyhow::Result<Opened> {
+type Opened = (mpsc::Sender<Outgoing>, Streaming<StreamResponse>, u64);
+
+async fn open_with_retry(
+    ctx: &AgentContext,
+    hello: Vec<u8>,
+    body: &Arc<AgentPayload>,
+) -> anyhow::Result<Opened> {
     let mut backoff = Duration::from_millis(200);
     let mut attempt = 1;
     loop {
-        match open(&ctx.url, hello.clone()).await {
+        match open(&ctx.url, hello.clone(), body.clone()).await {
             Ok(opened) => return Ok(opened),
             Err(e) if attempt < CONNECT_ATTEMPTS && !ctx.stop.is_cancelled() => {
                 eprintln!(
@@ -205,7 +222,7 @@ async fn open_with_retry(ctx: &AgentContext, hello: Vec<u8>) -> anyhow::Result<O
 
 /// Connects, sends Hello and waits for Welcome; returns the batch sender,
 /// the response stream and the stored sequence.
-async fn open(url: &str, hello: Vec<u8>) -> anyhow::Result<Opened> {
+async fn open(url: &str, hello: Vec<u8>, body: Arc<AgentPayload>) -> anyhow::Result<Opened> {
     let channel = Endpoint::from_shared(url.to_string())?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -218,13 +235,15 @@ async fn open(url: &str, hello: Vec<u8>) -> anyhow::Result<Opened> {
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(16 << 20);
     grpc.ready().await.context("channel ready")?;
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(WINDOW + 2);
-    tx.send(hello).await.context("queue Hello")?;
+    let (tx, rx) = mpsc::channel::<Outgoing>(WINDOW + 2);
+    tx.send(Outgoing::Hello(hello))
+        .await
+        .context("queue Hello")?;
     let mut inbound = grpc
         .streaming(
             tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
             PathAndQuery::from_static("/etcdmon.v1.IngestService/Stream"),
-            RawCodec,
+            RawCodec { body },
         )
         .await
         .context("open stream")?
@@ -250,26 +269,32 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Sends already encoded `StreamRequest`s; decodes `StreamResponse`s.
-#[derive(Debug, Default, Clone, Copy)]
-struct RawCodec;
+/// Sends `StreamRequest`s encoded by hand; decodes `StreamResponse`s.
+struct RawCodec {
+    body: Arc<AgentPayload>,
+}
 
-/// Copies the encoded bytes into tonic's buffer (tonic compresses them).
-#[derive(Debug)]
-struct RawEncoder;
+/// Writes the encoded request into tonic's buffer (tonic compresses it).
+struct RawEncoder {
+    body: Arc<AgentPayload>,
+    scratch: Vec<u8>,
+}
 
 /// Decodes the collector's responses with prost.
 #[derive(Debug)]
 struct ResponseDecoder;
 
 impl Codec for RawCodec {
-    type Encode = Vec<u8>;
+    type Encode = Outgoing;
     type Decode = StreamResponse;
     type Encoder = RawEncoder;
     type Decoder = ResponseDecoder;
 
     fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
+        RawEncoder {
+            body: self.body.clone(),
+            scratch: Vec::new(),
+        }
     }
 
     fn decoder(&mut self) -> ResponseDecoder {
@@ -278,11 +303,17 @@ impl Codec for RawCodec {
 }
 
 impl Encoder for RawEncoder {
-    type Item = Vec<u8>;
+    type Item = Outgoing;
     type Error = Status;
 
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
+    fn encode(&mut self, item: Outgoing, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        match item {
+            Outgoing::Hello(bytes) => dst.put_slice(&bytes),
+            Outgoing::Batch { sequence, ts } => {
+                self.body.encode_batch(sequence, ts, &mut self.scratch);
+                dst.put_slice(&self.scratch);
+            }
+        }
         Ok(())
     }
 }

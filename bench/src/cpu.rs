@@ -8,7 +8,17 @@
 //! Times are in clock ticks of `USER_HZ`, which is 100 on every Linux
 //! architecture this project targets.
 
+use std::sync::OnceLock;
 use std::time::Instant;
+
+/// The collector's pid when it runs as a process of its own
+/// (`--collector-bin`): its CPU and memory are then read from `/proc/PID`.
+static COLLECTOR_PID: OnceLock<u32> = OnceLock::new();
+
+/// Counts the collector as the process `pid` from now on.
+pub fn set_collector_pid(pid: u32) {
+    let _ = COLLECTOR_PID.set(pid);
+}
 
 /// Clock ticks per second in `/proc/*/stat`.
 const USER_HZ: f64 = 100.0;
@@ -47,6 +57,12 @@ pub fn sample(clickhouse_pid: Option<u32>) -> CpuSample {
         .and_then(|s| parse_stat(&s).map(|(_, ticks)| ticks))
         .unwrap_or(0);
     let (mut collector, mut loadgen) = (0, 0);
+    if let Some(pid) = COLLECTOR_PID.get() {
+        collector = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| parse_stat(&s).map(|(_, ticks)| ticks))
+            .unwrap_or(0);
+    }
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
@@ -90,15 +106,29 @@ impl CpuSample {
 
 /// Busy ticks of all CPUs: the first line of `/proc/stat` without idle and
 /// iowait.
-/// This process's resident set size now (`VmRSS`), MiB.
+/// The collector's resident set size now (`VmRSS`), MiB: this process's
+/// (collector and load generator) unless the collector runs on its own.
 pub fn rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let status = std::fs::read_to_string(status_path()).ok()?;
     parse_rss_kib(&status).map(|kib| kib as f64 / 1024.0)
 }
 
-/// This process's highest resident set size so far (`VmHWM`), MiB.
+/// Whether [`rss_mib`] is the collector's alone.
+pub fn collector_apart() -> bool {
+    COLLECTOR_PID.get().is_some()
+}
+
+fn status_path() -> String {
+    match COLLECTOR_PID.get() {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_owned(),
+    }
+}
+
+/// The highest resident set size so far (`VmHWM`) of what [`rss_mib`]
+/// reads, MiB.
 pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let status = std::fs::read_to_string(status_path()).ok()?;
     parse_kib(&status, "VmHWM:").map(|kib| kib as f64 / 1024.0)
 }
 

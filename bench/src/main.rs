@@ -89,6 +89,16 @@ struct Args {
     /// Measured seconds of the soak run.
     #[arg(long, default_value_t = 600)]
     soak_seconds: u64,
+    /// Run this `etcdmon-collector` binary as a process of its own instead of
+    /// the collector in this process, with the same settings: its RSS and CPU
+    /// are then its own (the load generator's buffers are not counted);
+    /// the writer columns stay empty.
+    #[arg(long)]
+    collector_bin: Option<std::path::PathBuf>,
+    /// Only the soak run: no ramp and no 80% run (with small --native-rows
+    /// and --native-runs 1, the reference costs a few seconds).
+    #[arg(long, requires = "soak_agents")]
+    soak_only: bool,
     /// Rows of the ClickHouse native insert [default: 3000000; --quick:
     /// 200000].
     #[arg(long)]
@@ -124,6 +134,8 @@ struct Settings {
     latency: Duration,
     soak_agents: usize,
     soak: Duration,
+    soak_only: bool,
+    collector_bin: Option<std::path::PathBuf>,
     native_rows: u64,
     native_runs: usize,
     flush_rows: Option<usize>,
@@ -147,6 +159,8 @@ impl Args {
             latency: Duration::from_secs(pick(self.latency_seconds, 60, 10).max(1)),
             soak_agents: self.soak_agents,
             soak: Duration::from_secs(self.soak_seconds.max(1)),
+            soak_only: self.soak_only,
+            collector_bin: self.collector_bin.clone(),
             native_rows: pick(self.native_rows, 3_000_000, 200_000).max(1),
             native_runs: pick_n(self.native_runs, 2, 1).max(1),
             flush_rows: self.flush_rows,
@@ -205,7 +219,10 @@ fn run(s: &Settings) -> anyhow::Result<()> {
         cfg.ingest.max_write_rows = rows;
     }
     cfg.ingest.max_write_rows = cfg.ingest.max_write_rows.max(cfg.ingest.flush_rows);
-    let collector = collector_rt.block_on(collector::start(&cfg))?;
+    let collector = match &s.collector_bin {
+        Some(bin) => collector::start_process(bin, server.http_port())?,
+        None => collector_rt.block_on(collector::start(&cfg))?,
+    };
     eprintln!("ingest-load: collector serving on {}", collector.url);
 
     native::check_schema(&server)?;
@@ -250,9 +267,12 @@ fn run(s: &Settings) -> anyhow::Result<()> {
         measure: s.step,
     };
     let (steps, at_80, soak) = loadgen_rt.block_on(async {
-        let steps = ramp
-            .search(s.start_agents, s.max_agents, s.bisect, timing)
-            .await;
+        let steps = if s.soak_only {
+            Vec::new()
+        } else {
+            ramp.search(s.start_agents, s.max_agents, s.bisect, timing)
+                .await
+        };
         let max = best(&steps).cloned();
         let at_80 = match &max {
             Some(m) => {

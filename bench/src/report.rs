@@ -165,7 +165,7 @@ pub fn print(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
         writeln!(
             out,
             "| soak ({} agents, offered {} samples/s, {:.0} s) | acked {} samples/s, p50 {} ms, \
-             p99 {} ms, RSS peak {:.0} MiB (whole process), {} batches never acked | no loss, \
+             p99 {} ms, RSS peak {:.0} MiB ({}), {} batches never acked | no loss, \
              RSS < 1024 MiB | {} |",
             r.agents,
             thousands(r.offered_rate),
@@ -174,13 +174,15 @@ pub fn print(out: &mut impl Write, s: &Summary) -> std::io::Result<()> {
             r.stats.latency_ms(0.5),
             r.stats.latency_ms(0.99),
             r.rss_peak_mib,
+            rss_of(),
             r.unacked_at_end,
             yes_no(lossless && r.rss_peak_mib < 1024.0)
         )?;
     }
     writeln!(
         out,
-        "\nRSS peak of the process (collector and load generator) over the whole run: {:.0} MiB.",
+        "\nRSS peak ({}) over the whole run: {:.0} MiB.",
+        rss_of(),
         s.rss_peak_mib
     )?;
     let samples = s.footprint.iter().find(|t| t.table == "samples");
@@ -255,6 +257,15 @@ fn notes(r: &StepResult) -> String {
         out.push_str(&format!(" ({} never acked)", r.unacked_at_end));
     }
     out
+}
+
+/// Whose memory the RSS figures are.
+fn rss_of() -> &'static str {
+    if crate::cpu::collector_apart() {
+        "the collector process alone"
+    } else {
+        "this process: collector and load generator"
+    }
 }
 
 fn yes_no(b: bool) -> &'static str {

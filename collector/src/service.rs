@@ -40,6 +40,14 @@ use crate::{api, candidates, rules, writer};
 /// HTTP/2 streams one agent connection may open at once (an agent uses one).
 const GRPC_STREAMS_PER_CONNECTION: u32 = 8;
 
+/// HTTP/2 flow-control windows of an agent's stream and connection. They are
+/// what the collector buffers per agent once its write queue is full and the
+/// agent's session stops reading; hyper's default of 1 MiB each took some
+/// 500 MiB at 500 agents in `ingest-load`'s overload soak. 256 KiB holds
+/// several compressed batches, ample for one batch a second even at 100 ms
+/// of round trip (2.5 MB/s).
+const GRPC_FLOW_WINDOW: u32 = 256 * 1024;
+
 /// The collector's two listeners, bound by the caller: a taken port fails before
 /// anything starts, naming the config field, and tests can bind port 0.
 pub struct Listeners {
@@ -291,6 +299,8 @@ impl Collector {
                 // An agent holds one stream; a client opening hundreds on one
                 // connection is not an agent.
                 .max_concurrent_streams(Some(GRPC_STREAMS_PER_CONNECTION))
+                .initial_stream_window_size(Some(GRPC_FLOW_WINDOW))
+                .initial_connection_window_size(Some(GRPC_FLOW_WINDOW))
                 // Pings find a connection whose agent vanished (a partition, a
                 // power cut) within about 20 s: its stream ends and its agent id
                 // is free again for the agent's next connection.

@@ -48,6 +48,12 @@ use tonic::{Request, Response, Status, Streaming};
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Batches of one session awaiting their ack at once.
 const ACK_WINDOW: usize = 64;
+/// Sessions that may hold a batch read from their stream at once: decoded,
+/// converted, waiting for the write queue's memory budget. Without a bound,
+/// every agent's session holds one under overload (500 agents: some 300 MiB
+/// beyond the budget in `ingest-load`'s soak). 64 batches in hand keep the
+/// queue fed: it takes them as fast as the writer frees memory.
+const SESSIONS_IN_HAND: usize = 64;
 /// Distinct series one session remembers for metadata writes (an etcd member
 /// has a few thousand); beyond it the set is cleared and series are written
 /// again (harmless: series rows are upserts). At most about 1.2 MB per
@@ -81,6 +87,8 @@ pub struct Ingest {
     max_batch_samples: usize,
     /// Memory of queued rows (`ingest.queue_bytes`).
     budget: QueueBudget,
+    /// Sessions holding a read batch at once (see [`SESSIONS_IN_HAND`]).
+    in_hand: Arc<tokio::sync::Semaphore>,
     shutdown: CancellationToken,
     /// Agent ids with a live stream, and from where: a second stream for the
     /// same id is refused (see [`LiveIds`]).
@@ -143,6 +151,7 @@ impl Ingest {
             writer,
             state,
             budget: QueueBudget::new(cfg.queue_bytes, metrics.clone()),
+            in_hand: Arc::new(tokio::sync::Semaphore::new(SESSIONS_IN_HAND)),
             metrics,
             max_batch_bytes: cfg.max_batch_bytes,
             max_batch_samples: cfg.max_batch_samples,
@@ -515,8 +524,15 @@ impl Session {
         // earned, so an agent never resends a batch that was stored.
         let mut closing: Option<Status> = None;
         let reason = loop {
-            let msg = tokio::select! {
-                m = inbound.message() => m,
+            // A session reads its next batch only with a slot of
+            // `in_hand`: under overload the others wait unread, their data
+            // held by HTTP/2 flow control (compressed, a window per agent)
+            // rather than decoded and converted in the collector's memory.
+            let (slot, msg) = tokio::select! {
+                m = async {
+                    let slot = self.svc.in_hand.clone().acquire_owned().await.ok();
+                    (slot, inbound.message().await)
+                } => m,
                 _ = self.svc.shutdown.cancelled() => break "collector shutting down".to_string(),
             };
             let batch = match msg {
@@ -554,7 +570,9 @@ impl Session {
                     break reason;
                 }
             };
-            if !self.accept(batch, &ack_tx).await {
+            let accepted = self.accept(batch, &ack_tx).await;
+            drop(slot);
+            if !accepted {
                 break "collector shutting down".into();
             }
         };
@@ -689,6 +707,9 @@ impl Session {
         let (set, oldest_ms, new_series) =
             self.svc
                 .rows(&self.seen, &self.identity, &self.agent_id, &batch);
+        // The decoded batch is not needed once converted: free it before the
+        // wait below, which hundreds of sessions may share under overload.
+        drop(batch);
         // Waits while the rows already queued take the memory budget: the
         // session then stops reading, and its agent waits (flow control).
         let Some(memory) = self.svc.budget.reserve(&set).await else {
