@@ -570,9 +570,7 @@ impl Session {
                     break reason;
                 }
             };
-            let accepted = self.accept(batch, &ack_tx).await;
-            drop(slot);
-            if !accepted {
+            if !self.accept(batch, slot, &ack_tx).await {
                 break "collector shutting down".into();
             }
         };
@@ -642,10 +640,19 @@ impl Session {
         });
     }
 
-    /// Queues one batch; false when the writer is gone (shutdown).
-    async fn accept(&mut self, batch: Batch, acks: &mpsc::Sender<Pending>) -> bool {
+    /// Queues one batch; false when the writer is gone (shutdown). `slot` (of
+    /// `in_hand`) is given back once the batch is queued or refused, before
+    /// the wait for room among this session's acks: an agent that does not
+    /// read its acks must stall only itself, never every session.
+    async fn accept(
+        &mut self,
+        batch: Batch,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
+        acks: &mpsc::Sender<Pending>,
+    ) -> bool {
         let seq = batch.sequence;
         if seq <= self.high {
+            drop(slot);
             // Already stored (or queued): acknowledge without writing.
             self.svc.metrics.batches_duplicate.inc();
             let (tx, rx) = oneshot::channel();
@@ -673,6 +680,7 @@ impl Session {
             None
         };
         if let Some(reason) = refusal {
+            drop(slot);
             // Not converted: another member's report must not touch the state,
             // and too many samples could take hundreds of times the wire size.
             self.svc.metrics.batches_rejected.inc();
@@ -725,6 +733,7 @@ impl Session {
         {
             return false;
         }
+        drop(slot);
         self.high = seq;
         let pending = Pending {
             sequence: seq,
