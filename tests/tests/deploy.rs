@@ -743,6 +743,24 @@ fn helm_chart_renders_valid_objects_that_follow_the_policy() {
     }
 }
 
+/// The chart rendered with the values file `values` (written into `dir`), as
+/// objects.
+fn render_objects(
+    helm_bin: &Path,
+    values: &Path,
+    dir: &Path,
+) -> serde_json::Map<String, serde_json::Value> {
+    let rendered = dir.join(format!("{}.rendered.yaml", file_name(values)));
+    let out = render(
+        helm_bin,
+        KUBERNETES_VERSIONS[1],
+        &["-f", values.to_str().expect("UTF-8 path")],
+        &rendered,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    objects(&[&rendered], false)
+}
+
 /// The bundled NATS as a cluster of three: three pods started together under a
 /// PodDisruptionBudget, each routing to all by stable DNS names, the alert stream
 /// at three copies on both sides, and a nats.conf that nats-server itself accepts.
@@ -752,16 +770,8 @@ fn helm_chart_runs_a_three_server_nats_cluster_with_a_replicated_stream() {
         return;
     };
     let tmp = tempfile::tempdir().expect("temp dir");
-    let rendered = tmp.path().join("nats-cluster.yaml");
     let values = chart().join("ci/nats-cluster-values.yaml");
-    let out = render(
-        &helm_bin,
-        KUBERNETES_VERSIONS[1],
-        &["-f", values.to_str().expect("UTF-8 path")],
-        &rendered,
-    );
-    assert!(out.status.success(), "{}", describe(&out));
-    let made = objects(&[&rendered], false);
+    let made = render_objects(&helm_bin, &values, tmp.path());
     let sts = &made["StatefulSet/etcdmon-nats"]["spec"];
     assert_eq!(sts["replicas"], 3);
     assert_eq!(sts["podManagementPolicy"], "Parallel");
@@ -831,16 +841,8 @@ fn helm_chart_wires_secrets_and_services_together() {
         return;
     };
     let tmp = tempfile::tempdir().expect("temp dir");
-    let rendered = tmp.path().join("bundled.yaml");
     let values = chart().join("ci/bundled-values.yaml");
-    let out = render(
-        &helm_bin,
-        KUBERNETES_VERSIONS[1],
-        &["-f", values.to_str().expect("UTF-8 path")],
-        &rendered,
-    );
-    assert!(out.status.success(), "{}", describe(&out));
-    let made = objects(&[&rendered], false);
+    let made = render_objects(&helm_bin, &values, tmp.path());
     let collector = &made["ConfigMap/etcdmon-collector"]["data"]["collector.toml"];
     let alerter = &made["ConfigMap/etcdmon-alerter"]["data"]["alerter.toml"];
     // The agents' grant carries the hash of the token the chart put into their Secret.
