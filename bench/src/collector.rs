@@ -31,8 +31,7 @@ pub fn config(clickhouse_http_port: u16) -> anyhow::Result<CollectorConfig> {
     // The load generator plays the agents over loopback, all from 127.0.0.1:
     // as many connections from it as a fleet's hosts would make.
     cfg.grpc.allow_plaintext = true;
-    cfg.grpc.max_connections_per_address =
-        etcdmon_collector::ingest::incoming::MAX_AGENT_CONNECTIONS;
+    cfg.grpc.max_connections_per_address = MAX_AGENT_CONNECTIONS;
     cfg.http.auth.anonymous = Some(etcdmon_collector::config::Role::Admin);
     cfg.validate().context("collector config")?;
     Ok(cfg)

@@ -52,17 +52,9 @@ pub struct CpuUsage {
 
 /// Reads the counters now; a missing ClickHouse pid counts as zero.
 pub fn sample(clickhouse_pid: Option<u32>) -> CpuSample {
-    let clickhouse = clickhouse_pid
-        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
-        .and_then(|s| parse_stat(&s).map(|(_, ticks)| ticks))
-        .unwrap_or(0);
-    let (mut collector, mut loadgen) = (0, 0);
-    if let Some(pid) = COLLECTOR_PID.get() {
-        collector = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| parse_stat(&s).map(|(_, ticks)| ticks))
-            .unwrap_or(0);
-    }
+    let clickhouse = process_ticks(clickhouse_pid);
+    let mut collector = process_ticks(COLLECTOR_PID.get().copied());
+    let mut loadgen = 0;
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for task in tasks.flatten() {
             let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
@@ -104,13 +96,17 @@ impl CpuSample {
     }
 }
 
-/// Busy ticks of all CPUs: the first line of `/proc/stat` without idle and
-/// iowait.
+/// CPU ticks of process `pid` so far; 0 without one.
+fn process_ticks(pid: Option<u32>) -> u64 {
+    pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .and_then(|s| parse_stat(&s).map(|(_, ticks)| ticks))
+        .unwrap_or(0)
+}
+
 /// The collector's resident set size now (`VmRSS`), MiB: this process's
 /// (collector and load generator) unless the collector runs on its own.
 pub fn rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string(status_path()).ok()?;
-    parse_rss_kib(&status).map(|kib| kib as f64 / 1024.0)
+    status_mib("VmRSS:")
 }
 
 /// Whether [`rss_mib`] is the collector's alone.
@@ -128,12 +124,13 @@ fn status_path() -> String {
 /// The highest resident set size so far (`VmHWM`) of what [`rss_mib`]
 /// reads, MiB.
 pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string(status_path()).ok()?;
-    parse_kib(&status, "VmHWM:").map(|kib| kib as f64 / 1024.0)
+    status_mib("VmHWM:")
 }
 
-fn parse_rss_kib(status: &str) -> Option<u64> {
-    parse_kib(status, "VmRSS:")
+/// `field` (in kB) of the collector's `/proc/PID/status`, MiB.
+fn status_mib(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(status_path()).ok()?;
+    parse_kib(&status, field).map(|kib| kib as f64 / 1024.0)
 }
 
 fn parse_kib(status: &str, field: &str) -> Option<u64> {
@@ -141,6 +138,8 @@ fn parse_kib(status: &str, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Busy ticks of all CPUs: the first line of `/proc/stat` without idle and
+/// iowait.
 fn machine_busy() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     parse_machine(stat.lines().next()?)
@@ -178,8 +177,8 @@ mod tests {
     #[test]
     fn rss_parses_from_proc_status() {
         let status = "Name:\tingest-load\nVmHWM:\t  9000 kB\nVmRSS:\t  8192 kB\n";
-        assert_eq!(parse_rss_kib(status), Some(8192));
-        assert_eq!(parse_rss_kib("Name:\tx\n"), None);
+        assert_eq!(parse_kib(status, "VmRSS:"), Some(8192));
+        assert_eq!(parse_kib("Name:\tx\n", "VmRSS:"), None);
         assert_eq!(parse_kib(status, "VmHWM:"), Some(9000));
         assert!(rss_mib().is_some_and(|m| m > 0.0));
     }

@@ -92,8 +92,9 @@ struct Args {
     /// Run this `etcdmon-collector` binary as a process of its own instead of
     /// the collector in this process, with the same settings: its RSS and CPU
     /// are then its own (the load generator's buffers are not counted);
-    /// the writer columns stay empty.
-    #[arg(long)]
+    /// the writer columns stay empty. The process runs with the defaults, so
+    /// the flush overrides cannot be combined with it.
+    #[arg(long, conflicts_with_all = ["flush_rows", "flush_interval_ms", "max_write_rows"])]
     collector_bin: Option<std::path::PathBuf>,
     /// Only the soak run: no ramp and no 80% run (with small --native-rows
     /// and --native-runs 1, the reference costs a few seconds).

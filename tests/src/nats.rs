@@ -286,18 +286,7 @@ impl NatsServer {
         next_port: &mut dyn FnMut() -> u16,
         security: &NatsSecurity,
     ) -> Result<NatsServer> {
-        let dir = service_temp_dir("nats")?;
-        let mut server = NatsServer {
-            process: None,
-            binary: binary.to_owned(),
-            port: next_port(),
-            monitor_port: next_port(),
-            dir,
-            security: security.clone(),
-            route: None,
-        };
-        server.write_config()?;
-        server.spawn()?;
+        let server = Self::spawn_with(binary, next_port, security, None)?;
         server.wait_ready()?;
         Ok(server)
     }
@@ -310,32 +299,40 @@ impl NatsServer {
         routes: &[u16],
         next_port: &mut dyn FnMut() -> u16,
     ) -> Result<NatsServer> {
+        let route = Route {
+            index,
+            port: routes[index],
+            peers: routes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != index)
+                .map(|(_, p)| *p)
+                .collect(),
+        };
+        let binary = require_binary("nats-server")?;
+        Self::spawn_with(&binary, next_port, &NatsSecurity::default(), Some(route))
+    }
+
+    /// A server on fresh ports in a fresh temp dir, its config written and its
+    /// process spawned (not yet waited for).
+    fn spawn_with(
+        binary: &Path,
+        next_port: &mut dyn FnMut() -> u16,
+        security: &NatsSecurity,
+        route: Option<Route>,
+    ) -> Result<NatsServer> {
         let mut server = NatsServer {
             process: None,
-            binary: require_binary("nats-server")?,
+            binary: binary.to_owned(),
             port: next_port(),
             monitor_port: next_port(),
             dir: service_temp_dir("nats")?,
-            security: NatsSecurity::default(),
-            route: Some(Route {
-                index,
-                port: routes[index],
-                peers: routes
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != index)
-                    .map(|(_, p)| *p)
-                    .collect(),
-            }),
+            security: security.clone(),
+            route,
         };
         server.write_config()?;
         server.spawn()?;
         Ok(server)
-    }
-
-    /// Waits (30 s at most) until `GET /healthz` answers 200.
-    pub(crate) fn wait_healthy(&self) -> Result<()> {
-        self.wait_ready()
     }
 
     /// `server_name` in the config: fixed (JetStream keys its store on it), and
@@ -366,7 +363,8 @@ impl NatsServer {
         Ok(())
     }
 
-    fn wait_ready(&self) -> Result<()> {
+    /// Waits (30 s at most) until `GET /healthz` answers 200.
+    pub(crate) fn wait_ready(&self) -> Result<()> {
         let url = format!("{}/healthz", self.monitor_url());
         let process = self
             .process

@@ -56,7 +56,7 @@ impl NatsCluster {
                 )?);
             }
             for server in &servers {
-                server.wait_healthy()?;
+                server.wait_ready()?;
             }
             Ok(NatsCluster { servers })
         })
@@ -97,7 +97,7 @@ impl NatsCluster {
     /// The member leading `stream`, asked of a running member; `None` while the
     /// stream has no leader.
     pub fn stream_leader(&self, stream: &str) -> Result<Option<usize>> {
-        let info = self.request(&format!("$JS.API.STREAM.INFO.{stream}"), b"")?;
+        let info = self.stream_info(stream)?;
         let Some(name) = info["cluster"]["leader"].as_str() else {
             return Ok(None);
         };
